@@ -1,0 +1,121 @@
+//! `bootstrap up`: converge this node, resumably, one run at a time.
+
+use std::path::Path;
+
+use super::{real_path, Error, Session};
+use crate::cli::Cli;
+use crate::host::Host;
+use crate::plan::{apply, journal::Journal};
+use crate::state::{self, DoneMarker, FailedMarker};
+use crate::{lock, role};
+
+pub(super) fn run(cli: &Cli) -> Result<(), Error> {
+    // Nothing is written until config, facts, image and role are known to be good.
+    let session = Session::open(cli)?;
+    role::resolve(&session.host, &session.config, &session.facts, false)?;
+
+    state::ensure_dir(&session.host)?;
+    let holder = format!(
+        "pid {} (bootstrap up, since {})",
+        std::process::id(),
+        state::now_rfc3339()
+    );
+    let _lock = lock::acquire(
+        &real_path(&session.host, state::LOCK_FILE),
+        session.config.lock_wait,
+        &holder,
+    )?;
+
+    let result = converge(cli, &session);
+    match &result {
+        Ok(()) => {}
+        Err(error) => record_failure(&session.host, error),
+    }
+    result
+}
+
+fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
+    let host = &session.host;
+    let decision = role::resolve(host, &session.config, &session.facts, true)?;
+    log::info!(
+        "node {} is a {} of a {} {} cluster ({})",
+        session.node_name(),
+        decision.role,
+        session.image.distro,
+        session.image.metadata.version,
+        decision.reason
+    );
+
+    let report = session.preflight(&decision, &cli.overrides.ignore_preflight)?;
+    for check in &report.checks {
+        use crate::preflight::Outcome;
+        match check.outcome {
+            Outcome::Warn => log::warn!("preflight {}: {}", check.name, check.reason),
+            Outcome::Ignored => log::warn!("preflight {} failed, ignored as asked: {}", check.name, check.reason),
+            Outcome::Fix => log::info!("preflight {}: {}", check.name, check.reason),
+            _ => {}
+        }
+    }
+    let failures: Vec<_> = report.failures().into_iter().cloned().collect();
+    if !failures.is_empty() {
+        return Err(Error::Preflight(failures));
+    }
+
+    let plan = session.plan(&decision);
+    let mut journal = Journal::load(host)?;
+    if let Some(entry) = journal.unfinished() {
+        log::info!("resuming: step {} did not finish last time", entry.id);
+    }
+    let report = apply(host, &plan, &mut journal)?;
+
+    let marker_present = host.exists(Path::new(state::DONE_FILE))?;
+    if !report.applied.is_empty() || !marker_present {
+        state::write_json(
+            host,
+            state::DONE_FILE,
+            &DoneMarker {
+                at: state::now_rfc3339(),
+                bootstrap_version: env!("CARGO_PKG_VERSION").to_owned(),
+                role: format!("{:?}", decision.role),
+                distro: session.image.distro.to_string(),
+                distro_version: session.image.metadata.version.clone(),
+                steps: plan.len(),
+            },
+        )?;
+    }
+    host.remove_file(Path::new(state::FAILED_FILE))?;
+    if session.config.cluster_api_sentinel && !host.exists(Path::new(state::CAPI_SENTINEL))? {
+        host.write_atomic(Path::new(state::CAPI_SENTINEL), b"success", 0o644, None)?;
+    }
+    if report.applied.is_empty() {
+        log::info!(
+            "node {} is up; nothing to do: all {} steps already in place",
+            session.node_name(),
+            plan.len()
+        );
+    } else {
+        log::info!(
+            "node {} is up: {} steps applied, {} already in place",
+            session.node_name(),
+            report.applied.len(),
+            report.in_place.len()
+        );
+    }
+    Ok(())
+}
+
+fn record_failure(host: &dyn Host, error: &Error) {
+    let step = match error {
+        Error::Apply(e) => e.step_id().map(str::to_owned),
+        _ => None,
+    };
+    let marker = FailedMarker {
+        at: state::now_rfc3339(),
+        step,
+        error: error.to_string(),
+        exit_code: error.exit_code(),
+    };
+    if let Err(e) = state::write_json(host, state::FAILED_FILE, &marker) {
+        log::warn!("cannot record the failure in {}: {e}", state::FAILED_FILE);
+    }
+}

@@ -1,0 +1,200 @@
+//! The command line (clap derive). Flags that set configuration share the config's field
+//! names and are merged as the last figment layer.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{FlagLayer, RoleSetting};
+
+/// Bring up this node of a k3s, k0s or kubeadm cluster from a cluster image.
+#[derive(Debug, Parser)]
+#[command(name = "bootstrap", version, about, max_term_width = 80)]
+#[command(after_help = "Without a command, `bootstrap` runs `up`.\n\
+Exit codes: 0 done, 1 failed, 2 bad usage or config, 3 preflight failed,\n\
+4 timed out waiting for a peer.")]
+pub struct Cli {
+    /// Config file [default: /etc/bootstrap/config.yaml under --root]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Treat DIR as the host's `/` (tests, image baking)
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// Log line format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More detail in logs (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Take host facts from this JSON file instead of probing the host
+    #[arg(long, global = true, value_name = "FILE")]
+    pub facts: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub overrides: Overrides,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Settings that may also come from flags (they win over file and environment).
+#[derive(Debug, Clone, Default, Args)]
+pub struct Overrides {
+    /// This node's role (config `role`)
+    #[arg(long, global = true, value_enum)]
+    pub role: Option<RoleSetting>,
+
+    /// Kubernetes node name (config `node.name`)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Address other nodes reach this one on (config `node.address`)
+    #[arg(long, global = true, value_name = "IP")]
+    pub node_address: Option<IpAddr>,
+
+    /// A controller address or name; repeat in order (config
+    /// `cluster.controllers`)
+    #[arg(long = "controller", global = true, value_name = "HOST")]
+    pub controllers: Vec<String>,
+
+    /// API endpoint host:port (config `cluster.endpoint`)
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub endpoint: Option<String>,
+
+    /// File holding the join secret (config `cluster.join_secret_file`)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub join_secret_file: Option<PathBuf>,
+
+    /// The unpacked cluster image (config `rootfs.dir`)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub rootfs_dir: Option<PathBuf>,
+
+    /// Report this preflight check's failure but go on; repeatable
+    #[arg(long, global = true, value_name = "NAME")]
+    pub ignore_preflight: Vec<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Output format of reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Converge this node: preflight, host preparation, cluster image, runtime,
+    /// registry, distro init or join
+    Up,
+    /// Print what `up` would do; change nothing
+    Plan(PlanArgs),
+    /// Role, distro, progress, services and last error of this node
+    Status(OutputArgs),
+    /// Run the host checks only
+    Preflight(OutputArgs),
+    /// Print the version
+    Version,
+}
+
+/// `plan` options.
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Print the effective configuration (secrets redacted) instead
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// `--output` only.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+impl Overrides {
+    /// The flags as a config-shaped layer (only those given).
+    pub fn to_layer(&self) -> FlagLayer {
+        use serde_json::{json, Map, Value};
+        let mut root = Map::new();
+        let mut node = Map::new();
+        let mut cluster = Map::new();
+        let mut rootfs = Map::new();
+        if let Some(role) = self.role {
+            root.insert("role".into(), json!(role.to_string()));
+        }
+        if let Some(name) = &self.node_name {
+            node.insert("name".into(), json!(name));
+        }
+        if let Some(address) = &self.node_address {
+            node.insert("address".into(), json!(address.to_string()));
+        }
+        if !self.controllers.is_empty() {
+            cluster.insert("controllers".into(), json!(self.controllers));
+        }
+        if let Some(endpoint) = &self.endpoint {
+            cluster.insert("endpoint".into(), json!(endpoint));
+        }
+        if let Some(file) = &self.join_secret_file {
+            cluster.insert("join_secret_file".into(), json!(file));
+        }
+        if let Some(dir) = &self.rootfs_dir {
+            rootfs.insert("dir".into(), json!(dir));
+        }
+        for (key, map) in [("node", node), ("cluster", cluster), ("rootfs", rootfs)] {
+            if !map.is_empty() {
+                root.insert(key.into(), Value::Object(map));
+            }
+        }
+        root
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_model_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_fits_in_80_columns() {
+        let mut cmd = Cli::command().term_width(80);
+        let mut helps = vec![cmd.render_long_help().to_string()];
+        for sub in cmd.get_subcommands_mut() {
+            helps.push(sub.clone().term_width(80).render_long_help().to_string());
+        }
+        for help in helps {
+            for line in help.lines() {
+                assert!(line.chars().count() <= 80, "too wide: {line:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bare_role_flag_means_up() {
+        let cli = Cli::try_parse_from(["bootstrap", "--role", "controller"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.overrides.role, Some(RoleSetting::Controller));
+        let layer = cli.overrides.to_layer();
+        assert_eq!(layer["role"], "controller");
+    }
+}

@@ -1,0 +1,178 @@
+//! The one seam for side effects: files under a root, commands, and the network.
+//!
+//! Everything that reads or changes the machine goes through [`Host`]. The real
+//! implementation, [`RootedHost`], maps every absolute host path under `--root`, so the
+//! whole binary can run against a temp directory in tests and for image baking;
+//! [`FakeHost`] keeps files in memory and records commands for unit tests.
+
+mod command;
+mod fake;
+mod rooted;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use command::{Arg, CommandOutput, CommandSpec};
+pub use fake::FakeHost;
+pub use rooted::RootedHost;
+
+/// What kind of file system object a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// The parts of a file's metadata that steps compare against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    pub kind: FileKind,
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub len: u64,
+}
+
+/// A numeric owner for files bootstrap writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A failed host operation; always names the path or command involved.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` could not be started: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` did not finish within {}", humantime::format_duration(*.timeout))]
+    Timeout { command: String, timeout: Duration },
+    #[error("`{command}` failed ({status}){}", stderr_suffix(.stderr))]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{path} is not a path bootstrap may touch: {reason}")]
+    BadPath { path: PathBuf, reason: &'static str },
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    let trimmed = stderr.trim();
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!(": {trimmed}")
+    }
+}
+
+impl HostError {
+    /// Wraps an I/O error with the operation and the host path it concerned.
+    pub fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        HostError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Side effects on one machine. Paths are absolute paths *on the target host*; an
+/// implementation decides where they live (under `--root`, in memory).
+pub trait Host {
+    /// The directory host paths are mapped under (`/` on a live node).
+    fn root(&self) -> &Path;
+
+    /// Reads a whole file; `Ok(None)` when it does not exist.
+    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, HostError>;
+
+    /// Metadata without following a final symlink; `Ok(None)` when nothing is there.
+    fn metadata(&self, path: &Path) -> Result<Option<FileInfo>, HostError>;
+
+    /// Names in a directory, sorted; `Ok(None)` when it does not exist.
+    fn list_dir(&self, path: &Path) -> Result<Option<Vec<String>>, HostError>;
+
+    /// Replaces a file atomically: temp file beside it, fsync, rename, fsync the folder.
+    /// Missing parent folders are created with mode 0755.
+    fn write_atomic(
+        &self,
+        path: &Path,
+        contents: &[u8],
+        mode: u32,
+        owner: Option<Owner>,
+    ) -> Result<(), HostError>;
+
+    /// Creates a folder and its parents; sets `mode` on the last one.
+    fn create_dir_all(&self, path: &Path, mode: u32) -> Result<(), HostError>;
+
+    /// Removes a file; succeeds when it is already gone.
+    fn remove_file(&self, path: &Path) -> Result<(), HostError>;
+
+    /// Runs a command to completion (or its timeout). A non-zero exit is returned in
+    /// the output, not as an error; see [`Host::run_checked`].
+    fn run(&self, command: &CommandSpec) -> Result<CommandOutput, HostError>;
+
+    /// Free bytes on the file system holding `path` (or its nearest existing parent).
+    fn free_space(&self, path: &Path) -> Result<u64, HostError>;
+
+    /// Runs a command and turns a non-zero exit into [`HostError::Failed`] with its stderr.
+    fn run_checked(&self, command: &CommandSpec) -> Result<CommandOutput, HostError> {
+        let output = self.run(command)?;
+        if output.success() {
+            Ok(output)
+        } else {
+            Err(HostError::Failed {
+                command: command.to_string(),
+                status: output.status_text(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            })
+        }
+    }
+
+    /// Reads a file as UTF-8 text (lossy); `Ok(None)` when it does not exist.
+    fn read_string(&self, path: &Path) -> Result<Option<String>, HostError> {
+        Ok(self
+            .read(path)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Whether anything exists at `path`.
+    fn exists(&self, path: &Path) -> Result<bool, HostError> {
+        Ok(self.metadata(path)?.is_some())
+    }
+}
+
+/// Rejects relative paths and `..` components: every host path is absolute and literal.
+pub fn check_host_path(path: &Path) -> Result<(), HostError> {
+    if !path.is_absolute() {
+        return Err(HostError::BadPath {
+            path: path.to_path_buf(),
+            reason: "host paths must be absolute",
+        });
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(HostError::BadPath {
+            path: path.to_path_buf(),
+            reason: "host paths may not contain `..`",
+        });
+    }
+    Ok(())
+}

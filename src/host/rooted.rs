@@ -1,0 +1,319 @@
+//! The real host: every host path lives under a root folder (`/` on a live node).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{check_host_path, Arg, CommandOutput, CommandSpec, FileInfo, FileKind, Host};
+use super::{HostError, Owner};
+
+/// Variables a child command inherits from bootstrap; everything else is dropped so that
+/// `BOOTSTRAP_*` (which may hold the join secret) never reaches another process.
+const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "HOME"];
+
+/// A host whose `/` is `root`.
+#[derive(Debug, Clone)]
+pub struct RootedHost {
+    root: PathBuf,
+}
+
+impl RootedHost {
+    /// A host rooted at `root` (which must exist).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RootedHost { root: root.into() }
+    }
+
+    /// Where a host path lives on this machine.
+    pub fn resolve(&self, path: &Path) -> Result<PathBuf, HostError> {
+        check_host_path(path)?;
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        if relative.as_os_str().is_empty() {
+            return Ok(self.root.clone());
+        }
+        Ok(self.root.join(relative))
+    }
+
+    fn build_command(&self, spec: &CommandSpec) -> Result<Command, HostError> {
+        let mut command = Command::new(&spec.program);
+        for arg in &spec.args {
+            match arg {
+                Arg::Lit(s) => command.arg(s),
+                Arg::Path(p) => command.arg(self.resolve(p)?),
+            };
+        }
+        command.env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        for (name, value) in &spec.env {
+            command.env(name, value);
+        }
+        command
+            .stdin(if spec.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so a timeout kills whatever it started too.
+            .process_group(0);
+        Ok(command)
+    }
+}
+
+fn read_all(mut reader: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        // A read error only truncates captured output; the exit status still tells.
+        let _ = reader.read_to_end(&mut buf);
+        buf
+    })
+}
+
+fn file_kind(meta: &fs::Metadata) -> FileKind {
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    }
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Host for RootedHost {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, HostError> {
+        let real = self.resolve(path)?;
+        match fs::read(&real) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(HostError::io("read", path, e)),
+        }
+    }
+
+    fn metadata(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {
+        let real = self.resolve(path)?;
+        match fs::symlink_metadata(&real) {
+            Ok(meta) => Ok(Some(FileInfo {
+                kind: file_kind(&meta),
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                len: meta.len(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(HostError::io("stat", path, e)),
+        }
+    }
+
+    fn list_dir(&self, path: &Path) -> Result<Option<Vec<String>>, HostError> {
+        let real = self.resolve(path)?;
+        let entries = match fs::read_dir(&real) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(HostError::io("list", path, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| HostError::io("list", path, e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(Some(names))
+    }
+
+    fn write_atomic(
+        &self,
+        path: &Path,
+        contents: &[u8],
+        mode: u32,
+        owner: Option<Owner>,
+    ) -> Result<(), HostError> {
+        let real = self.resolve(path)?;
+        let parent = real.parent().ok_or(HostError::BadPath {
+            path: path.to_path_buf(),
+            reason: "a file needs a parent folder",
+        })?;
+        let host_parent = path.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(parent).map_err(|e| HostError::io("create folder", host_parent, e))?;
+        let file_name = real
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = parent.join(format!(".{file_name}.bootstrap-{}", std::process::id()));
+        let result = (|| -> io::Result<()> {
+            // Created with the final mode so a secret is never briefly world-readable.
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&temp)?;
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+            if let Some(owner) = owner {
+                use std::os::fd::AsRawFd;
+                nix::unistd::fchown(
+                    file.as_raw_fd(),
+                    Some(nix::unistd::Uid::from_raw(owner.uid)),
+                    Some(nix::unistd::Gid::from_raw(owner.gid)),
+                )
+                .map_err(io::Error::from)?;
+            }
+            file.write_all(contents)?;
+            file.sync_all()?;
+            fs::rename(&temp, &real)?;
+            fsync_dir(parent)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&temp);
+            return Err(HostError::io("write", path, e));
+        }
+        Ok(())
+    }
+
+    fn create_dir_all(&self, path: &Path, mode: u32) -> Result<(), HostError> {
+        let real = self.resolve(path)?;
+        fs::create_dir_all(&real).map_err(|e| HostError::io("create folder", path, e))?;
+        fs::set_permissions(&real, fs::Permissions::from_mode(mode))
+            .map_err(|e| HostError::io("chmod", path, e))
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<(), HostError> {
+        let real = self.resolve(path)?;
+        match fs::remove_file(&real) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(HostError::io("remove", path, e)),
+        }
+    }
+
+    fn run(&self, spec: &CommandSpec) -> Result<CommandOutput, HostError> {
+        let shown = spec.to_string();
+        let mut child = self
+            .build_command(spec)?
+            .spawn()
+            .map_err(|source| HostError::Spawn {
+                command: shown.clone(),
+                source,
+            })?;
+        if let (Some(secret), Some(mut stdin)) = (&spec.stdin, child.stdin.take()) {
+            // A child that exits without reading stdin is not our error; its status tells.
+            let _ = stdin.write_all(secret.expose().as_bytes());
+        }
+        let stdout = child.stdout.take().map(read_all);
+        let stderr = child.stderr.take().map(read_all);
+        let deadline = Instant::now() + spec.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() >= deadline => {
+                    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = child.wait();
+                    return Err(HostError::Timeout {
+                        command: shown,
+                        timeout: spec.timeout,
+                    });
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(5)),
+                Err(source) => {
+                    return Err(HostError::Spawn {
+                        command: shown,
+                        source,
+                    })
+                }
+            }
+        };
+        Ok(CommandOutput {
+            code: status.code(),
+            stdout: stdout.and_then(|h| h.join().ok()).unwrap_or_default(),
+            stderr: stderr.and_then(|h| h.join().ok()).unwrap_or_default(),
+        })
+    }
+
+    fn free_space(&self, path: &Path) -> Result<u64, HostError> {
+        let mut real = self.resolve(path)?;
+        while !real.exists() {
+            if !real.pop() {
+                break;
+            }
+        }
+        let stat =
+            nix::sys::statvfs::statvfs(&real).map_err(|e| HostError::io("statvfs", path, e.into()))?;
+        Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_mapped_under_the_root() {
+        let host = RootedHost::new("/tmp/r");
+        assert_eq!(
+            host.resolve(Path::new("/etc/x")).unwrap(),
+            PathBuf::from("/tmp/r/etc/x")
+        );
+        assert!(host.resolve(Path::new("etc/x")).is_err());
+        assert!(host.resolve(Path::new("/etc/../x")).is_err());
+    }
+
+    #[test]
+    fn atomic_write_sets_mode_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = RootedHost::new(dir.path());
+        host.write_atomic(Path::new("/a/b/secret"), b"x", 0o600, None)
+            .unwrap();
+        let info = host.metadata(Path::new("/a/b/secret")).unwrap().unwrap();
+        assert_eq!(info.mode, 0o600);
+        assert_eq!(
+            host.list_dir(Path::new("/a/b")).unwrap().unwrap(),
+            vec!["secret"]
+        );
+    }
+
+    #[test]
+    fn commands_get_a_clean_environment_and_a_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = RootedHost::new(dir.path());
+        std::env::set_var("BOOTSTRAP_UNIT_TEST_LEAK", "x");
+        let out = host.run(&CommandSpec::new("env")).unwrap();
+        assert!(out.success());
+        assert!(!out.stdout_text().contains("BOOTSTRAP_UNIT_TEST_LEAK"));
+        let err = host
+            .run(&CommandSpec::new("sleep").arg("5").timeout(Duration::from_millis(100)))
+            .unwrap_err();
+        assert!(matches!(err, HostError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn failure_carries_command_and_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = RootedHost::new(dir.path());
+        let err = host
+            .run_checked(&CommandSpec::new("ls").arg("/definitely/not/here"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`ls /definitely/not/here` failed (exit code 2)"), "{err}");
+        assert!(err.contains("No such file"), "{err}");
+    }
+}

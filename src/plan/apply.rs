@@ -1,0 +1,300 @@
+//! Applying a plan: check each step, apply what is not in place, journal every change.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::check::{self, Status};
+use super::journal::{EntryStatus, Journal};
+use super::step::{Action, Phase, ServiceAction, Step};
+use super::Plan;
+use crate::host::{Host, HostError};
+use crate::state;
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Ids of steps that changed the host.
+    pub applied: Vec<String>,
+    /// Ids of steps found already in place.
+    pub in_place: Vec<String>,
+}
+
+/// Why applying stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("step {id} ({description}) failed: {source}")]
+    Step {
+        id: String,
+        description: String,
+        #[source]
+        source: HostError,
+    },
+    #[error("step {id}: gave up after {} waiting until {probe}{}", humantime::format_duration(*.timeout), last_error(.last))]
+    Timeout {
+        id: String,
+        probe: String,
+        timeout: Duration,
+        last: Option<String>,
+    },
+    #[error("cannot record progress in {path}: {0}", path = state::JOURNAL_FILE)]
+    Journal(#[source] HostError),
+}
+
+fn last_error(last: &Option<String>) -> String {
+    last.as_ref()
+        .map(|e| format!(" (last probe error: {e})"))
+        .unwrap_or_default()
+}
+
+impl ApplyError {
+    /// The step the error happened in.
+    pub fn step_id(&self) -> Option<&str> {
+        match self {
+            ApplyError::Step { id, .. } | ApplyError::Timeout { id, .. } => Some(id),
+            ApplyError::Journal(_) => None,
+        }
+    }
+}
+
+/// Applies `plan`, resuming from `journal`, saving it after each change. A step is
+/// skipped when the host shows it in place, or, for steps the host cannot judge, when
+/// the journal has it done with the same fingerprint.
+pub fn apply(host: &dyn Host, plan: &Plan, journal: &mut Journal) -> Result<ApplyReport, ApplyError> {
+    let mut report = ApplyReport::default();
+    let total = plan.len();
+    for (index, step) in plan.steps.iter().enumerate() {
+        let fingerprint = step.fingerprint();
+        let status = check::check(host, &step.action).map_err(|source| step_error(step, source))?;
+        let journaled = journal.is_done(&step.id, &fingerprint);
+        if status == Status::Done || (status == Status::Unknown && journaled) {
+            if !journaled {
+                journal.record(&step.id, &fingerprint, EntryStatus::Done, Some("already in place".into()));
+                journal.save(host).map_err(ApplyError::Journal)?;
+            }
+            log::debug!("[{}/{total}] in place: {}", index + 1, step.action);
+            report.in_place.push(step.id.clone());
+            continue;
+        }
+        if step.phase == Phase::Join && !host.exists(Path::new(state::JOIN_STARTED_FILE)).map_err(ApplyError::Journal)? {
+            host.write_atomic(Path::new(state::JOIN_STARTED_FILE), state::now_rfc3339().as_bytes(), 0o600, None)
+                .map_err(ApplyError::Journal)?;
+        }
+        journal.record(&step.id, &fingerprint, EntryStatus::Started, None);
+        journal.save(host).map_err(ApplyError::Journal)?;
+        log::info!("[{}/{total}] {}", index + 1, step.action);
+        match run(host, step) {
+            Ok(()) => {
+                journal.record(&step.id, &fingerprint, EntryStatus::Done, None);
+                journal.save(host).map_err(ApplyError::Journal)?;
+                report.applied.push(step.id.clone());
+            }
+            Err(error) => {
+                journal.record(&step.id, &fingerprint, EntryStatus::Failed, Some(error.to_string()));
+                journal.save(host).map_err(ApplyError::Journal)?;
+                return Err(error);
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn step_error(step: &Step, source: HostError) -> ApplyError {
+    ApplyError::Step {
+        id: step.id.clone(),
+        description: step.action.to_string(),
+        source,
+    }
+}
+
+fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
+    let fail = |source| step_error(step, source);
+    match &step.action {
+        Action::MakeDir { path, mode } => host.create_dir_all(path, *mode).map_err(fail),
+        Action::WriteFile {
+            path,
+            mode,
+            owner,
+            contents,
+        } => host.write_atomic(path, contents.bytes(), *mode, *owner).map_err(fail),
+        Action::InstallBinary { source, dest, mode } => {
+            let bytes = host.read(source).map_err(fail)?.ok_or_else(|| {
+                fail(HostError::io(
+                    "install from",
+                    source,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ))
+            })?;
+            host.write_atomic(dest, &bytes, *mode, None).map_err(fail)
+        }
+        Action::RunCommand { command, .. } => host.run_checked(command).map(drop).map_err(fail),
+        Action::Service { unit, action } => {
+            let mut args = vec![action.verb()];
+            if *action == ServiceAction::StartNoBlock {
+                args.push("--no-block");
+            }
+            args.push(unit);
+            host.run_checked(&check::systemctl(&args)).map(drop).map_err(fail)
+        }
+        Action::WaitFor {
+            probe,
+            timeout,
+            interval,
+        } => wait_for(host, step, probe, *timeout, *interval),
+    }
+}
+
+fn wait_for(
+    host: &dyn Host,
+    step: &Step,
+    probe: &super::Probe,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<(), ApplyError> {
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("waiting until {probe}"));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let start = Instant::now();
+    let mut last = None;
+    let result = loop {
+        match check::probe(host, probe) {
+            Ok(true) => break Ok(()),
+            Ok(false) => {}
+            Err(e) => last = Some(e.to_string()),
+        }
+        if start.elapsed() >= timeout {
+            break Err(ApplyError::Timeout {
+                id: step.id.clone(),
+                probe: probe.to_string(),
+                timeout,
+                last,
+            });
+        }
+        std::thread::sleep(interval.min(timeout.saturating_sub(start.elapsed())));
+    };
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{CommandOutput, CommandSpec, FakeHost};
+    use crate::plan::{Contents, Probe};
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn plan() -> Plan {
+        let mut plan = Plan::default();
+        plan.push(Step::new(
+            Phase::HostPrep,
+            "test",
+            Action::WriteFile {
+                path: PathBuf::from("/etc/a.conf"),
+                mode: 0o644,
+                owner: None,
+                contents: Contents::Public(b"a\n".to_vec()),
+            },
+        ));
+        plan.push(Step::new(
+            Phase::HostPrep,
+            "test",
+            Action::RunCommand {
+                command: CommandSpec::new("modprobe").arg("overlay"),
+                done_when: None,
+            },
+        ));
+        plan.push(Step::new(
+            Phase::HostPrep,
+            "test",
+            Action::Service {
+                unit: "x.service".into(),
+                action: ServiceAction::Restart,
+            },
+        ));
+        plan
+    }
+
+    #[test]
+    fn resumes_at_the_failed_step_and_then_does_nothing() {
+        let host = FakeHost::new();
+        let failing = Arc::new(AtomicBool::new(true));
+        let f = failing.clone();
+        host.respond(move |cmd| CommandOutput {
+            code: Some(if cmd.program == "modprobe" && f.load(Ordering::SeqCst) { 1 } else { 0 }),
+            stderr: b"modprobe: FATAL: Module overlay not found".to_vec(),
+            ..Default::default()
+        });
+        let mut journal = Journal::default();
+        let err = apply(&host, &plan(), &mut journal).unwrap_err();
+        assert_eq!(err.step_id(), Some("run:modprobe overlay"));
+        assert!(err.to_string().contains("Module overlay not found"), "{err}");
+        let saved = Journal::load(&host).unwrap();
+        assert_eq!(saved.unfinished().unwrap().id, "run:modprobe overlay");
+        assert_eq!(saved.unfinished().unwrap().status, EntryStatus::Failed);
+
+        failing.store(false, Ordering::SeqCst);
+        let mut journal = Journal::load(&host).unwrap();
+        let report = apply(&host, &plan(), &mut journal).unwrap();
+        assert_eq!(report.in_place, vec!["write:/etc/a.conf"]);
+        assert_eq!(report.applied, vec!["run:modprobe overlay", "restart:x.service"]);
+
+        let before = host.commands().len();
+        let report = apply(&host, &plan(), &mut journal).unwrap();
+        assert!(report.applied.is_empty(), "{report:?}");
+        assert_eq!(host.commands().len(), before, "no command on a converged host");
+    }
+
+    #[test]
+    fn a_changed_step_is_applied_again() {
+        let host = FakeHost::new();
+        let mut journal = Journal::default();
+        apply(&host, &plan(), &mut journal).unwrap();
+        let mut changed = plan();
+        changed.steps[1].action = Action::RunCommand {
+            command: CommandSpec::new("modprobe").arg("overlay"),
+            done_when: Some(Probe::FileExists { path: "/nope".into() }),
+        };
+        let report = apply(&host, &changed, &mut journal).unwrap();
+        assert_eq!(report.applied, vec!["run:modprobe overlay"]);
+    }
+
+    #[test]
+    fn waits_are_bounded_and_name_the_probe() {
+        let host = FakeHost::new();
+        let mut plan = Plan::default();
+        plan.push(Step::new(
+            Phase::Init,
+            "test",
+            Action::WaitFor {
+                probe: Probe::FileExists { path: "/run/ready".into() },
+                timeout: Duration::from_millis(200),
+                interval: Duration::from_millis(20),
+            },
+        ));
+        let err = apply(&host, &plan, &mut Journal::default()).unwrap_err();
+        assert!(err.to_string().contains("/run/ready exists"), "{err}");
+    }
+
+    #[test]
+    fn join_steps_leave_the_join_marker() {
+        let host = FakeHost::new();
+        let mut plan = Plan::default();
+        plan.push(Step::new(
+            Phase::Join,
+            "test",
+            Action::RunCommand {
+                command: CommandSpec::new("k3s").arg("agent"),
+                done_when: None,
+            },
+        ));
+        apply(&host, &plan, &mut Journal::default()).unwrap();
+        assert!(host.file(state::JOIN_STARTED_FILE).is_some());
+    }
+}

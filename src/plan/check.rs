@@ -1,0 +1,180 @@
+//! Whether a step is already in place, by looking at the host (read-only).
+
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::step::{Action, Probe, ServiceAction};
+use crate::host::{CommandSpec, FileKind, Host, HostError};
+
+/// What a look at the host says about a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// The host already looks as the step would leave it.
+    Done,
+    /// The step would change something.
+    Pending,
+    /// The host cannot tell (a command without a probe, a restart); the journal decides.
+    Unknown,
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `systemctl ARGS…` with the probe timeout.
+pub fn systemctl(args: &[&str]) -> CommandSpec {
+    CommandSpec::new("systemctl")
+        .args(args.iter().copied())
+        .timeout(PROBE_TIMEOUT)
+}
+
+/// Runs a probe.
+pub fn probe(host: &dyn Host, probe: &Probe) -> Result<bool, HostError> {
+    Ok(match probe {
+        Probe::FileExists { path } => host.exists(path)?,
+        Probe::FileEquals { path, value } => host
+            .read_string(path)?
+            .is_some_and(|t| t.trim() == value.trim()),
+        Probe::ModuleLoaded { name } => {
+            host.exists(&Path::new("/sys/module").join(name))?
+                || host
+                    .read_string(Path::new("/proc/modules"))?
+                    .is_some_and(|t| crate::facts::parse_modules(&t).contains(name))
+        }
+        Probe::NoActiveSwap => host
+            .read_string(Path::new("/proc/swaps"))?
+            .is_none_or(|t| crate::facts::parse_swaps(&t).is_empty()),
+        Probe::SysctlsSet { values } => {
+            for (key, value) in values {
+                let path = sysctl_path(key);
+                if !host.read_string(&path)?.is_some_and(|t| t.trim() == value) {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        Probe::CommandSucceeds { command } => host.run(command)?.success(),
+        Probe::ServiceActive { unit } => host
+            .run(&systemctl(&["is-active", "--quiet", unit]))?
+            .success(),
+    })
+}
+
+/// `/proc/sys/net/ipv4/ip_forward` for `net.ipv4.ip_forward`.
+pub fn sysctl_path(key: &str) -> std::path::PathBuf {
+    Path::new("/proc/sys").join(key.replace('.', "/"))
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Looks at the host to tell whether `action` is already in place.
+pub fn check(host: &dyn Host, action: &Action) -> Result<Status, HostError> {
+    let done = |yes: bool| if yes { Status::Done } else { Status::Pending };
+    Ok(match action {
+        Action::MakeDir { path, mode } => done(
+            host.metadata(path)?
+                .is_some_and(|m| m.kind == FileKind::Dir && m.mode == *mode),
+        ),
+        Action::WriteFile {
+            path,
+            mode,
+            owner,
+            contents,
+        } => {
+            let Some(meta) = host.metadata(path)? else {
+                return Ok(Status::Pending);
+            };
+            let owner_ok = owner.is_none_or(|o| o.uid == meta.uid && o.gid == meta.gid);
+            if meta.kind != FileKind::File || meta.mode != *mode || !owner_ok {
+                return Ok(Status::Pending);
+            }
+            let current = host.read(path)?.unwrap_or_default();
+            done(digest(&current) == digest(contents.bytes()))
+        }
+        Action::InstallBinary { source, dest, mode } => {
+            let Some(meta) = host.metadata(dest)? else {
+                return Ok(Status::Pending);
+            };
+            if meta.kind != FileKind::File || meta.mode != *mode {
+                return Ok(Status::Pending);
+            }
+            let want = host.read(source)?.map(|b| digest(&b));
+            let have = host.read(dest)?.map(|b| digest(&b));
+            done(want.is_some() && want == have)
+        }
+        Action::RunCommand { done_when, .. } => match done_when {
+            Some(p) => done(probe(host, p)?),
+            None => Status::Unknown,
+        },
+        Action::Service { unit, action } => match action {
+            ServiceAction::Enable => {
+                done(host.run(&systemctl(&["is-enabled", "--quiet", unit]))?.success())
+            }
+            ServiceAction::Start | ServiceAction::StartNoBlock => {
+                done(host.run(&systemctl(&["is-active", "--quiet", unit]))?.success())
+            }
+            ServiceAction::Stop => {
+                done(!host.run(&systemctl(&["is-active", "--quiet", unit]))?.success())
+            }
+            ServiceAction::Mask => done(
+                host.run(&systemctl(&["is-enabled", unit]))?
+                    .stdout_text()
+                    .trim()
+                    == "masked",
+            ),
+            ServiceAction::Restart => Status::Unknown,
+        },
+        Action::WaitFor { probe: p, .. } => done(probe(host, p)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::FakeHost;
+    use crate::plan::Contents;
+    use std::path::PathBuf;
+
+    #[test]
+    fn write_file_is_done_only_with_same_bytes_and_mode() {
+        let host = FakeHost::new();
+        let action = Action::WriteFile {
+            path: PathBuf::from("/etc/x.conf"),
+            mode: 0o644,
+            owner: None,
+            contents: Contents::Public(b"a=1\n".to_vec()),
+        };
+        assert_eq!(check(&host, &action).unwrap(), Status::Pending);
+        host.write_atomic(Path::new("/etc/x.conf"), b"a=1\n", 0o600, None)
+            .unwrap();
+        assert_eq!(check(&host, &action).unwrap(), Status::Pending, "mode differs");
+        host.write_atomic(Path::new("/etc/x.conf"), b"a=1\n", 0o644, None)
+            .unwrap();
+        assert_eq!(check(&host, &action).unwrap(), Status::Done);
+        host.write_atomic(Path::new("/etc/x.conf"), b"a=2\n", 0o644, None)
+            .unwrap();
+        assert_eq!(check(&host, &action).unwrap(), Status::Pending);
+    }
+
+    #[test]
+    fn probes_read_proc_files() {
+        let host = FakeHost::new()
+            .with_file("/proc/modules", "overlay 1 0 - Live 0x0\n")
+            .with_file("/proc/swaps", "Filename Type Size Used Priority\n")
+            .with_file("/proc/sys/net/ipv4/ip_forward", "1\n");
+        assert!(probe(&host, &Probe::ModuleLoaded { name: "overlay".into() }).unwrap());
+        assert!(!probe(&host, &Probe::ModuleLoaded { name: "br_netfilter".into() }).unwrap());
+        assert!(probe(&host, &Probe::NoActiveSwap).unwrap());
+        assert!(probe(
+            &host,
+            &Probe::FileEquals {
+                path: "/proc/sys/net/ipv4/ip_forward".into(),
+                value: "1".into()
+            }
+        )
+        .unwrap());
+    }
+}

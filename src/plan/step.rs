@@ -1,0 +1,274 @@
+//! The step vocabulary: what a plan may do to a host, and how to tell it has been done.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use crate::host::{CommandSpec, Owner};
+use crate::secret::Secret;
+
+/// The stages of `up`, in order. Steps in [`Phase::Join`] mark the node as joining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    HostPrep,
+    ClusterImage,
+    Runtime,
+    Registry,
+    Init,
+    Join,
+    PostInstall,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::HostPrep => "host preparation",
+            Phase::ClusterImage => "cluster image",
+            Phase::Runtime => "container runtime",
+            Phase::Registry => "registry",
+            Phase::Init => "cluster init",
+            Phase::Join => "cluster join",
+            Phase::PostInstall => "post-install",
+        })
+    }
+}
+
+/// File contents; secret contents never appear in plans, logs or journals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Contents {
+    Public(Vec<u8>),
+    Secret(Secret),
+}
+
+impl Contents {
+    /// The bytes to write.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Contents::Public(b) => b,
+            Contents::Secret(s) => s.expose().as_bytes(),
+        }
+    }
+
+    /// SHA-256 of the bytes, hex.
+    pub fn sha256(&self) -> String {
+        hex::encode(Sha256::digest(self.bytes()))
+    }
+}
+
+impl Serialize for Contents {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Contents", 3)?;
+        match self {
+            Contents::Public(b) => {
+                st.serialize_field("bytes", &b.len())?;
+                st.serialize_field("sha256", &self.sha256())?;
+                st.serialize_field("secret", &false)?;
+            }
+            Contents::Secret(sec) => {
+                st.serialize_field("bytes", &sec.len())?;
+                st.serialize_field("sha256", crate::secret::REDACTED)?;
+                st.serialize_field("secret", &true)?;
+            }
+        }
+        st.end()
+    }
+}
+
+/// What to do with a systemd unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceAction {
+    Enable,
+    Start,
+    /// Start without waiting for `Type=notify` units (their readiness is probed after).
+    StartNoBlock,
+    Restart,
+    Stop,
+    Mask,
+}
+
+impl ServiceAction {
+    /// The `systemctl` verb.
+    pub fn verb(self) -> &'static str {
+        match self {
+            ServiceAction::Enable => "enable",
+            ServiceAction::Start | ServiceAction::StartNoBlock => "start",
+            ServiceAction::Restart => "restart",
+            ServiceAction::Stop => "stop",
+            ServiceAction::Mask => "mask",
+        }
+    }
+}
+
+/// A read-only test of the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "probe", rename_all = "kebab-case")]
+pub enum Probe {
+    /// Something exists at the path.
+    FileExists { path: PathBuf },
+    /// The file's trimmed text equals `value` (a sysctl under `/proc/sys`, say).
+    FileEquals { path: PathBuf, value: String },
+    /// A kernel module is loaded or built in.
+    ModuleLoaded { name: String },
+    /// `/proc/swaps` lists no active swap.
+    NoActiveSwap,
+    /// Every sysctl (`net.ipv4.ip_forward`) reads the value under `/proc/sys`.
+    SysctlsSet { values: Vec<(String, String)> },
+    /// A command exits 0.
+    CommandSucceeds { command: CommandSpec },
+    /// `systemctl is-active` says active.
+    ServiceActive { unit: String },
+}
+
+/// One change to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Action {
+    MakeDir {
+        path: PathBuf,
+        mode: u32,
+    },
+    WriteFile {
+        path: PathBuf,
+        mode: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        owner: Option<Owner>,
+        contents: Contents,
+    },
+    InstallBinary {
+        source: PathBuf,
+        dest: PathBuf,
+        mode: u32,
+    },
+    RunCommand {
+        command: CommandSpec,
+        /// When given, the command is skipped while this probe passes.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        done_when: Option<Probe>,
+    },
+    Service {
+        unit: String,
+        action: ServiceAction,
+    },
+    WaitFor {
+        probe: Probe,
+        #[serde(with = "crate::duration_serde")]
+        timeout: Duration,
+        #[serde(with = "crate::duration_serde")]
+        interval: Duration,
+    },
+}
+
+/// An action with a stable id, the phase it belongs to and why it is there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// Stable across runs; the journal is keyed by it.
+    pub id: String,
+    pub phase: Phase,
+    /// Why this step exists, for the plan output.
+    pub reason: String,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+impl Step {
+    /// A step whose id is derived from its action.
+    pub fn new(phase: Phase, reason: impl Into<String>, action: Action) -> Step {
+        Step {
+            id: action.default_id(),
+            phase,
+            reason: reason.into(),
+            action,
+        }
+    }
+
+    /// A digest of everything the step does; a journal entry only counts for the same
+    /// fingerprint. Secret contents enter only through their hash, mixed with the rest.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(serde_json::to_vec(&self.action).unwrap_or_default());
+        if let Action::WriteFile { contents, .. } = &self.action {
+            hasher.update(Sha256::digest(contents.bytes()));
+        }
+        hex::encode(&hasher.finalize()[..16])
+    }
+}
+
+impl Action {
+    fn default_id(&self) -> String {
+        match self {
+            Action::MakeDir { path, .. } => format!("mkdir:{}", path.display()),
+            Action::WriteFile { path, .. } => format!("write:{}", path.display()),
+            Action::InstallBinary { dest, .. } => format!("install:{}", dest.display()),
+            Action::RunCommand { command, .. } => format!("run:{command}"),
+            Action::Service { unit, action } => format!("{}:{unit}", action.verb()),
+            Action::WaitFor { probe, .. } => format!("wait:{probe}"),
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Probe::FileExists { path } => write!(f, "{} exists", path.display()),
+            Probe::FileEquals { path, value } => write!(f, "{} = {value}", path.display()),
+            Probe::ModuleLoaded { name } => write!(f, "module {name} loaded"),
+            Probe::NoActiveSwap => f.write_str("no active swap"),
+            Probe::SysctlsSet { values } => {
+                let shown: Vec<String> = values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "sysctls {}", shown.join(", "))
+            }
+            Probe::CommandSucceeds { command } => write!(f, "`{command}` succeeds"),
+            Probe::ServiceActive { unit } => write!(f, "{unit} active"),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::MakeDir { path, mode } => write!(f, "make folder {} ({mode:04o})", path.display()),
+            Action::WriteFile {
+                path,
+                mode,
+                contents,
+                ..
+            } => match contents {
+                Contents::Public(b) => write!(
+                    f,
+                    "write {} ({mode:04o}, {} bytes, sha256 {})",
+                    path.display(),
+                    b.len(),
+                    &contents.sha256()[..12]
+                ),
+                Contents::Secret(s) => write!(
+                    f,
+                    "write {} ({mode:04o}, secret, {} bytes)",
+                    path.display(),
+                    s.len()
+                ),
+            },
+            Action::InstallBinary { source, dest, mode } => write!(
+                f,
+                "install {} from {} ({mode:04o})",
+                dest.display(),
+                source.display()
+            ),
+            Action::RunCommand { command, .. } => write!(f, "run `{command}`"),
+            Action::Service { unit, action } => match action {
+                ServiceAction::StartNoBlock => write!(f, "systemctl start --no-block {unit}"),
+                other => write!(f, "systemctl {} {unit}", other.verb()),
+            },
+            Action::WaitFor { probe, timeout, .. } => write!(
+                f,
+                "wait until {probe} (at most {})",
+                humantime::format_duration(*timeout)
+            ),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Syntax of the values users write: names, labels, taints, endpoints, secrets, digests.
+//!
+//! Each check returns `Err(expected)`: a phrase saying what was expected, which the caller
+//! joins with the field path and the offending value.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// A DNS label (RFC 1123): 1–63 of `[a-z0-9-]`, alphanumeric at both ends.
+pub fn dns_label(s: &str) -> Result<(), &'static str> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    ok.then_some(())
+        .ok_or("a lowercase RFC 1123 label: letters, digits and '-', at most 63, alphanumeric at both ends")
+}
+
+/// A DNS subdomain (RFC 1123), as Kubernetes node names are: dot-separated labels, ≤ 253.
+pub fn dns_subdomain(s: &str) -> Result<(), &'static str> {
+    const EXPECTED: &str = "a lowercase RFC 1123 name: labels of letters, digits and '-' separated by '.', at most 253 characters";
+    if s.is_empty() || s.len() > 253 {
+        return Err(EXPECTED);
+    }
+    s.split('.')
+        .try_for_each(dns_label)
+        .map_err(|_| EXPECTED)
+}
+
+/// A host: an IP address or an RFC 1123 name.
+pub fn host(s: &str) -> Result<(), &'static str> {
+    if s.parse::<IpAddr>().is_ok() || dns_subdomain(s).is_ok() {
+        Ok(())
+    } else {
+        Err("an IP address or an RFC 1123 host name")
+    }
+}
+
+/// `host:port`, with IPv6 in brackets (`[fd00::1]:6443`).
+pub fn endpoint(s: &str) -> Result<(String, u16), &'static str> {
+    const EXPECTED: &str = "host:port, such as 10.0.0.10:6443 or [fd00::10]:6443";
+    let (host_part, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or(EXPECTED)?;
+        h.parse::<std::net::Ipv6Addr>().map_err(|_| EXPECTED)?;
+        (h, p)
+    } else {
+        let (h, p) = s.rsplit_once(':').ok_or(EXPECTED)?;
+        if h.contains(':') {
+            return Err(EXPECTED);
+        }
+        host(h).map_err(|_| EXPECTED)?;
+        (h, p)
+    };
+    let port = port_number(port).map_err(|_| EXPECTED)?;
+    Ok((host_part.to_owned(), port))
+}
+
+/// A TCP port, 1–65535.
+pub fn port_number(s: &str) -> Result<u16, &'static str> {
+    match s.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err("a port number from 1 to 65535"),
+    }
+}
+
+fn qualified_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A Kubernetes label or taint key: `[prefix/]name`, prefix a DNS subdomain.
+pub fn label_key(s: &str) -> Result<(), &'static str> {
+    const EXPECTED: &str =
+        "a Kubernetes key: optional DNS-subdomain prefix and '/', then 1-63 of [A-Za-z0-9-_.], alphanumeric at both ends";
+    let name = match s.split_once('/') {
+        Some((prefix, name)) => {
+            dns_subdomain(prefix).map_err(|_| EXPECTED)?;
+            name
+        }
+        None => s,
+    };
+    qualified_name(name).then_some(()).ok_or(EXPECTED)
+}
+
+/// A Kubernetes label value: empty, or 1-63 of `[A-Za-z0-9-_.]` alphanumeric at both ends.
+pub fn label_value(s: &str) -> Result<(), &'static str> {
+    (s.is_empty() || qualified_name(s))
+        .then_some(())
+        .ok_or("a Kubernetes label value: empty or 1-63 of [A-Za-z0-9-_.], alphanumeric at both ends")
+}
+
+/// Checks every key and value of a label map; the error names the offending key.
+pub fn labels(map: &BTreeMap<String, String>) -> Result<(), (String, &'static str)> {
+    for (key, value) in map {
+        label_key(key).map_err(|e| (key.clone(), e))?;
+        label_value(value).map_err(|e| (key.clone(), e))?;
+    }
+    Ok(())
+}
+
+/// The three taint effects Kubernetes knows.
+pub const TAINT_EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+/// A taint as kubectl writes it: `key[=value]:Effect`.
+pub fn taint(s: &str) -> Result<(), &'static str> {
+    const EXPECTED: &str =
+        "a taint key[=value]:Effect, with Effect one of NoSchedule, PreferNoSchedule, NoExecute";
+    let (kv, effect) = s.rsplit_once(':').ok_or(EXPECTED)?;
+    if !TAINT_EFFECTS.contains(&effect) {
+        return Err(EXPECTED);
+    }
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    label_key(key).map_err(|_| EXPECTED)?;
+    label_value(value).map_err(|_| EXPECTED)
+}
+
+/// A SHA-256 digest in hex: 64 of `[0-9a-f]` (upper case accepted).
+pub fn sha256_hex(s: &str) -> Result<(), &'static str> {
+    (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(())
+        .ok_or("a SHA-256 digest: 64 hexadecimal digits")
+}
+
+/// The shortest join secret accepted.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// A join secret with enough entropy: at least 32 characters, at least 16 distinct, and at
+/// least 3 bits per character of observed (Shannon) entropy. `openssl rand -hex 32` passes;
+/// a word repeated, a keyboard walk or `aaaa…` does not.
+pub fn join_secret(s: &str) -> Result<(), &'static str> {
+    const EXPECTED: &str = "a random secret of at least 32 characters (for example `openssl rand -hex 32`)";
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() < MIN_SECRET_LEN {
+        return Err(EXPECTED);
+    }
+    let mut counts: BTreeMap<char, usize> = BTreeMap::new();
+    for c in &chars {
+        *counts.entry(*c).or_default() += 1;
+    }
+    let n = chars.len() as f64;
+    let bits_per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    if counts.len() < 16 || bits_per_char < 3.0 {
+        return Err("a random secret: this one has too little entropy (too few distinct characters); use `openssl rand -hex 32`");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(dns_subdomain("node-1.example.com").is_ok());
+        assert!(dns_subdomain("Node1").is_err());
+        assert!(dns_subdomain("-a").is_err());
+        assert!(dns_subdomain(&"a".repeat(64)).is_err());
+        assert!(dns_subdomain("a..b").is_err());
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(endpoint("10.0.0.1:6443").unwrap().1, 6443);
+        assert_eq!(endpoint("[fd00::1]:6443").unwrap().0, "fd00::1");
+        assert_eq!(endpoint("api.example.com:443").unwrap().0, "api.example.com");
+        for bad in ["10.0.0.1", "10.0.0.1:0", "fd00::1:6443", "a_b:1", "h:70000", "[zz]:1"] {
+            assert!(endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn labels_and_taints() {
+        assert!(label_key("node-role.kubernetes.io/worker").is_ok());
+        assert!(label_key("example.com/").is_err());
+        assert!(label_key("-x").is_err());
+        assert!(label_value("").is_ok());
+        assert!(label_value("a b").is_err());
+        assert!(taint("dedicated=gpu:NoSchedule").is_ok());
+        assert!(taint("dedicated:NoExecute").is_ok());
+        assert!(taint("dedicated=gpu:Sometimes").is_err());
+        assert!(taint("dedicated=gpu").is_err());
+    }
+
+    #[test]
+    fn secrets() {
+        assert!(join_secret("0123456789abcdef0123456789abcdef").is_ok());
+        assert!(join_secret(&"a".repeat(64)).is_err());
+        assert!(join_secret(&"password".repeat(4)).is_err());
+        assert!(join_secret("short").is_err());
+        assert!(sha256_hex(&"ab".repeat(32)).is_ok());
+        assert!(sha256_hex(&"zz".repeat(32)).is_err());
+    }
+}
