@@ -96,7 +96,10 @@ pub struct NodeConfig {
     /// Kubernetes node name (RFC 1123); default: the host name.
     pub name: Option<String>,
     /// The address other nodes reach this one on; default: the default-route address.
-    #[serde(with = "crate::parsed::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "crate::parsed::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub address: Option<IpAddr>,
     pub labels: BTreeMap<String, String>,
     /// Taints as `key[=value]:Effect`.
@@ -116,9 +119,15 @@ pub struct ClusterConfig {
     pub join_secret: Option<Secret>,
     /// A file holding the join secret; must not be readable by group or others.
     pub join_secret_file: Option<PathBuf>,
-    #[serde(with = "crate::parsed::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "crate::parsed::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pod_cidr: Option<IpNet>,
-    #[serde(with = "crate::parsed::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "crate::parsed::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_cidr: Option<IpNet>,
 }
 
@@ -283,9 +292,7 @@ impl Provider for YamlFile {
         )
     }
 
-    fn data(
-        &self,
-    ) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
+    fn data(&self) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
         Yaml::string(&self.text).data()
     }
 }
@@ -329,9 +336,7 @@ impl Provider for FlagProvider {
         Metadata::named("command-line flags")
     }
 
-    fn data(
-        &self,
-    ) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
+    fn data(&self) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
         Serialized::globals(&self.0).data()
     }
 }
@@ -349,9 +354,7 @@ impl Provider for EnvList {
         })
     }
 
-    fn data(
-        &self,
-    ) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
+    fn data(&self) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
         let mut dict = figment::value::Dict::new();
         for (key, value) in &self.vars {
             let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
@@ -448,14 +451,10 @@ fn from_figment(figment: &Figment, error: figment::Error) -> ConfigError {
     let errors = error
         .into_iter()
         .map(|e| {
-            let mut path = e.path.clone();
+            let path = e.path.clone();
             let message = match &e.kind {
-                figment::error::Kind::UnknownField(name, expected) => {
-                    path.push(name.clone());
-                    format!(
-                        "unknown key; expected one of: {}",
-                        expected.join(", ")
-                    )
+                figment::error::Kind::UnknownField(_, expected) => {
+                    format!("unknown key; expected one of: {}", expected.join(", "))
                 }
                 figment::error::Kind::InvalidType(actual, expected) => {
                     format!("expected {expected}, got {actual}")
@@ -478,7 +477,9 @@ fn from_figment(figment: &Figment, error: figment::Error) -> ConfigError {
                 .as_ref()
                 .map(|m| {
                     let keys: Vec<&str> = path.iter().map(String::as_str).collect();
-                    if matches!(m.source, Some(figment::Source::File(_))) || m.name == "command-line flags" {
+                    if matches!(m.source, Some(figment::Source::File(_)))
+                        || m.name == "command-line flags"
+                    {
                         m.name.to_string()
                     } else {
                         m.interpolate(&Profile::Default, &keys)
@@ -575,7 +576,11 @@ impl Config {
         let mut seen = BTreeSet::new();
         for (i, controller) in cluster.controllers.iter().enumerate() {
             if let Err(what) = validate::host(controller) {
-                errors.push(expected(format!("cluster.controllers[{i}]"), what, controller));
+                errors.push(expected(
+                    format!("cluster.controllers[{i}]"),
+                    what,
+                    controller,
+                ));
             } else if !seen.insert(controller.as_str()) {
                 errors.push(err(
                     format!("cluster.controllers[{i}]"),
@@ -626,7 +631,10 @@ impl Config {
         if let Err(what) = validate::dns_subdomain(&self.registry.domain) {
             errors.push(expected("registry.domain", what, &self.registry.domain));
         }
-        for (field, port) in [("registry.port", self.registry.port), ("join.port", self.join.port)] {
+        for (field, port) in [
+            ("registry.port", self.registry.port),
+            ("join.port", self.join.port),
+        ] {
             if port == 0 {
                 errors.push(expected(field, "a port number from 1 to 65535", "0"));
             } else if RESERVED_PORTS.contains(&port) {
@@ -693,7 +701,9 @@ impl Config {
                 if cidr.contains(&address) {
                     errors.push(err(
                         field,
-                        format!("{cidr} contains {name} {address}; pick a range the nodes are not in"),
+                        format!(
+                            "{cidr} contains {name} {address}; pick a range the nodes are not in"
+                        ),
                     ));
                 }
             }

@@ -106,7 +106,8 @@ impl Facts {
 
     /// Gathers facts from the host.
     pub fn gather(host: &dyn Host) -> Result<Facts, FactsError> {
-        let text = |p: &str| -> Result<Option<String>, HostError> { host.read_string(Path::new(p)) };
+        let text =
+            |p: &str| -> Result<Option<String>, HostError> { host.read_string(Path::new(p)) };
 
         let hostname = match text("/proc/sys/kernel/hostname")? {
             Some(h) => h.trim().to_owned(),
@@ -169,7 +170,9 @@ impl Facts {
             os_release: text("/etc/os-release")?
                 .map(|t| parse_os_release(&t))
                 .unwrap_or_default(),
-            swap: text("/proc/swaps")?.map(|t| parse_swaps(&t)).unwrap_or_default(),
+            swap: text("/proc/swaps")?
+                .map(|t| parse_swaps(&t))
+                .unwrap_or_default(),
             cgroup_v2: host.exists(Path::new("/sys/fs/cgroup/cgroup.controllers"))?,
             modules,
             ip_forward: text("/proc/sys/net/ipv4/ip_forward")?.map(|t| t.trim() == "1"),
@@ -287,13 +290,17 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        let route = "Iface\tDestination\tGateway\nlo\t0000007F\t00000000\neth0\t00000000\t0102A8C0\n";
+        let route =
+            "Iface\tDestination\tGateway\nlo\t0000007F\t00000000\neth0\t00000000\t0102A8C0\n";
         assert_eq!(default_route_interface(route).as_deref(), Some("eth0"));
         let tcp = "  sl  local_address rem_address   st\n   0: 00000000:192B 00000000:0000 0A\n   1: 0100007F:1F90 0100007F:D3A2 01\n";
         assert_eq!(parse_listening_ports(tcp), BTreeSet::from([6443]));
         let swaps = "Filename\tType\tSize\tUsed\tPriority\n/swap.img file 2097148 0 -2\n";
         assert_eq!(parse_swaps(swaps)[0].path, "/swap.img");
-        assert_eq!(parse_os_release("ID=debian\nVERSION_ID=\"12\"\n")["VERSION_ID"], "12");
+        assert_eq!(
+            parse_os_release("ID=debian\nVERSION_ID=\"12\"\n")["VERSION_ID"],
+            "12"
+        );
     }
 
     #[test]
@@ -302,7 +309,10 @@ mod tests {
             .with_file("/proc/sys/kernel/hostname", "node-a\n")
             .with_file("/proc/sys/net/ipv4/ip_forward", "0\n")
             .with_file("/proc/modules", "overlay 151552 0 - Live 0x0\n")
-            .with_file("/proc/swaps", "Filename Type Size Used Priority\n/dev/sda2 partition 1024 0 -2\n")
+            .with_file(
+                "/proc/swaps",
+                "Filename Type Size Used Priority\n/dev/sda2 partition 1024 0 -2\n",
+            )
             .with_file("/proc/meminfo", "MemTotal:        2048000 kB\n")
             .with_file("/sys/fs/cgroup/cgroup.controllers", "cpu memory\n");
         let facts = Facts::gather(&host).unwrap();

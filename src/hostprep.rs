@@ -78,7 +78,9 @@ pub fn steps(facts: &Facts, requirements: &Requirements, ipv6: bool) -> Vec<Step
         Phase::HostPrep,
         "apply the sysctls now",
         Action::RunCommand {
-            command: CommandSpec::new("sysctl").arg("-p").arg(Path::new(SYSCTL_FILE)),
+            command: CommandSpec::new("sysctl")
+                .arg("-p")
+                .arg(Path::new(SYSCTL_FILE)),
             done_when: Some(Probe::SysctlsSet { values }),
         },
     ));

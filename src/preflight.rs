@@ -127,42 +127,97 @@ pub fn run(ctx: &Context<'_>) -> Report {
     if facts.root {
         add("root", Outcome::Pass, "running as root".into());
     } else {
-        add("root", Outcome::Fail, "not running as root: `up` installs binaries and services".into());
+        add(
+            "root",
+            Outcome::Fail,
+            "not running as root: `up` installs binaries and services".into(),
+        );
     }
 
     let image_arch = ctx.image.metadata.arch.as_str();
     if !["amd64", "arm64"].contains(&facts.arch.as_str()) {
-        add("arch", Outcome::Fail, format!("{} is not supported (amd64, arm64)", facts.arch));
+        add(
+            "arch",
+            Outcome::Fail,
+            format!("{} is not supported (amd64, arm64)", facts.arch),
+        );
     } else if !image_arch.is_empty() && image_arch != facts.arch {
         add(
             "arch",
             Outcome::Fail,
-            format!("the cluster image is for {image_arch}, this host is {}", facts.arch),
+            format!(
+                "the cluster image is for {image_arch}, this host is {}",
+                facts.arch
+            ),
         );
     } else {
         add("arch", Outcome::Pass, facts.arch.clone());
     }
 
-    let kind = if ctx.role.is_controller() { "controller" } else { "worker" };
-    if facts.cpus >= req.min_cpus {
-        add("cpu", Outcome::Pass, format!("{} CPUs (a {distro} {kind} needs {})", facts.cpus, req.min_cpus));
+    let kind = if ctx.role.is_controller() {
+        "controller"
     } else {
-        add("cpu", Outcome::Fail, format!("{} CPUs; a {distro} {kind} needs at least {}", facts.cpus, req.min_cpus));
+        "worker"
+    };
+    if facts.cpus >= req.min_cpus {
+        add(
+            "cpu",
+            Outcome::Pass,
+            format!(
+                "{} CPUs (a {distro} {kind} needs {})",
+                facts.cpus, req.min_cpus
+            ),
+        );
+    } else {
+        add(
+            "cpu",
+            Outcome::Fail,
+            format!(
+                "{} CPUs; a {distro} {kind} needs at least {}",
+                facts.cpus, req.min_cpus
+            ),
+        );
     }
     let mib = facts.memory_bytes >> 20;
     if mib >= req.min_memory_mib {
-        add("memory", Outcome::Pass, format!("{mib} MiB (a {distro} {kind} needs {} MiB)", req.min_memory_mib));
+        add(
+            "memory",
+            Outcome::Pass,
+            format!(
+                "{mib} MiB (a {distro} {kind} needs {} MiB)",
+                req.min_memory_mib
+            ),
+        );
     } else {
-        add("memory", Outcome::Fail, format!("{mib} MiB; a {distro} {kind} needs at least {} MiB", req.min_memory_mib));
+        add(
+            "memory",
+            Outcome::Fail,
+            format!(
+                "{mib} MiB; a {distro} {kind} needs at least {} MiB",
+                req.min_memory_mib
+            ),
+        );
     }
 
     let free_gib = facts.disk_free_bytes as f64 / (1u64 << 30) as f64;
     if facts.disk_free_bytes < DISK_FAIL_BYTES {
-        add("disk", Outcome::Fail, format!("{free_gib:.1} GiB free under /var/lib; at least 2 GiB needed"));
+        add(
+            "disk",
+            Outcome::Fail,
+            format!("{free_gib:.1} GiB free under /var/lib; at least 2 GiB needed"),
+        );
     } else if facts.disk_free_bytes < DISK_WARN_BYTES {
-        add("disk", Outcome::Warn, format!("{free_gib:.1} GiB free under /var/lib; 10 GiB or more advised for images"));
+        add(
+            "disk",
+            Outcome::Warn,
+            format!("{free_gib:.1} GiB free under /var/lib; 10 GiB or more advised for images"),
+        );
     } else {
-        add("disk", Outcome::Pass, format!("{free_gib:.1} GiB free under /var/lib"));
+        add(
+            "disk",
+            Outcome::Pass,
+            format!("{free_gib:.1} GiB free under /var/lib"),
+        );
     }
 
     if facts.swap.is_empty() {
@@ -170,16 +225,35 @@ pub fn run(ctx: &Context<'_>) -> Report {
     } else {
         let areas: Vec<&str> = facts.swap.iter().map(|s| s.path.as_str()).collect();
         if req.swap_off {
-            add("swap", Outcome::Fix, format!("swap active on {}; `up` turns it off and masks it (kubelet refuses swap)", areas.join(", ")));
+            add(
+                "swap",
+                Outcome::Fix,
+                format!(
+                    "swap active on {}; `up` turns it off and masks it (kubelet refuses swap)",
+                    areas.join(", ")
+                ),
+            );
         } else {
             add("swap", Outcome::Warn, format!("swap active on {}; {distro} runs with it, but memory limits are less predictable", areas.join(", ")));
         }
     }
 
     match facts.ip_forward {
-        Some(true) => add("ip-forward", Outcome::Pass, "net.ipv4.ip_forward = 1".into()),
-        Some(false) => add("ip-forward", Outcome::Fix, "net.ipv4.ip_forward = 0; `up` sets it to 1".into()),
-        None => add("ip-forward", Outcome::Fix, "net.ipv4.ip_forward unreadable; `up` sets it to 1".into()),
+        Some(true) => add(
+            "ip-forward",
+            Outcome::Pass,
+            "net.ipv4.ip_forward = 1".into(),
+        ),
+        Some(false) => add(
+            "ip-forward",
+            Outcome::Fix,
+            "net.ipv4.ip_forward = 0; `up` sets it to 1".into(),
+        ),
+        None => add(
+            "ip-forward",
+            Outcome::Fix,
+            "net.ipv4.ip_forward unreadable; `up` sets it to 1".into(),
+        ),
     }
 
     let missing: Vec<&str> = REQUIRED_MODULES
@@ -188,9 +262,17 @@ pub fn run(ctx: &Context<'_>) -> Report {
         .filter(|m| !facts.modules.contains(*m))
         .collect();
     if missing.is_empty() {
-        add("modules", Outcome::Pass, REQUIRED_MODULES.join(", ") + " loaded");
+        add(
+            "modules",
+            Outcome::Pass,
+            REQUIRED_MODULES.join(", ") + " loaded",
+        );
     } else {
-        add("modules", Outcome::Fix, format!("{} not loaded; `up` loads them", missing.join(", ")));
+        add(
+            "modules",
+            Outcome::Fix,
+            format!("{} not loaded; `up` loads them", missing.join(", ")),
+        );
     }
 
     let busy: Vec<String> = ports(ctx)
@@ -201,9 +283,17 @@ pub fn run(ctx: &Context<'_>) -> Report {
     if busy.is_empty() {
         add("ports", Outcome::Pass, "needed ports are free".into());
     } else if ctx.already_set_up {
-        add("ports", Outcome::Pass, format!("in use, by this node's own services: {}", busy.join(", ")));
+        add(
+            "ports",
+            Outcome::Pass,
+            format!("in use, by this node's own services: {}", busy.join(", ")),
+        );
     } else {
-        add("ports", Outcome::Fail, format!("already in use: {}", busy.join(", ")));
+        add(
+            "ports",
+            Outcome::Fail,
+            format!("already in use: {}", busy.join(", ")),
+        );
     }
 
     let needs_v2 = kube_version(&ctx.image.metadata.version).is_some_and(|v| v >= (1, 35, 0));
@@ -220,18 +310,32 @@ pub fn run(ctx: &Context<'_>) -> Report {
     }
 
     match &ctx.config.node.name {
-        Some(name) => add("hostname", Outcome::Pass, format!("node name {name} (from node.name)")),
+        Some(name) => add(
+            "hostname",
+            Outcome::Pass,
+            format!("node name {name} (from node.name)"),
+        ),
         None if facts.hostname == "localhost" || facts.hostname.is_empty() => add(
             "hostname",
             Outcome::Fail,
-            format!("host name {:?} cannot be a node name; set one, or node.name", facts.hostname),
+            format!(
+                "host name {:?} cannot be a node name; set one, or node.name",
+                facts.hostname
+            ),
         ),
         None => match validate::dns_subdomain(&facts.hostname) {
-            Ok(()) => add("hostname", Outcome::Pass, format!("node name {}", facts.hostname)),
+            Ok(()) => add(
+                "hostname",
+                Outcome::Pass,
+                format!("node name {}", facts.hostname),
+            ),
             Err(what) => add(
                 "hostname",
                 Outcome::Fail,
-                format!("host name {:?} is not a valid node name: expected {what}; set node.name", facts.hostname),
+                format!(
+                    "host name {:?} is not a valid node name: expected {what}; set node.name",
+                    facts.hostname
+                ),
             ),
         },
     }
@@ -240,16 +344,31 @@ pub fn run(ctx: &Context<'_>) -> Report {
         (Some(a), _) if facts.addresses.iter().any(|i| i.address == a) => {
             add("address", Outcome::Pass, format!("{a} (from node.address)"))
         }
-        (Some(a), _) => add("address", Outcome::Fail, format!("node.address {a} is not an address of this host")),
+        (Some(a), _) => add(
+            "address",
+            Outcome::Fail,
+            format!("node.address {a} is not an address of this host"),
+        ),
         (None, Some(a)) => add("address", Outcome::Pass, format!("{a} (default route)")),
         (None, None) => add(
             "address",
-            if ctx.config.is_multi_node() { Outcome::Fail } else { Outcome::Warn },
-            "no default route and no node.address: other nodes cannot know where to reach this one".into(),
+            if ctx.config.is_multi_node() {
+                Outcome::Fail
+            } else {
+                Outcome::Warn
+            },
+            "no default route and no node.address: other nodes cannot know where to reach this one"
+                .into(),
         ),
     }
 
-    let mut ignore: Vec<&str> = ctx.config.preflight.ignore.iter().map(String::as_str).collect();
+    let mut ignore: Vec<&str> = ctx
+        .config
+        .preflight
+        .ignore
+        .iter()
+        .map(String::as_str)
+        .collect();
     ignore.extend(ctx.ignore.iter().map(String::as_str));
     for check in &mut checks {
         if check.outcome == Outcome::Fail && ignore.contains(&check.name) {
@@ -285,7 +404,10 @@ mod tests {
     fn facts() -> Facts {
         Facts {
             hostname: "node-1".into(),
-            addresses: vec![InterfaceAddress { interface: "eth0".into(), address: "10.0.0.10".parse().unwrap() }],
+            addresses: vec![InterfaceAddress {
+                interface: "eth0".into(),
+                address: "10.0.0.10".parse().unwrap(),
+            }],
             default_address: Some("10.0.0.10".parse().unwrap()),
             arch: "amd64".into(),
             cpus: 2,
@@ -306,19 +428,46 @@ mod tests {
     fn image(distro: DistroKind, arch: &str, version: &str) -> ClusterImage {
         ClusterImage {
             dir: PathBuf::from("/img"),
-            metadata: Metadata { version: version.into(), arch: arch.into(), ..Default::default() },
+            metadata: Metadata {
+                version: version.into(),
+                arch: arch.into(),
+                ..Default::default()
+            },
             distro,
         }
     }
 
-    fn run_with(facts: &Facts, config: &Config, image: &ClusterImage, role: Role, ignore: &[String]) -> Report {
-        run(&Context { facts, config, role, image, ignore, already_set_up: false })
+    fn run_with(
+        facts: &Facts,
+        config: &Config,
+        image: &ClusterImage,
+        role: Role,
+        ignore: &[String],
+    ) -> Report {
+        run(&Context {
+            facts,
+            config,
+            role,
+            image,
+            ignore,
+            already_set_up: false,
+        })
     }
 
     #[test]
     fn a_good_host_passes_everything() {
-        let report = run_with(&facts(), &Config::default(), &image(DistroKind::K3s, "amd64", "v1.31.4+k3s1"), Role::InitController, &[]);
-        assert!(report.checks.iter().all(|c| c.outcome == Outcome::Pass), "{}", report.render());
+        let report = run_with(
+            &facts(),
+            &Config::default(),
+            &image(DistroKind::K3s, "amd64", "v1.31.4+k3s1"),
+            Role::InitController,
+            &[],
+        );
+        assert!(
+            report.checks.iter().all(|c| c.outcome == Outcome::Pass),
+            "{}",
+            report.render()
+        );
         assert_eq!(report.checks.len(), CHECK_NAMES.len());
     }
 
@@ -330,12 +479,22 @@ mod tests {
         f.memory_bytes = 1 << 30;
         f.ip_forward = Some(false);
         f.modules.remove("br_netfilter");
-        f.swap = vec![crate::facts::SwapArea { path: "/swap.img".into(), kind: "file".into(), size_kib: 1 }];
+        f.swap = vec![crate::facts::SwapArea {
+            path: "/swap.img".into(),
+            kind: "file".into(),
+            size_kib: 1,
+        }];
         f.listening_ports.insert(6443);
         f.cgroup_v2 = false;
         f.hostname = "Bad_Name".into();
         let img = image(DistroKind::Kubeadm, "arm64", "v1.35.1");
-        let report = run_with(&f, &Config::default(), &img, Role::InitController, &["cpu".to_string()]);
+        let report = run_with(
+            &f,
+            &Config::default(),
+            &img,
+            Role::InitController,
+            &["cpu".to_string()],
+        );
         let outcome = |n| report.get(n).unwrap().outcome;
         assert_eq!(outcome("root"), Outcome::Fail);
         assert_eq!(outcome("arch"), Outcome::Fail);
@@ -345,9 +504,17 @@ mod tests {
         assert_eq!(outcome("swap"), Outcome::Fix);
         assert_eq!(outcome("ip-forward"), Outcome::Fix);
         assert_eq!(outcome("modules"), Outcome::Fix);
-        assert!(report.get("modules").unwrap().reason.contains("br_netfilter"));
+        assert!(report
+            .get("modules")
+            .unwrap()
+            .reason
+            .contains("br_netfilter"));
         assert_eq!(outcome("ports"), Outcome::Fail);
-        assert!(report.get("ports").unwrap().reason.contains("6443 (kube-apiserver)"));
+        assert!(report
+            .get("ports")
+            .unwrap()
+            .reason
+            .contains("6443 (kube-apiserver)"));
         assert_eq!(outcome("cgroups"), Outcome::Fail);
         assert_eq!(outcome("hostname"), Outcome::Fail);
         assert!(report.failures().iter().all(|c| c.name != "cpu"));
@@ -356,8 +523,18 @@ mod tests {
     #[test]
     fn swap_is_only_a_warning_where_the_distro_copes() {
         let mut f = facts();
-        f.swap = vec![crate::facts::SwapArea { path: "/dev/sda2".into(), kind: "partition".into(), size_kib: 1 }];
-        let report = run_with(&f, &Config::default(), &image(DistroKind::K3s, "amd64", "v1.31.4+k3s1"), Role::Worker, &[]);
+        f.swap = vec![crate::facts::SwapArea {
+            path: "/dev/sda2".into(),
+            kind: "partition".into(),
+            size_kib: 1,
+        }];
+        let report = run_with(
+            &f,
+            &Config::default(),
+            &image(DistroKind::K3s, "amd64", "v1.31.4+k3s1"),
+            Role::Worker,
+            &[],
+        );
         assert_eq!(report.get("swap").unwrap().outcome, Outcome::Warn);
     }
 
@@ -367,7 +544,13 @@ mod tests {
         f.cpus = 1;
         f.memory_bytes = 600 << 20;
         f.listening_ports.insert(6443);
-        let report = run_with(&f, &Config::default(), &image(DistroKind::K3s, "amd64", "v1.31.4+k3s1"), Role::Worker, &[]);
+        let report = run_with(
+            &f,
+            &Config::default(),
+            &image(DistroKind::K3s, "amd64", "v1.31.4+k3s1"),
+            Role::Worker,
+            &[],
+        );
         assert!(report.failures().is_empty(), "{}", report.render());
     }
 }

@@ -238,7 +238,8 @@ mod tests {
         use RoleSetting::{Auto, Controller};
         const W: Role = Role::Worker;
         const SW: RoleSetting = RoleSetting::Worker;
-        let cases: &[(RoleSetting, &[&str], &str, &str, Option<Role>)] = &[
+        type Case<'a> = (RoleSetting, &'a [&'a str], &'a str, &'a str, Option<Role>);
+        let cases: &[Case] = &[
             (Auto, &[], "10.0.0.99", "solo", Some(InitController)),
             (Controller, &[], "10.0.0.99", "solo", Some(InitController)),
             (Auto, &CTRL, "10.0.0.10", "cp-1", Some(InitController)),
@@ -264,7 +265,10 @@ mod tests {
     fn node_name_in_config_also_matches() {
         let mut c = config(RoleSetting::Auto, &["10.0.0.10", "edge-cp"]);
         c.node.name = Some("edge-cp".into());
-        assert_eq!(decide(&c, &facts("10.9.9.9", "x")).unwrap().role, Role::JoinController);
+        assert_eq!(
+            decide(&c, &facts("10.9.9.9", "x")).unwrap().role,
+            Role::JoinController
+        );
     }
 
     #[test]
@@ -273,7 +277,10 @@ mod tests {
         let f = facts("10.0.0.11", "cp-2");
         let d = resolve(&host, &config(RoleSetting::Auto, &CTRL), &f, false).unwrap();
         assert_eq!(d.role, Role::JoinController);
-        assert!(host.file(state::ROLE_FILE).is_none(), "plan must not persist");
+        assert!(
+            host.file(state::ROLE_FILE).is_none(),
+            "plan must not persist"
+        );
         resolve(&host, &config(RoleSetting::Auto, &CTRL), &f, true).unwrap();
         let saved = load(&host).unwrap().unwrap();
         assert_eq!(saved.role, Role::JoinController);

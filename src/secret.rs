@@ -69,7 +69,10 @@ mod tests {
         let s = Secret::new("hunter2-hunter2");
         assert_eq!(format!("{s}"), REDACTED);
         assert_eq!(format!("{s:?}"), REDACTED);
-        assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{REDACTED}\""));
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            format!("\"{REDACTED}\"")
+        );
         assert_eq!(s.expose(), "hunter2-hunter2");
     }
 }

@@ -24,9 +24,7 @@ pub fn dns_subdomain(s: &str) -> Result<(), &'static str> {
     if s.is_empty() || s.len() > 253 {
         return Err(EXPECTED);
     }
-    s.split('.')
-        .try_for_each(dns_label)
-        .map_err(|_| EXPECTED)
+    s.split('.').try_for_each(dns_label).map_err(|_| EXPECTED)
 }
 
 /// A host: an IP address or an RFC 1123 name.
@@ -90,9 +88,9 @@ pub fn label_key(s: &str) -> Result<(), &'static str> {
 
 /// A Kubernetes label value: empty, or 1-63 of `[A-Za-z0-9-_.]` alphanumeric at both ends.
 pub fn label_value(s: &str) -> Result<(), &'static str> {
-    (s.is_empty() || qualified_name(s))
-        .then_some(())
-        .ok_or("a Kubernetes label value: empty or 1-63 of [A-Za-z0-9-_.], alphanumeric at both ends")
+    (s.is_empty() || qualified_name(s)).then_some(()).ok_or(
+        "a Kubernetes label value: empty or 1-63 of [A-Za-z0-9-_.], alphanumeric at both ends",
+    )
 }
 
 /// Checks every key and value of a label map; the error names the offending key.
@@ -134,7 +132,8 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// least 3 bits per character of observed (Shannon) entropy. `openssl rand -hex 32` passes;
 /// a word repeated, a keyboard walk or `aaaa…` does not.
 pub fn join_secret(s: &str) -> Result<(), &'static str> {
-    const EXPECTED: &str = "a random secret of at least 32 characters (for example `openssl rand -hex 32`)";
+    const EXPECTED: &str =
+        "a random secret of at least 32 characters (for example `openssl rand -hex 32`)";
     let chars: Vec<char> = s.chars().collect();
     if chars.len() < MIN_SECRET_LEN {
         return Err(EXPECTED);
@@ -174,8 +173,18 @@ mod tests {
     fn endpoints() {
         assert_eq!(endpoint("10.0.0.1:6443").unwrap().1, 6443);
         assert_eq!(endpoint("[fd00::1]:6443").unwrap().0, "fd00::1");
-        assert_eq!(endpoint("api.example.com:443").unwrap().0, "api.example.com");
-        for bad in ["10.0.0.1", "10.0.0.1:0", "fd00::1:6443", "a_b:1", "h:70000", "[zz]:1"] {
+        assert_eq!(
+            endpoint("api.example.com:443").unwrap().0,
+            "api.example.com"
+        );
+        for bad in [
+            "10.0.0.1",
+            "10.0.0.1:0",
+            "fd00::1:6443",
+            "a_b:1",
+            "h:70000",
+            "[zz]:1",
+        ] {
             assert!(endpoint(bad).is_err(), "{bad}");
         }
     }

@@ -152,7 +152,11 @@ impl Session {
     }
 
     /// Preflight for a role.
-    pub(crate) fn preflight(&self, role: &RoleDecision, ignore: &[String]) -> Result<preflight::Report, Error> {
+    pub(crate) fn preflight(
+        &self,
+        role: &RoleDecision,
+        ignore: &[String],
+    ) -> Result<preflight::Report, Error> {
         Ok(preflight::run(&preflight::Context {
             facts: &self.facts,
             config: &self.config,
@@ -166,10 +170,13 @@ impl Session {
     /// The plan for a role.
     pub(crate) fn plan(&self, role: &RoleDecision) -> Plan {
         let requirements = self.image.distro.requirements(role.role.is_controller());
-        let ipv6 = [self.config.cluster.pod_cidr, self.config.cluster.service_cidr]
-            .iter()
-            .flatten()
-            .any(|n| matches!(n, ipnet::IpNet::V6(_)));
+        let ipv6 = [
+            self.config.cluster.pod_cidr,
+            self.config.cluster.service_cidr,
+        ]
+        .iter()
+        .flatten()
+        .any(|n| matches!(n, ipnet::IpNet::V6(_)));
         let mut plan = Plan::default();
         for step in hostprep::steps(&self.facts, &requirements, ipv6) {
             plan.push(step);

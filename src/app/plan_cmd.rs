@@ -8,6 +8,9 @@ use crate::plan::{check, Status, Step};
 use crate::preflight::Report;
 use crate::role::{self, RoleDecision};
 
+/// Said wherever a plan is shown, until the later phases exist.
+pub(super) const NOT_YET: &str = "note: this build prepares the host only; cluster-image unpacking, the container runtime, the registry and distro init/join are not implemented yet";
+
 #[derive(Serialize)]
 struct PlannedStep<'a> {
     #[serde(flatten)]
@@ -103,6 +106,7 @@ pub(super) fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Error> {
                 plan.len()
             );
             print!("{}", plan.render(&statuses));
+            println!("{NOT_YET}");
         }
     }
     Ok(())

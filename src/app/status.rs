@@ -114,7 +114,10 @@ fn print_text(s: &Status) {
         None => println!("role:      not decided yet"),
     }
     match (&s.distro, &s.config_error) {
-        (Some(d), _) => println!("distro:    {} {} ({}) from {}", d.kind, d.version, d.arch, d.image),
+        (Some(d), _) => println!(
+            "distro:    {} {} ({}) from {}",
+            d.kind, d.version, d.arch, d.image
+        ),
         (None, Some(e)) => println!("distro:    unknown: {e}"),
         (None, None) => println!("distro:    unknown"),
     }
@@ -126,14 +129,20 @@ fn print_text(s: &Status) {
             u.id,
             u.status,
             u.attempts,
-            u.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()
+            u.note
+                .as_ref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
         );
     }
     if let Some(d) = &s.done {
         println!("up since:  {}", d.at);
     }
     if let Some(f) = &s.failed {
-        println!("last error ({}, exit code {}): {}", f.at, f.exit_code, f.error);
+        println!(
+            "last error ({}, exit code {}): {}",
+            f.at, f.exit_code, f.error
+        );
     }
     for svc in &s.services {
         println!("service:   {} {}", svc.unit, svc.state);

@@ -51,7 +51,11 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
         use crate::preflight::Outcome;
         match check.outcome {
             Outcome::Warn => log::warn!("preflight {}: {}", check.name, check.reason),
-            Outcome::Ignored => log::warn!("preflight {} failed, ignored as asked: {}", check.name, check.reason),
+            Outcome::Ignored => log::warn!(
+                "preflight {} failed, ignored as asked: {}",
+                check.name,
+                check.reason
+            ),
             Outcome::Fix => log::info!("preflight {}: {}", check.name, check.reason),
             _ => {}
         }
@@ -87,6 +91,7 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
     if session.config.cluster_api_sentinel && !host.exists(Path::new(state::CAPI_SENTINEL))? {
         host.write_atomic(Path::new(state::CAPI_SENTINEL), b"success", 0o644, None)?;
     }
+    log::warn!("{}", super::plan_cmd::NOT_YET);
     if report.applied.is_empty() {
         log::info!(
             "node {} is up; nothing to do: all {} steps already in place",

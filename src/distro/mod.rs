@@ -56,7 +56,12 @@ impl DistroKind {
                 min_cpus: 2,
                 min_memory_mib: 1700,
                 swap_off: false,
-                ports: vec![(6443, "k3s supervisor and API"), (2379, "etcd client"), (2380, "etcd peer"), kubelet],
+                ports: vec![
+                    (6443, "k3s supervisor and API"),
+                    (2379, "etcd client"),
+                    (2380, "etcd peer"),
+                    kubelet,
+                ],
             },
             (DistroKind::K3s, false) => Requirements {
                 min_cpus: 1,
@@ -68,7 +73,13 @@ impl DistroKind {
                 min_cpus: 1,
                 min_memory_mib: 900,
                 swap_off: false,
-                ports: vec![(6443, "kube-apiserver"), (2380, "etcd peer"), (8132, "konnectivity"), (9443, "k0s join API"), kubelet],
+                ports: vec![
+                    (6443, "kube-apiserver"),
+                    (2380, "etcd peer"),
+                    (8132, "konnectivity"),
+                    (9443, "k0s join API"),
+                    kubelet,
+                ],
             },
             (DistroKind::K0s, false) => Requirements {
                 min_cpus: 1,

@@ -44,8 +44,8 @@ impl From<&Path> for Arg {
 }
 
 /// A command to run: program (looked up on `PATH`), argv, extra environment, optional
-/// secret stdin and a timeout. The child gets a clean environment: `PATH`, `LANG` and what
-/// is listed here, never bootstrap's own `BOOTSTRAP_*` variables.
+/// secret stdin and a timeout. The child inherits bootstrap's environment plus what is
+/// listed here, but never bootstrap's own `BOOTSTRAP_*` variables.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CommandSpec {
     pub program: String,

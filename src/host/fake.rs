@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{check_host_path, CommandOutput, CommandSpec, FileInfo, FileKind, Host, HostError};
 use super::Owner;
+use super::{check_host_path, CommandOutput, CommandSpec, FileInfo, FileKind, Host, HostError};
 
 type Responder = Box<dyn Fn(&CommandSpec) -> CommandOutput + Send>;
 

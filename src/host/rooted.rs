@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use super::{check_host_path, Arg, CommandOutput, CommandSpec, FileInfo, FileKind, Host};
 use super::{HostError, Owner};
 
-/// Variables a child command inherits from bootstrap; everything else is dropped so that
-/// `BOOTSTRAP_*` (which may hold the join secret) never reaches another process.
-const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "HOME"];
+/// Variables with this prefix are bootstrap's own configuration (one may hold the join
+/// secret); no child process inherits them. Everything else (PATH, locale, proxies) does.
+const PRIVATE_ENV_PREFIX: &str = "BOOTSTRAP_";
 
 /// A host whose `/` is `root`.
 #[derive(Debug, Clone)]
@@ -46,10 +46,9 @@ impl RootedHost {
                 Arg::Path(p) => command.arg(self.resolve(p)?),
             };
         }
-        command.env_clear();
-        for name in INHERITED_ENV {
-            if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with(PRIVATE_ENV_PREFIX) {
+                command.env_remove(name);
             }
         }
         for (name, value) in &spec.env {
@@ -256,8 +255,8 @@ impl Host for RootedHost {
                 break;
             }
         }
-        let stat =
-            nix::sys::statvfs::statvfs(&real).map_err(|e| HostError::io("statvfs", path, e.into()))?;
+        let stat = nix::sys::statvfs::statvfs(&real)
+            .map_err(|e| HostError::io("statvfs", path, e.into()))?;
         Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
     }
 }
@@ -300,7 +299,11 @@ mod tests {
         assert!(out.success());
         assert!(!out.stdout_text().contains("BOOTSTRAP_UNIT_TEST_LEAK"));
         let err = host
-            .run(&CommandSpec::new("sleep").arg("5").timeout(Duration::from_millis(100)))
+            .run(
+                &CommandSpec::new("sleep")
+                    .arg("5")
+                    .timeout(Duration::from_millis(100)),
+            )
             .unwrap_err();
         assert!(matches!(err, HostError::Timeout { .. }), "{err}");
     }
@@ -313,7 +316,10 @@ mod tests {
             .run_checked(&CommandSpec::new("ls").arg("/definitely/not/here"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`ls /definitely/not/here` failed (exit code 2)"), "{err}");
+        assert!(
+            err.contains("`ls /definitely/not/here` failed (exit code 2)"),
+            "{err}"
+        );
         assert!(err.contains("No such file"), "{err}");
     }
 }

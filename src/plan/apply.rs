@@ -60,7 +60,11 @@ impl ApplyError {
 /// Applies `plan`, resuming from `journal`, saving it after each change. A step is
 /// skipped when the host shows it in place, or, for steps the host cannot judge, when
 /// the journal has it done with the same fingerprint.
-pub fn apply(host: &dyn Host, plan: &Plan, journal: &mut Journal) -> Result<ApplyReport, ApplyError> {
+pub fn apply(
+    host: &dyn Host,
+    plan: &Plan,
+    journal: &mut Journal,
+) -> Result<ApplyReport, ApplyError> {
     let mut report = ApplyReport::default();
     let total = plan.len();
     for (index, step) in plan.steps.iter().enumerate() {
@@ -69,16 +73,30 @@ pub fn apply(host: &dyn Host, plan: &Plan, journal: &mut Journal) -> Result<Appl
         let journaled = journal.is_done(&step.id, &fingerprint);
         if status == Status::Done || (status == Status::Unknown && journaled) {
             if !journaled {
-                journal.record(&step.id, &fingerprint, EntryStatus::Done, Some("already in place".into()));
+                journal.record(
+                    &step.id,
+                    &fingerprint,
+                    EntryStatus::Done,
+                    Some("already in place".into()),
+                );
                 journal.save(host).map_err(ApplyError::Journal)?;
             }
             log::debug!("[{}/{total}] in place: {}", index + 1, step.action);
             report.in_place.push(step.id.clone());
             continue;
         }
-        if step.phase == Phase::Join && !host.exists(Path::new(state::JOIN_STARTED_FILE)).map_err(ApplyError::Journal)? {
-            host.write_atomic(Path::new(state::JOIN_STARTED_FILE), state::now_rfc3339().as_bytes(), 0o600, None)
-                .map_err(ApplyError::Journal)?;
+        if step.phase == Phase::Join
+            && !host
+                .exists(Path::new(state::JOIN_STARTED_FILE))
+                .map_err(ApplyError::Journal)?
+        {
+            host.write_atomic(
+                Path::new(state::JOIN_STARTED_FILE),
+                state::now_rfc3339().as_bytes(),
+                0o600,
+                None,
+            )
+            .map_err(ApplyError::Journal)?;
         }
         journal.record(&step.id, &fingerprint, EntryStatus::Started, None);
         journal.save(host).map_err(ApplyError::Journal)?;
@@ -90,7 +108,12 @@ pub fn apply(host: &dyn Host, plan: &Plan, journal: &mut Journal) -> Result<Appl
                 report.applied.push(step.id.clone());
             }
             Err(error) => {
-                journal.record(&step.id, &fingerprint, EntryStatus::Failed, Some(error.to_string()));
+                journal.record(
+                    &step.id,
+                    &fingerprint,
+                    EntryStatus::Failed,
+                    Some(error.to_string()),
+                );
                 journal.save(host).map_err(ApplyError::Journal)?;
                 return Err(error);
             }
@@ -116,7 +139,9 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
             mode,
             owner,
             contents,
-        } => host.write_atomic(path, contents.bytes(), *mode, *owner).map_err(fail),
+        } => host
+            .write_atomic(path, contents.bytes(), *mode, *owner)
+            .map_err(fail),
         Action::InstallBinary { source, dest, mode } => {
             let bytes = host.read(source).map_err(fail)?.ok_or_else(|| {
                 fail(HostError::io(
@@ -134,7 +159,9 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
                 args.push("--no-block");
             }
             args.push(unit);
-            host.run_checked(&check::systemctl(&args)).map(drop).map_err(fail)
+            host.run_checked(&check::systemctl(&args))
+                .map(drop)
+                .map_err(fail)
         }
         Action::WaitFor {
             probe,
@@ -227,14 +254,21 @@ mod tests {
         let failing = Arc::new(AtomicBool::new(true));
         let f = failing.clone();
         host.respond(move |cmd| CommandOutput {
-            code: Some(if cmd.program == "modprobe" && f.load(Ordering::SeqCst) { 1 } else { 0 }),
+            code: Some(if cmd.program == "modprobe" && f.load(Ordering::SeqCst) {
+                1
+            } else {
+                0
+            }),
             stderr: b"modprobe: FATAL: Module overlay not found".to_vec(),
             ..Default::default()
         });
         let mut journal = Journal::default();
         let err = apply(&host, &plan(), &mut journal).unwrap_err();
         assert_eq!(err.step_id(), Some("run:modprobe overlay"));
-        assert!(err.to_string().contains("Module overlay not found"), "{err}");
+        assert!(
+            err.to_string().contains("Module overlay not found"),
+            "{err}"
+        );
         let saved = Journal::load(&host).unwrap();
         assert_eq!(saved.unfinished().unwrap().id, "run:modprobe overlay");
         assert_eq!(saved.unfinished().unwrap().status, EntryStatus::Failed);
@@ -243,12 +277,19 @@ mod tests {
         let mut journal = Journal::load(&host).unwrap();
         let report = apply(&host, &plan(), &mut journal).unwrap();
         assert_eq!(report.in_place, vec!["write:/etc/a.conf"]);
-        assert_eq!(report.applied, vec!["run:modprobe overlay", "restart:x.service"]);
+        assert_eq!(
+            report.applied,
+            vec!["run:modprobe overlay", "restart:x.service"]
+        );
 
         let before = host.commands().len();
         let report = apply(&host, &plan(), &mut journal).unwrap();
         assert!(report.applied.is_empty(), "{report:?}");
-        assert_eq!(host.commands().len(), before, "no command on a converged host");
+        assert_eq!(
+            host.commands().len(),
+            before,
+            "no command on a converged host"
+        );
     }
 
     #[test]
@@ -259,7 +300,9 @@ mod tests {
         let mut changed = plan();
         changed.steps[1].action = Action::RunCommand {
             command: CommandSpec::new("modprobe").arg("overlay"),
-            done_when: Some(Probe::FileExists { path: "/nope".into() }),
+            done_when: Some(Probe::FileExists {
+                path: "/nope".into(),
+            }),
         };
         let report = apply(&host, &changed, &mut journal).unwrap();
         assert_eq!(report.applied, vec!["run:modprobe overlay"]);
@@ -273,7 +316,9 @@ mod tests {
             Phase::Init,
             "test",
             Action::WaitFor {
-                probe: Probe::FileExists { path: "/run/ready".into() },
+                probe: Probe::FileExists {
+                    path: "/run/ready".into(),
+                },
                 timeout: Duration::from_millis(200),
                 interval: Duration::from_millis(20),
             },

@@ -48,7 +48,7 @@ pub fn probe(host: &dyn Host, probe: &Probe) -> Result<bool, HostError> {
         Probe::SysctlsSet { values } => {
             for (key, value) in values {
                 let path = sysctl_path(key);
-                if !host.read_string(&path)?.is_some_and(|t| t.trim() == value) {
+                if host.read_string(&path)?.is_none_or(|t| t.trim() != value) {
                     return Ok(false);
                 }
             }
@@ -110,15 +110,19 @@ pub fn check(host: &dyn Host, action: &Action) -> Result<Status, HostError> {
             None => Status::Unknown,
         },
         Action::Service { unit, action } => match action {
-            ServiceAction::Enable => {
-                done(host.run(&systemctl(&["is-enabled", "--quiet", unit]))?.success())
-            }
-            ServiceAction::Start | ServiceAction::StartNoBlock => {
-                done(host.run(&systemctl(&["is-active", "--quiet", unit]))?.success())
-            }
-            ServiceAction::Stop => {
-                done(!host.run(&systemctl(&["is-active", "--quiet", unit]))?.success())
-            }
+            ServiceAction::Enable => done(
+                host.run(&systemctl(&["is-enabled", "--quiet", unit]))?
+                    .success(),
+            ),
+            ServiceAction::Start | ServiceAction::StartNoBlock => done(
+                host.run(&systemctl(&["is-active", "--quiet", unit]))?
+                    .success(),
+            ),
+            ServiceAction::Stop => done(
+                !host
+                    .run(&systemctl(&["is-active", "--quiet", unit]))?
+                    .success(),
+            ),
             ServiceAction::Mask => done(
                 host.run(&systemctl(&["is-enabled", unit]))?
                     .stdout_text()
@@ -150,7 +154,11 @@ mod tests {
         assert_eq!(check(&host, &action).unwrap(), Status::Pending);
         host.write_atomic(Path::new("/etc/x.conf"), b"a=1\n", 0o600, None)
             .unwrap();
-        assert_eq!(check(&host, &action).unwrap(), Status::Pending, "mode differs");
+        assert_eq!(
+            check(&host, &action).unwrap(),
+            Status::Pending,
+            "mode differs"
+        );
         host.write_atomic(Path::new("/etc/x.conf"), b"a=1\n", 0o644, None)
             .unwrap();
         assert_eq!(check(&host, &action).unwrap(), Status::Done);
@@ -165,8 +173,20 @@ mod tests {
             .with_file("/proc/modules", "overlay 1 0 - Live 0x0\n")
             .with_file("/proc/swaps", "Filename Type Size Used Priority\n")
             .with_file("/proc/sys/net/ipv4/ip_forward", "1\n");
-        assert!(probe(&host, &Probe::ModuleLoaded { name: "overlay".into() }).unwrap());
-        assert!(!probe(&host, &Probe::ModuleLoaded { name: "br_netfilter".into() }).unwrap());
+        assert!(probe(
+            &host,
+            &Probe::ModuleLoaded {
+                name: "overlay".into()
+            }
+        )
+        .unwrap());
+        assert!(!probe(
+            &host,
+            &Probe::ModuleLoaded {
+                name: "br_netfilter".into()
+            }
+        )
+        .unwrap());
         assert!(probe(&host, &Probe::NoActiveSwap).unwrap());
         assert!(probe(
             &host,

@@ -79,7 +79,13 @@ impl Journal {
     }
 
     /// Records a step's new state.
-    pub fn record(&mut self, id: &str, fingerprint: &str, status: EntryStatus, note: Option<String>) {
+    pub fn record(
+        &mut self,
+        id: &str,
+        fingerprint: &str,
+        status: EntryStatus,
+        note: Option<String>,
+    ) {
         let at = state::now_rfc3339();
         match self.entries.iter_mut().find(|e| e.id == id) {
             Some(entry) => {
@@ -104,8 +110,6 @@ impl Journal {
 
     /// The first failed or unfinished step, if any.
     pub fn unfinished(&self) -> Option<&Entry> {
-        self.entries
-            .iter()
-            .find(|e| e.status != EntryStatus::Done)
+        self.entries.iter().find(|e| e.status != EntryStatus::Done)
     }
 }

@@ -232,7 +232,9 @@ impl fmt::Display for Probe {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::MakeDir { path, mode } => write!(f, "make folder {} ({mode:04o})", path.display()),
+            Action::MakeDir { path, mode } => {
+                write!(f, "make folder {} ({mode:04o})", path.display())
+            }
             Action::WriteFile {
                 path,
                 mode,

@@ -21,9 +21,17 @@ pub struct Metadata {
     pub arch: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-    #[serde(default, rename = "kubeVersion", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "kubeVersion",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub kube_version: Option<String>,
-    #[serde(default, rename = "ClusterRuntime", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ClusterRuntime",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cluster_runtime: Option<String>,
 }
 
@@ -60,12 +68,11 @@ impl ClusterImage {
             dir: dir.to_path_buf(),
             file: path.clone(),
         })?;
-        let metadata: Metadata = serde_json::from_slice(&bytes).map_err(|source| {
-            RootfsError::BadMetadata {
+        let metadata: Metadata =
+            serde_json::from_slice(&bytes).map_err(|source| RootfsError::BadMetadata {
                 path: path.clone(),
                 source,
-            }
-        })?;
+            })?;
         let distro = match metadata.cluster_runtime.as_deref() {
             None => {
                 log::info!(
@@ -101,13 +108,30 @@ mod tests {
 
     #[test]
     fn selects_the_distro() {
-        let img = open(r#"{"version":"v1.31.4+k3s1","arch":"amd64","ClusterRuntime":"k3s"}"#).unwrap();
+        let img =
+            open(r#"{"version":"v1.31.4+k3s1","arch":"amd64","ClusterRuntime":"k3s"}"#).unwrap();
         assert_eq!(img.distro, DistroKind::K3s);
-        assert_eq!(open(r#"{"ClusterRuntime":"k8s"}"#).unwrap().distro, DistroKind::Kubeadm);
-        assert_eq!(open(r#"{"ClusterRuntime":"kubernetes"}"#).unwrap().distro, DistroKind::Kubeadm);
-        assert_eq!(open(r#"{"ClusterRuntime":"k0s"}"#).unwrap().distro, DistroKind::K0s);
-        assert_eq!(open(r#"{"version":"v1.22.15","arch":"amd64"}"#).unwrap().distro, DistroKind::Kubeadm);
-        let err = open(r#"{"ClusterRuntime":"rke2"}"#).unwrap_err().to_string();
+        assert_eq!(
+            open(r#"{"ClusterRuntime":"k8s"}"#).unwrap().distro,
+            DistroKind::Kubeadm
+        );
+        assert_eq!(
+            open(r#"{"ClusterRuntime":"kubernetes"}"#).unwrap().distro,
+            DistroKind::Kubeadm
+        );
+        assert_eq!(
+            open(r#"{"ClusterRuntime":"k0s"}"#).unwrap().distro,
+            DistroKind::K0s
+        );
+        assert_eq!(
+            open(r#"{"version":"v1.22.15","arch":"amd64"}"#)
+                .unwrap()
+                .distro,
+            DistroKind::Kubeadm
+        );
+        let err = open(r#"{"ClusterRuntime":"rke2"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("k3s, k0s, k8s, kubernetes"), "{err}");
         assert!(open("{").unwrap_err().to_string().contains("/img/Metadata"));
     }

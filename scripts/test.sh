@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every check and test: installs what they need, then formatting, lints, the static
+# build (checked to be static), and all tests. CI calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What the tests need from Debian: `file` for the static check, musl-gcc for the static
+# build, bash for the stand-ins.
+missing=()
+command -v file >/dev/null || missing+=(file)
+command -v musl-gcc >/dev/null || missing+=(musl-tools)
+command -v bash >/dev/null || missing+=(bash)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
+    exit 1
+  fi
+  echo "test.sh: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "== static build"
+scripts/build-static.sh
+static_bin=target/x86_64-unknown-linux-musl/release/bootstrap
+description=$(file -L "$static_bin")
+echo "$description"
+case "$description" in
+  *"statically linked"*|*"static-pie linked"*) ;;
+  *) echo "test.sh: $static_bin is not statically linked" >&2; exit 1 ;;
+esac
+"$static_bin" --root examples/single-node plan >/dev/null
+echo "static binary runs: ok"
+
+echo "== cargo test"
+cargo test --locked

@@ -1,0 +1,267 @@
+//! Test harness: a temp `--root` shaped like a node, stand-ins on `PATH`, and helpers to
+//! run the real binary against it and look at what it did.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::SystemTime;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bootstrap");
+
+/// The result of one run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit code {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// A node: a temp root, a log of stand-in calls, and extra environment.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+pub fn standins() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/standins")
+}
+
+impl Node {
+    /// An empty root with nothing in it.
+    pub fn bare() -> Node {
+        Node {
+            dir: tempfile::tempdir().expect("temp dir"),
+            env: Vec::new(),
+        }
+    }
+
+    /// A root that looks like a fresh Debian node: systemd running, cgroup v2, no
+    /// modules loaded, ip_forward off, no swap, and a k3s cluster image.
+    pub fn new() -> Node {
+        let node = Node::bare();
+        node.write("/proc/sys/kernel/hostname", "node-1\n");
+        node.write("/proc/sys/net/ipv4/ip_forward", "0\n");
+        node.write("/proc/modules", "");
+        node.write(
+            "/proc/swaps",
+            "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n",
+        );
+        node.write(
+            "/sys/fs/cgroup/cgroup.controllers",
+            "cpuset cpu io memory pids\n",
+        );
+        node.write("/etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n");
+        fs::create_dir_all(node.path("/run/systemd/system")).unwrap();
+        node.image("k3s", "v1.31.4+k3s1");
+        node
+    }
+
+    /// Puts a cluster image with this ClusterRuntime at the default rootfs.dir.
+    pub fn image(&self, runtime: &str, version: &str) {
+        self.write(
+            "/var/lib/bootstrap/rootfs/Metadata",
+            &format!(
+                r#"{{"version":"{version}","arch":"{}","ClusterRuntime":"{runtime}"}}"#,
+                arch()
+            ),
+        );
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The real path of a host path.
+    pub fn path(&self, host_path: &str) -> PathBuf {
+        self.root().join(host_path.trim_start_matches('/'))
+    }
+
+    pub fn write(&self, host_path: &str, contents: &str) {
+        let p = self.path(host_path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, contents).unwrap();
+    }
+
+    pub fn write_mode(&self, host_path: &str, contents: &str, mode: u32) {
+        self.write(host_path, contents);
+        fs::set_permissions(self.path(host_path), fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    pub fn read(&self, host_path: &str) -> Option<String> {
+        fs::read_to_string(self.path(host_path)).ok()
+    }
+
+    pub fn exists(&self, host_path: &str) -> bool {
+        self.path(host_path).exists()
+    }
+
+    pub fn config(&self, yaml: &str) {
+        self.write("/etc/bootstrap/config.yaml", yaml);
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Node {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(".standin.log")
+    }
+
+    /// What the stand-ins were asked, one call a line.
+    pub fn calls(&self) -> Vec<String> {
+        fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The environments the stand-ins saw.
+    pub fn call_envs(&self) -> String {
+        fs::read_to_string(format!("{}.env", self.log_path().display())).unwrap_or_default()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--root").arg(self.root()).args(args);
+        // Only what the test sets reaches the binary: a stray BOOTSTRAP_* in the
+        // developer's shell would be read as configuration.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BOOTSTRAP_") || k.starts_with("STANDIN_") {
+                cmd.env_remove(k);
+            }
+        }
+        let path = format!(
+            "{}:{}",
+            standins().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("PATH", path)
+            .env("STANDIN_ROOT", self.root())
+            .env("STANDIN_LOG", self.log_path());
+        if !is_root() {
+            cmd.arg("--ignore-preflight").arg("root");
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        to_run(self.command(args).output().expect("run bootstrap"))
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bootstrap")
+    }
+
+    /// Every file under the root (except the stand-in logs) with its size, mode and
+    /// modification time: equal snapshots mean nothing was written.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, (u64, u32, SystemTime, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        walk(self.root(), self.root(), &mut out);
+        out
+    }
+
+    /// Every file's text under the root, excluding the given host paths.
+    pub fn all_text(&self, except: &[&str]) -> String {
+        let mut text = String::new();
+        for (path, (_, _, _, bytes)) in self.snapshot() {
+            let host = format!("/{}", path.display());
+            if except.contains(&host.as_str()) {
+                continue;
+            }
+            text.push_str(&format!(
+                "=== {host}\n{}\n",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        text
+    }
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, (u64, u32, SystemTime, Vec<u8>)>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".standin") {
+            continue;
+        }
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let rel = path.strip_prefix(base).unwrap().to_path_buf();
+        if meta.is_dir() {
+            out.insert(
+                rel,
+                (
+                    0,
+                    meta.permissions().mode(),
+                    meta.modified().unwrap(),
+                    Vec::new(),
+                ),
+            );
+            walk(base, &path, out);
+        } else {
+            let bytes = fs::read(&path).unwrap_or_default();
+            out.insert(
+                rel,
+                (
+                    meta.len(),
+                    meta.permissions().mode(),
+                    meta.modified().unwrap(),
+                    bytes,
+                ),
+            );
+        }
+    }
+}
+
+pub fn to_run(out: Output) -> Run {
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The host's architecture in cluster-image terms.
+pub fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// A join secret that passes validation.
+pub const SECRET: &str = "SENTINEL-7f3a9c1e5b2d8f4a6c0e9b7d5f3a1c8e";

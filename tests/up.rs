@@ -1,0 +1,368 @@
+//! `up` end to end against a temp root with stand-ins: host preparation applied, the
+//! journal resuming after a failure or a kill, nothing changed by a second run, one run at
+//! a time, markers and the Cluster API sentinel, and preflight's exit code.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Node, SECRET};
+
+const MUTATING: [&str; 4] = ["modprobe", "sysctl", "swapoff", "systemctl mask"];
+
+fn mutating_calls(node: &Node) -> Vec<String> {
+    node.calls()
+        .into_iter()
+        .filter(|c| MUTATING.iter().any(|m| c.starts_with(m)))
+        .collect()
+}
+
+#[test]
+fn up_prepares_the_host_and_a_second_run_changes_nothing() {
+    let node = Node::new();
+    node.run(&["up"]).assert_code(0);
+    assert_eq!(
+        node.calls(),
+        vec![
+            "modprobe overlay".to_owned(),
+            "modprobe br_netfilter".to_owned(),
+            format!(
+                "sysctl -p {}",
+                node.path("/etc/sysctl.d/90-bootstrap.conf").display()
+            ),
+        ]
+    );
+    let modules = node.read("/etc/modules-load.d/bootstrap.conf").unwrap();
+    assert!(modules.contains("overlay\nbr_netfilter\n"), "{modules}");
+    let sysctl = node.read("/etc/sysctl.d/90-bootstrap.conf").unwrap();
+    assert!(sysctl.contains("net.ipv4.ip_forward = 1"), "{sysctl}");
+    assert_eq!(
+        node.read("/proc/sys/net/ipv4/ip_forward").unwrap().trim(),
+        "1"
+    );
+    assert!(node.exists("/var/lib/bootstrap/done.json"));
+    assert!(!node.exists("/var/lib/bootstrap/failed.json"));
+    let role = node.read("/var/lib/bootstrap/role.json").unwrap();
+    assert!(role.contains("init-controller"), "{role}");
+
+    let before = node.snapshot();
+    let calls_before = node.calls().len();
+    let run = node.run(&["up"]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("nothing to do"), "{}", run.stderr);
+    assert_eq!(
+        node.calls().len(),
+        calls_before,
+        "second run ran commands: {:?}",
+        node.calls()
+    );
+    let after = node.snapshot();
+    // The lock file names whoever holds it; that is the one write a run always makes.
+    let lock = std::path::Path::new("var/lib/bootstrap/lock");
+    let changed: Vec<_> = after
+        .keys()
+        .filter(|k| before.get(*k) != after.get(*k) && k.as_path() != lock)
+        .collect();
+    assert!(changed.is_empty(), "second run changed {changed:?}");
+    assert_eq!(before.len(), after.len());
+}
+
+#[test]
+fn drift_is_put_right_on_the_next_run() {
+    let node = Node::new();
+    node.run(&["up"]).assert_code(0);
+    node.write(
+        "/etc/sysctl.d/90-bootstrap.conf",
+        "net.ipv4.ip_forward = 0\n",
+    );
+    node.write("/proc/sys/net/ipv4/ip_forward", "0\n");
+    let calls = node.calls().len();
+    node.run(&["up"]).assert_code(0);
+    assert!(node
+        .read("/etc/sysctl.d/90-bootstrap.conf")
+        .unwrap()
+        .contains("ip_forward = 1"));
+    let new: Vec<_> = node.calls()[calls..].to_vec();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].starts_with("sysctl -p"), "{new:?}");
+}
+
+#[test]
+fn a_failed_step_is_recorded_and_the_next_run_resumes_there() {
+    let node = Node::new().env("STANDIN_FAIL", "modprobe:br_netfilter");
+    let run = node.run(&["up"]);
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("run:modprobe br_netfilter"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Module br_netfilter not found"),
+        "{}",
+        run.stderr
+    );
+    let failed = node.read("/var/lib/bootstrap/failed.json").unwrap();
+    assert!(
+        failed.contains("\"step\": \"run:modprobe br_netfilter\""),
+        "{failed}"
+    );
+    assert!(!node.exists("/var/lib/bootstrap/done.json"));
+    assert!(
+        !node.exists("/etc/sysctl.d/90-bootstrap.conf"),
+        "stopped at the failed step"
+    );
+
+    let status = node.run(&["status", "--output", "json"]);
+    status.assert_code(0);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(json["state"], "failed");
+    assert_eq!(json["unfinished"]["id"], "run:modprobe br_netfilter");
+    assert_eq!(json["failed"]["exit_code"], 1);
+
+    let mut node = node;
+    node.env.clear();
+    let calls = node.calls().len();
+    node.run(&["up"]).assert_code(0);
+    let new: Vec<_> = node.calls()[calls..].to_vec();
+    assert_eq!(
+        new[0], "modprobe br_netfilter",
+        "resumes at the failed step: {new:?}"
+    );
+    assert!(
+        !new.iter().any(|c| c == "modprobe overlay"),
+        "done steps are not redone: {new:?}"
+    );
+    assert!(!node.exists("/var/lib/bootstrap/failed.json"));
+    assert!(node.exists("/var/lib/bootstrap/done.json"));
+    let status = node.run(&["status"]);
+    assert!(status.stdout.contains("state:     up"), "{}", status.stdout);
+}
+
+#[test]
+fn a_killed_run_resumes_at_the_step_it_was_in() {
+    let node = Node::new().env("STANDIN_SLEEP", "modprobe:br_netfilter=30");
+    let mut child = node.spawn(&["up"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.calls().iter().any(|c| c == "modprobe br_netfilter") {
+        assert!(Instant::now() < deadline, "never reached the slow step");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    let journal = node.read("/var/lib/bootstrap/journal.json").unwrap();
+    let j: serde_json::Value = serde_json::from_str(&journal).unwrap();
+    let entry = j["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "run:modprobe br_netfilter")
+        .unwrap();
+    assert_eq!(entry["status"], "started", "{journal}");
+
+    let mut node = node;
+    node.env.clear();
+    let calls = node.calls().len();
+    node.run(&["up"]).assert_code(0);
+    let new: Vec<_> = node.calls()[calls..].to_vec();
+    assert_eq!(
+        new.first().map(String::as_str),
+        Some("modprobe br_netfilter"),
+        "{new:?}"
+    );
+    assert!(node.exists("/var/lib/bootstrap/done.json"));
+}
+
+#[test]
+fn two_runs_at_once_one_waits_and_the_other_names_the_holder() {
+    let node = Node::new().env("STANDIN_SLEEP", "modprobe:overlay=3");
+    let mut first = node.spawn(&["up"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.calls().iter().any(|c| c == "modprobe overlay") {
+        assert!(Instant::now() < deadline, "first run never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Same root, short lock wait: refused, naming the first run's pid.
+    let run = common::to_run(
+        node.command(&["up"])
+            .env("BOOTSTRAP_LOCK_WAIT", "300ms")
+            .env_remove("STANDIN_SLEEP")
+            .output()
+            .unwrap(),
+    );
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains(&format!("pid {}", first.id())),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("bootstrap up"), "{}", run.stderr);
+    // Same root, patient: waits for the first, then finds nothing to do.
+    let patient = common::to_run(
+        node.command(&["up"])
+            .env("BOOTSTRAP_LOCK_WAIT", "60s")
+            .env_remove("STANDIN_SLEEP")
+            .output()
+            .unwrap(),
+    );
+    let first_status = first.wait().unwrap();
+    assert!(first_status.success());
+    patient.assert_code(0);
+    assert!(
+        patient.stderr.contains("waiting up to"),
+        "{}",
+        patient.stderr
+    );
+    assert!(
+        patient.stderr.contains("nothing to do"),
+        "{}",
+        patient.stderr
+    );
+    assert_eq!(mutating_calls(&node).len(), 3, "{:?}", node.calls());
+}
+
+#[test]
+fn preflight_failure_exits_3_and_changes_nothing_but_the_failure_marker() {
+    let node = Node::new();
+    std::fs::remove_dir_all(node.path("/run/systemd")).unwrap();
+    let run = node.run(&["up"]);
+    run.assert_code(3);
+    assert!(run.stderr.contains("systemd"), "{}", run.stderr);
+    assert!(run.stderr.contains("--ignore-preflight"), "{}", run.stderr);
+    assert!(node.calls().is_empty(), "{:?}", node.calls());
+    assert!(!node.exists("/etc/sysctl.d/90-bootstrap.conf"));
+    assert!(node
+        .read("/var/lib/bootstrap/failed.json")
+        .unwrap()
+        .contains("\"exit_code\": 3"));
+    node.run(&["preflight"]).assert_code(3);
+    node.run(&["up", "--ignore-preflight", "systemd"])
+        .assert_code(0);
+}
+
+#[test]
+fn swap_is_turned_off_and_masked_for_kubeadm() {
+    let node = Node::new();
+    node.image("kubernetes", "v1.31.4");
+    node.write(
+        "/proc/swaps",
+        "Filename\tType\tSize\tUsed\tPriority\n/dev/sda2 partition 2097148 0 -2\n/swap.img file 1048572 0 -3\n",
+    );
+    let plan = node.run(&["plan"]);
+    plan.assert_code(0);
+    assert!(plan.stdout.contains("fix     swap"), "{}", plan.stdout);
+    node.run(&["up"]).assert_code(0);
+    let calls = node.calls();
+    assert!(calls.contains(&"swapoff -a".to_owned()), "{calls:?}");
+    assert!(
+        calls.contains(&"systemctl mask dev-sda2.swap".to_owned()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"systemctl mask swap.img.swap".to_owned()),
+        "{calls:?}"
+    );
+    let before = mutating_calls(&node).len();
+    node.run(&["up"]).assert_code(0);
+    assert_eq!(mutating_calls(&node).len(), before, "{:?}", node.calls());
+}
+
+#[test]
+fn cluster_api_sentinel_only_on_success() {
+    let node = Node::new().env("STANDIN_FAIL", "modprobe:overlay");
+    node.config("cluster_api_sentinel: true\n");
+    node.run(&["up"]).assert_code(1);
+    assert!(!node.exists("/run/cluster-api/bootstrap-success.complete"));
+    let mut node = node;
+    node.env.clear();
+    node.run(&["up"]).assert_code(0);
+    assert!(node.exists("/run/cluster-api/bootstrap-success.complete"));
+}
+
+#[test]
+fn the_role_is_persisted_and_a_joined_node_never_initialises() {
+    let node = Node::new();
+    node.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
+    node.config(
+        "cluster:\n  controllers: [10.255.0.1, 10.255.0.2]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+    );
+    node.run(&["up"]).assert_code(0);
+    let role = node.read("/var/lib/bootstrap/role.json").unwrap();
+    assert!(role.contains("\"worker\""), "{role}");
+    // The config now names this host first: it would initialise a second cluster.
+    node.config(
+        "cluster:\n  controllers: [node-1, 10.255.0.1]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+    );
+    let run = node.run(&["up"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("never initialise"), "{}", run.stderr);
+    let plan = node.run(&["plan"]);
+    plan.assert_code(2);
+    // Back to the old settings: fine again.
+    node.config(
+        "cluster:\n  controllers: [10.255.0.1, 10.255.0.2]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+    );
+    node.run(&["up"]).assert_code(0);
+}
+
+#[test]
+fn the_secret_never_leaks() {
+    let node = Node::new().env("BOOTSTRAP_CLUSTER__JOIN_SECRET", SECRET);
+    node.config("cluster:\n  controllers: [127.0.0.1]\n");
+    let mut outputs = String::new();
+    for args in [
+        &["plan"][..],
+        &["plan", "--output", "json"],
+        &["plan", "--print-config"],
+        &["preflight", "--output", "json"],
+        &["-vv", "up"],
+        &["--log-format", "json", "-vv", "up"],
+        &["status"],
+        &["status", "--output", "json"],
+    ] {
+        let run = node.run(args);
+        assert!(run.code == 0, "{args:?}: {}", run.all());
+        outputs.push_str(&run.all());
+    }
+    assert!(
+        outputs.contains("<redacted>"),
+        "print-config shows the secret redacted"
+    );
+    assert!(!outputs.contains(SECRET), "secret in output");
+    assert!(!node.calls().join("\n").contains(SECRET), "secret in argv");
+    let envs = node.call_envs();
+    assert!(!envs.is_empty());
+    assert!(!envs.contains(SECRET), "secret in a child's environment");
+    assert!(
+        !envs.contains("BOOTSTRAP_"),
+        "bootstrap's environment leaked to a child"
+    );
+    assert!(
+        !node.all_text(&[]).contains(SECRET),
+        "secret in a file under the root"
+    );
+}
+
+#[test]
+fn the_secret_file_is_not_copied_or_shown() {
+    let node = Node::new();
+    node.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
+    node.config(
+        "cluster:\n  controllers: [127.0.0.1]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+    );
+    let mut out = String::new();
+    for args in [
+        &["-vv", "up"][..],
+        &["plan", "--print-config"],
+        &["status", "--output", "json"],
+    ] {
+        let run = node.run(args);
+        run.assert_code(0);
+        out.push_str(&run.all());
+    }
+    assert!(!out.contains(SECRET));
+    assert!(!node
+        .all_text(&["/etc/bootstrap/join-secret"])
+        .contains(SECRET));
+}
