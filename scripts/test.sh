@@ -41,4 +41,4 @@ esac
 echo "static binary runs: ok"
 
 echo "== cargo test"
-cargo test --locked
+cargo test --locked --all-targets
