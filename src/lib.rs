@@ -17,6 +17,7 @@ pub mod parsed;
 pub mod plan;
 pub mod preflight;
 pub mod role;
+pub mod runtime;
 pub mod rootfs;
 pub mod secret;
 pub mod state;

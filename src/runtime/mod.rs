@@ -1,0 +1,1 @@
+//! Container runtime and local registry: image seeding into the registry's storage.
