@@ -106,8 +106,37 @@ pub enum Command {
     Status(OutputArgs),
     /// Run the host checks only
     Preflight(OutputArgs),
+    /// Cluster-image tools (paths here are paths on this machine, not under
+    /// --root)
+    #[command(subcommand)]
+    Rootfs(RootfsCommand),
     /// Print the version
     Version,
+}
+
+/// `bootstrap rootfs …`
+#[derive(Debug, Subcommand)]
+pub enum RootfsCommand {
+    /// Show what a cluster image (folder or archive) holds
+    Inspect {
+        /// A cluster-image folder or archive (.tar, .tar.gz, .tar.zst)
+        path: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Unpack an archive safely into DEST (staged, verified, versioned)
+    Unpack {
+        /// The archive (plain, gzip or zstd tar; recognised by content)
+        archive: PathBuf,
+        /// Where the image should appear (a symlink to its version folder)
+        dest: PathBuf,
+        /// Expected SHA-256 [default: from ARCHIVE.sha256 if present]
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        /// Refuse archives holding more, e.g. 8G [default: free space at DEST]
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
+    },
 }
 
 /// `plan` options.

@@ -141,6 +141,12 @@ pub fn run(ctx: &Context<'_>) -> Report {
             Outcome::Fail,
             format!("{} is not supported (amd64, arm64)", facts.arch),
         );
+    } else if !ctx.image.arches.is_empty() && ctx.image.arch_dir.is_none() {
+        add(
+            "arch",
+            Outcome::Fail,
+            format!("the cluster image has folders for {} only, this host is {}", ctx.image.arches.join(", "), facts.arch),
+        );
     } else if !image_arch.is_empty() && image_arch != facts.arch {
         add(
             "arch",
@@ -433,7 +439,10 @@ mod tests {
                 arch: arch.into(),
                 ..Default::default()
             },
+            metadata_path: PathBuf::from("Metadata"),
             distro,
+            arches: vec![],
+            arch_dir: None,
         }
     }
 

@@ -156,9 +156,44 @@ pub fn join_secret(s: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A size such as `512M`, `2G`, `1.5GiB` or `1048576` (binary multiples), in bytes.
+pub fn byte_size(s: &str) -> Result<u64, &'static str> {
+    const EXPECTED: &str = "a size such as 512M, 2G or 1048576 (K, M, G, T are binary multiples)";
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number.parse().map_err(|_| EXPECTED)?;
+    let shift = match unit.trim().trim_end_matches(['B', 'b']).trim_end_matches('i') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(EXPECTED),
+    };
+    let bytes = number * (1u64 << shift) as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(EXPECTED);
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(byte_size("1048576"), Ok(1 << 20));
+        assert_eq!(byte_size("512M"), Ok(512 << 20));
+        assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+        assert_eq!(byte_size("1.5G"), Ok(3 << 29));
+        assert!(byte_size("lots").is_err());
+        assert!(byte_size("0").is_err());
+        assert!(byte_size("5X").is_err());
+    }
 
     #[test]
     fn names() {

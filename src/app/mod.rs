@@ -3,6 +3,7 @@
 
 mod plan_cmd;
 mod preflight_cmd;
+mod rootfs_cmd;
 mod status;
 mod up;
 
@@ -15,7 +16,7 @@ use crate::host::{Host, HostError, RootedHost};
 use crate::plan::{journal::Journal, ApplyError, Plan};
 use crate::preflight::{self, CheckResult};
 use crate::role::{RoleDecision, RoleError};
-use crate::rootfs::{ClusterImage, RootfsError};
+use crate::rootfs::{unpack, ClusterImage, RootfsError};
 use crate::{hostprep, lock};
 
 /// Exit codes (DESIGN.md).
@@ -31,12 +32,16 @@ pub mod exit {
 pub enum Error {
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    Failed(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Role(#[from] RoleError),
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Unpack(#[from] crate::rootfs::unpack::UnpackError),
     #[error(transparent)]
     Facts(#[from] FactsError),
     #[error("preflight failed:\n{}", list_failures(.0))]
@@ -87,6 +92,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Some(Command::Plan(args)) => plan_cmd::run(&cli, args),
         Some(Command::Status(args)) => status::run(&cli, args),
         Some(Command::Preflight(args)) => preflight_cmd::run(&cli, args),
+        Some(Command::Rootfs(command)) => rootfs_cmd::run(command),
     }
 }
 
@@ -137,7 +143,7 @@ impl Session {
             Some(path) => Facts::load(path)?,
             None => Facts::gather(&host)?,
         };
-        let image = ClusterImage::open(&host, &config.rootfs.dir)?;
+        let image = open_image(&host, &config, &facts.arch)?;
         Ok(Session {
             host,
             config,
@@ -181,7 +187,37 @@ impl Session {
         for step in hostprep::steps(&self.facts, &requirements, ipv6) {
             plan.push(step);
         }
+        if let Some(step) = self.unpack_step() {
+            plan.push(step);
+        }
         plan
+    }
+
+    /// Unpacking `rootfs.archive` into `rootfs.dir`, when an archive is configured.
+    fn unpack_step(&self) -> Option<crate::plan::Step> {
+        let archive = self.config.rootfs.archive.as_ref()?;
+        let digest = self
+            .host
+            .real_path(archive)
+            .ok()
+            .and_then(|real| unpack::expected_digest(&real, self.config.rootfs.sha256.as_deref()).ok())
+            .flatten();
+        let (sha256, source) = match digest {
+            Some((hex, source)) if self.config.rootfs.sha256.is_some() => (Some(hex), Some(format!("rootfs.sha256 ({source})"))),
+            Some((hex, source)) => (Some(hex), Some(source)),
+            None => (None, None),
+        };
+        Some(crate::plan::Step::new(
+            crate::plan::Phase::ClusterImage,
+            "the cluster image is shipped as an archive (rootfs.archive)",
+            crate::plan::Action::UnpackRootfs {
+                archive: archive.clone(),
+                dest: self.config.rootfs.dir.clone(),
+                sha256,
+                sha256_source: source.map(|s| s.replacen(&self.host.root().display().to_string(), "", 1)),
+                arch: self.facts.arch.clone(),
+            },
+        ))
     }
 
     /// The node name Kubernetes will know this node by.
@@ -197,6 +233,27 @@ impl Session {
     pub(crate) fn node_address(&self) -> Option<std::net::IpAddr> {
         self.config.node.address.or(self.facts.default_address)
     }
+}
+
+/// The cluster image: the unpacked folder, or — while `rootfs.archive` is not unpacked
+/// yet — the archive itself, read without unpacking it.
+fn open_image(host: &RootedHost, config: &Config, arch: &str) -> Result<ClusterImage, Error> {
+    let dir = &config.rootfs.dir;
+    let Some(archive) = &config.rootfs.archive else {
+        return Ok(ClusterImage::open(host, dir, arch)?);
+    };
+    let archive_real = host.real_path(archive)?;
+    let dest_real = host.real_path(dir)?;
+    let digest = unpack::expected_digest(&archive_real, config.rootfs.sha256.as_deref())?;
+    let unpacked = unpack::find_unpacked(&archive_real, &dest_real, digest.as_ref().map(|d| d.0.as_str()))
+        .filter(|version| unpack::points_at(&dest_real, version));
+    if unpacked.is_some() {
+        return Ok(ClusterImage::open(host, dir, arch)?);
+    }
+    let (listing, _) = crate::rootfs::inspect::list_archive(&archive_real)?;
+    let mut image = ClusterImage::read(&listing, arch)?;
+    image.dir = dir.clone();
+    Ok(image)
 }
 
 /// A host path's real location, for display and for the lock.

@@ -115,6 +115,17 @@ impl Host for FakeHost {
             }))
     }
 
+    fn stat(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {
+        self.metadata(path)
+    }
+
+    fn real_path(&self, path: &Path) -> Result<PathBuf, HostError> {
+        Err(HostError::BadPath {
+            path: path.to_path_buf(),
+            reason: "the in-memory test host has no real files",
+        })
+    }
+
     fn list_dir(&self, path: &Path) -> Result<Option<Vec<String>>, HostError> {
         check_host_path(path)?;
         let files = self.files.lock().expect("fake lock");

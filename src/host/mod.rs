@@ -104,6 +104,14 @@ pub trait Host {
     /// Metadata without following a final symlink; `Ok(None)` when nothing is there.
     fn metadata(&self, path: &Path) -> Result<Option<FileInfo>, HostError>;
 
+    /// Metadata following symlinks (as opening the path would).
+    fn stat(&self, path: &Path) -> Result<Option<FileInfo>, HostError>;
+
+    /// The real location of a host path on this machine, for code that must stream large
+    /// files (archives, image blobs) rather than read them whole. Hosts without real
+    /// files refuse.
+    fn real_path(&self, path: &Path) -> Result<PathBuf, HostError>;
+
     /// Names in a directory, sorted; `Ok(None)` when it does not exist.
     fn list_dir(&self, path: &Path) -> Result<Option<Vec<String>>, HostError>;
 

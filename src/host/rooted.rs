@@ -123,6 +123,25 @@ impl Host for RootedHost {
         }
     }
 
+    fn stat(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {
+        let real = self.resolve(path)?;
+        match fs::metadata(&real) {
+            Ok(meta) => Ok(Some(FileInfo {
+                kind: file_kind(&meta),
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                len: meta.len(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(HostError::io("stat", path, e)),
+        }
+    }
+
+    fn real_path(&self, path: &Path) -> Result<PathBuf, HostError> {
+        self.resolve(path)
+    }
+
     fn list_dir(&self, path: &Path) -> Result<Option<Vec<String>>, HostError> {
         let real = self.resolve(path)?;
         let entries = match fs::read_dir(&real) {

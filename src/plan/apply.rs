@@ -37,6 +37,12 @@ pub enum ApplyError {
         timeout: Duration,
         last: Option<String>,
     },
+    #[error("step {id}: {source}")]
+    Unpack {
+        id: String,
+        #[source]
+        source: crate::rootfs::unpack::UnpackError,
+    },
     #[error("cannot record progress in {path}: {0}", path = state::JOURNAL_FILE)]
     Journal(#[source] HostError),
 }
@@ -51,7 +57,9 @@ impl ApplyError {
     /// The step the error happened in.
     pub fn step_id(&self) -> Option<&str> {
         match self {
-            ApplyError::Step { id, .. } | ApplyError::Timeout { id, .. } => Some(id),
+            ApplyError::Step { id, .. }
+            | ApplyError::Timeout { id, .. }
+            | ApplyError::Unpack { id, .. } => Some(id),
             ApplyError::Journal(_) => None,
         }
     }
@@ -168,6 +176,28 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
             timeout,
             interval,
         } => wait_for(host, step, probe, *timeout, *interval),
+        Action::UnpackRootfs {
+            archive,
+            dest,
+            sha256,
+            sha256_source,
+            arch,
+        } => {
+            let options = crate::rootfs::unpack::UnpackOptions {
+                sha256: sha256.clone(),
+                sha256_source: sha256_source.clone(),
+                max_size: None,
+                host_arch: arch.clone(),
+            };
+            let archive = host.real_path(archive).map_err(fail)?;
+            let dest = host.real_path(dest).map_err(fail)?;
+            crate::rootfs::unpack::unpack(&archive, &dest, &options)
+                .map(drop)
+                .map_err(|source| ApplyError::Unpack {
+                    id: step.id.clone(),
+                    source,
+                })
+        }
     }
 }
 

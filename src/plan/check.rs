@@ -132,6 +132,19 @@ pub fn check(host: &dyn Host, action: &Action) -> Result<Status, HostError> {
             ServiceAction::Restart => Status::Unknown,
         },
         Action::WaitFor { probe: p, .. } => done(probe(host, p)?),
+        Action::UnpackRootfs {
+            archive,
+            dest,
+            sha256,
+            ..
+        } => {
+            let archive = host.real_path(archive)?;
+            let dest = host.real_path(dest)?;
+            done(
+                crate::rootfs::unpack::find_unpacked(&archive, &dest, sha256.as_deref())
+                    .is_some_and(|dir| crate::rootfs::unpack::points_at(&dest, &dir)),
+            )
+        }
     })
 }
 

@@ -155,6 +155,19 @@ pub enum Action {
         unit: String,
         action: ServiceAction,
     },
+    /// Unpacks a cluster-image archive (verified, staged, versioned) and points the
+    /// image folder at it.
+    UnpackRootfs {
+        archive: PathBuf,
+        dest: PathBuf,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        /// Where `sha256` came from (config, or the `.sha256` file beside the archive).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sha256_source: Option<String>,
+        /// The host architecture, for per-arch images.
+        arch: String,
+    },
     WaitFor {
         probe: Probe,
         #[serde(with = "crate::duration_serde")]
@@ -208,6 +221,7 @@ impl Action {
             Action::RunCommand { command, .. } => format!("run:{command}"),
             Action::Service { unit, action } => format!("{}:{unit}", action.verb()),
             Action::WaitFor { probe, .. } => format!("wait:{probe}"),
+            Action::UnpackRootfs { dest, .. } => format!("unpack:{}", dest.display()),
         }
     }
 }
@@ -266,6 +280,21 @@ impl fmt::Display for Action {
                 ServiceAction::StartNoBlock => write!(f, "systemctl start --no-block {unit}"),
                 other => write!(f, "systemctl {} {unit}", other.verb()),
             },
+            Action::UnpackRootfs {
+                archive,
+                dest,
+                sha256,
+                ..
+            } => write!(
+                f,
+                "unpack {} into {} ({})",
+                archive.display(),
+                dest.display(),
+                match sha256 {
+                    Some(hex) => format!("sha256 {}", &hex[..12.min(hex.len())]),
+                    None => "no digest to verify".to_owned(),
+                }
+            ),
             Action::WaitFor { probe, timeout, .. } => write!(
                 f,
                 "wait until {probe} (at most {})",

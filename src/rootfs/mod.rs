@@ -1,5 +1,13 @@
-//! The cluster image (rootfs): sealer's `Metadata` file and the distro it selects.
+//! The cluster image (rootfs): sealer-compatible `Metadata` and layout, the distro it
+//! selects, `inspect`, and safe, verified, versioned unpacking of image archives.
 
-mod metadata;
+mod compression;
+mod extract;
+mod image;
+pub mod inspect;
+pub mod tree;
+pub mod unpack;
 
-pub use metadata::{ClusterImage, Metadata, RootfsError};
+pub use compression::Compression;
+pub use extract::{ExtractError, ExtractReport};
+pub use image::{required_binaries, ClusterImage, Metadata, RootfsError, ARCHES};

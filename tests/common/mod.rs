@@ -73,8 +73,17 @@ impl Node {
         node
     }
 
-    /// Puts a cluster image with this ClusterRuntime at the default rootfs.dir.
+    /// Puts a cluster image with this ClusterRuntime (and the binaries it needs) at the
+    /// default rootfs.dir.
     pub fn image(&self, runtime: &str, version: &str) {
+        let binaries: &[&str] = match runtime {
+            "k3s" => &["k3s"],
+            "k0s" => &["k0s"],
+            _ => &["kubeadm", "kubelet", "kubectl"],
+        };
+        for bin in binaries {
+            self.write_mode(&format!("/var/lib/bootstrap/rootfs/bin/{bin}"), "#!/bin/sh\n", 0o755);
+        }
         self.write(
             "/var/lib/bootstrap/rootfs/Metadata",
             &format!(

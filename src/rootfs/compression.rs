@@ -1,0 +1,81 @@
+//! Archive formats recognised by their first bytes, never by file name.
+
+use std::fmt;
+use std::io::{self, BufRead, Read};
+
+/// How a cluster-image archive is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::None => "tar",
+            Compression::Gzip => "tar+gzip",
+            Compression::Zstd => "tar+zstd",
+        })
+    }
+}
+
+/// Formats recognised only to be refused with a precise message.
+const UNSUPPORTED: [(&[u8], &str); 4] = [
+    (&[0xfd, b'7', b'z', b'X', b'Z', 0x00], "xz"),
+    (b"BZh", "bzip2"),
+    (&[0x04, 0x22, 0x4d, 0x18], "lz4"),
+    (b"PK\x03\x04", "zip"),
+];
+
+/// Reads the magic bytes at the start of `reader` (without consuming them).
+pub fn detect(reader: &mut impl BufRead) -> io::Result<Result<Compression, &'static str>> {
+    let head = reader.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Ok(Ok(Compression::Gzip));
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Ok(Ok(Compression::Zstd));
+    }
+    for (magic, name) in UNSUPPORTED {
+        if head.starts_with(magic) {
+            return Ok(Err(name));
+        }
+    }
+    Ok(Ok(Compression::None))
+}
+
+/// Wraps `reader` in the decoder `compression` needs.
+pub fn decoder<'a, R: BufRead + 'a>(
+    compression: Compression,
+    reader: R,
+) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        Compression::None => Box::new(reader),
+        // MultiGzDecoder: `cat a.gz b.gz` streams are valid gzip, as GNU tar reads them.
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Compression::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(reader)?;
+            // Allow windows up to 2 GiB (--long=31), as `zstd --long` archives use;
+            // memory then grows only if the archive really asks for it.
+            decoder.window_log_max(31)?;
+            Box::new(decoder)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_magic_bytes() {
+        let check = |bytes: &[u8]| detect(&mut io::BufReader::new(bytes)).unwrap();
+        assert_eq!(check(&[0x1f, 0x8b, 8, 0]), Ok(Compression::Gzip));
+        assert_eq!(check(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Ok(Compression::Zstd));
+        assert_eq!(check(b"bin/k3s\0\0\0"), Ok(Compression::None));
+        assert_eq!(check(&[0xfd, b'7', b'z', b'X', b'Z', 0]), Err("xz"));
+        assert_eq!(check(b"BZh91AY"), Err("bzip2"));
+    }
+}

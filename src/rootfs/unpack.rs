@@ -1,0 +1,540 @@
+//! Unpacking a cluster-image archive: streamed, verified, staged, versioned.
+//!
+//! The archive is read once, through a SHA-256 hasher and the decompressor, into a staging
+//! folder beside the destination. Only when every entry is safe, the stream ended properly
+//! and the digest matches is the staging folder renamed to `DEST.versions/<version>-<sha>`,
+//! and `DEST` (a symlink) switched to it in one rename. A failure or a kill therefore never
+//! leaves a half image and never touches the image already in place; earlier versions stay
+//! for `upgrade` and rollback. An archive already unpacked (same digest, or the same file
+//! unchanged) is not unpacked again.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, IsTerminal, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::compression::{self, Compression};
+use super::extract::{self, ExtractError, ExtractReport, Limits, TailReader};
+use super::image::{ClusterImage, RootfsError};
+use super::tree::HostTree;
+use crate::host::RootedHost;
+
+/// The record left in each unpacked version folder.
+pub const MARKER: &str = ".bootstrap-unpacked.json";
+
+/// Why an archive was not unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{archive}: {format} archives are not supported; use a plain, gzip or zstd tar")]
+    Unsupported { archive: PathBuf, format: &'static str },
+    #[error("{archive}: {source}")]
+    Extract {
+        archive: PathBuf,
+        #[source]
+        source: ExtractError,
+    },
+    #[error("{archive}: truncated: the stream ends after entry {last:?} without an end-of-archive marker")]
+    NoEndMarker { archive: PathBuf, last: String },
+    #[error("{archive}: SHA-256 is {actual}, expected {expected}{}", .source_of_expected)]
+    Digest {
+        archive: PathBuf,
+        expected: String,
+        actual: String,
+        source_of_expected: String,
+    },
+    #[error("{path}: {reason}")]
+    BadDigestFile { path: PathBuf, reason: String },
+    #[error("{archive}: unpacked, but not a usable cluster image: {source}")]
+    Image {
+        archive: PathBuf,
+        #[source]
+        source: RootfsError,
+    },
+    #[error("{dest} exists and is not a folder or a symlink bootstrap made")]
+    BadDest { dest: PathBuf },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
+    move |source| UnpackError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What to check while unpacking.
+#[derive(Debug, Clone, Default)]
+pub struct UnpackOptions {
+    /// The archive's expected SHA-256 (hex).
+    pub sha256: Option<String>,
+    /// Where `sha256` came from, for the error message.
+    pub sha256_source: Option<String>,
+    /// Most bytes of file data to accept; default: free space where DEST lives.
+    pub max_size: Option<u64>,
+    /// The host architecture, to read per-arch images.
+    pub host_arch: String,
+}
+
+/// What an unpack did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnpackReport {
+    pub archive: PathBuf,
+    pub sha256: String,
+    pub compression: String,
+    /// The version folder DEST now points at.
+    pub version_dir: PathBuf,
+    /// The archive had been unpacked before; nothing was extracted.
+    pub reused: bool,
+    pub files: u64,
+    pub bytes: u64,
+    pub stripped_modes: Vec<String>,
+}
+
+/// The record in each version folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Marker {
+    archive: PathBuf,
+    sha256: String,
+    compression: String,
+    size: u64,
+    mtime_ns: i128,
+    dev: u64,
+    ino: u64,
+    unpacked_at: String,
+}
+
+/// A reader that hashes and counts what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        if let Some(bar) = &self.progress {
+            bar.set_position(self.bytes);
+        }
+        Ok(n)
+    }
+}
+
+/// The versions folder beside `dest`: `/var/lib/bootstrap/rootfs.versions`.
+pub fn versions_dir(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".versions");
+    dest.with_file_name(name)
+}
+
+fn stat_identity(meta: &fs::Metadata) -> (u64, i128, u64, u64) {
+    let mtime_ns = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+    (meta.len(), mtime_ns, meta.dev(), meta.ino())
+}
+
+/// The expected digest: the one given, else `ARCHIVE.sha256` beside the archive (the
+/// `sha256sum` format, or the hex alone), else none. Returns (digest, where it came from).
+pub fn expected_digest(
+    archive: &Path,
+    given: Option<&str>,
+) -> Result<Option<(String, String)>, UnpackError> {
+    if let Some(hex) = given {
+        return Ok(Some((hex.to_ascii_lowercase(), "given".to_owned())));
+    }
+    let mut name = archive.as_os_str().to_os_string();
+    name.push(".sha256");
+    let path = PathBuf::from(name);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("read", &path)(e)),
+    };
+    let hex = text.split_whitespace().next().unwrap_or("");
+    crate::validate::sha256_hex(hex).map_err(|why| UnpackError::BadDigestFile {
+        path: path.clone(),
+        reason: format!("expected {why}"),
+    })?;
+    Ok(Some((hex.to_ascii_lowercase(), path.display().to_string())))
+}
+
+/// The version folder that already holds this archive, if any: same digest when one is
+/// known, else the same file (device, inode, size, mtime) as last time.
+pub fn find_unpacked(archive: &Path, dest: &Path, sha256: Option<&str>) -> Option<PathBuf> {
+    let identity = fs::metadata(archive).ok().map(|m| stat_identity(&m));
+    let entries = fs::read_dir(versions_dir(dest)).ok()?;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(text) = fs::read_to_string(dir.join(MARKER)) else {
+            continue;
+        };
+        let Ok(marker) = serde_json::from_str::<Marker>(&text) else {
+            continue;
+        };
+        let same = match sha256 {
+            Some(hex) => marker.sha256 == hex,
+            None => {
+                marker.archive == archive
+                    && identity == Some((marker.size, marker.mtime_ns, marker.dev, marker.ino))
+            }
+        };
+        if same {
+            return Some(dir);
+        }
+    }
+    None
+}
+
+/// Whether `dest` is a symlink to `version_dir`.
+pub fn points_at(dest: &Path, version_dir: &Path) -> bool {
+    match (fs::canonicalize(dest), fs::canonicalize(version_dir)) {
+        (Ok(a), Ok(b)) => fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) && a == b,
+        _ => false,
+    }
+}
+
+/// Removes staging folders left by runs that died (their pid is gone).
+fn remove_stale_staging(parent: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()) else {
+            continue;
+        };
+        let alive = pid
+            .parse::<i32>()
+            .is_ok_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
+        if !alive {
+            log::info!("removing {}, left by an unpack that did not finish", entry.path().display());
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes the staging folder unless the unpack committed it.
+struct Staging {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = make_writable(&self.path);
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Read-only folders inside the staging tree would stop `remove_dir_all`.
+fn make_writable(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)?.flatten() {
+        let meta = fs::symlink_metadata(entry.path())?;
+        if meta.is_dir() {
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o700))?;
+            make_writable(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), UnpackError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("fsync", dir))
+}
+
+/// A file-name-safe version label.
+fn sanitize(version: &str) -> String {
+    let cleaned: String = version
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "+-._".contains(c) { c } else { '_' })
+        .collect();
+    let cleaned = cleaned.trim_start_matches('.').to_owned();
+    if cleaned.is_empty() {
+        "unversioned".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// Points `dest` at `version_dir` with one atomic rename. A real folder at `dest` (an image
+/// baked in place) is first moved into the versions folder, so it is kept, not replaced.
+fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(), UnpackError> {
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    let versions = versions_dir(dest);
+    match fs::symlink_metadata(dest) {
+        Ok(meta) if meta.file_type().is_symlink() => {}
+        Ok(meta) if meta.is_dir() => {
+            let host = RootedHost::new("/");
+            let label = ClusterImage::open(&host, dest, host_arch)
+                .map(|img| sanitize(&img.metadata.version))
+                .unwrap_or_else(|_| "unversioned".to_owned());
+            let mut kept = versions.join(format!("{label}-preexisting"));
+            let mut n = 1;
+            while kept.exists() {
+                n += 1;
+                kept = versions.join(format!("{label}-preexisting-{n}"));
+            }
+            log::info!("keeping the image already at {} as {}", dest.display(), kept.display());
+            fs::rename(dest, &kept).map_err(io_err("move", dest))?;
+        }
+        Ok(_) => return Err(UnpackError::BadDest { dest: dest.to_path_buf() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("stat", dest)(e)),
+    }
+    let relative = version_dir
+        .strip_prefix(parent)
+        .unwrap_or(version_dir)
+        .to_path_buf();
+    let temp = parent.join(format!(
+        ".{}.link-{}",
+        dest.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&temp);
+    std::os::unix::fs::symlink(&relative, &temp).map_err(io_err("symlink", &temp))?;
+    fs::rename(&temp, dest).map_err(io_err("rename", dest))?;
+    fsync_dir(parent)
+}
+
+/// Unpacks `archive` (a real path) so that `dest` (a real path) points at its contents.
+pub fn unpack(archive: &Path, dest: &Path, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
+    let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let dest_name = dest.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let versions = versions_dir(dest);
+    fs::create_dir_all(&versions).map_err(io_err("create folder", &versions))?;
+
+    if let Some(done) = find_unpacked(archive, dest, opts.sha256.as_deref()) {
+        let text = fs::read_to_string(done.join(MARKER)).map_err(io_err("read", &done))?;
+        let marker: Marker = serde_json::from_str(&text)
+            .map_err(|e| io_err("parse", &done)(io::Error::other(e)))?;
+        if !points_at(dest, &done) {
+            switch_link(dest, &done, &opts.host_arch)?;
+        }
+        log::info!("{} is already unpacked in {}", archive.display(), done.display());
+        return Ok(UnpackReport {
+            archive: archive.to_path_buf(),
+            sha256: marker.sha256,
+            compression: marker.compression,
+            version_dir: done,
+            reused: true,
+            files: 0,
+            bytes: 0,
+            stripped_modes: Vec::new(),
+        });
+    }
+
+    let file = File::open(archive).map_err(io_err("open", archive))?;
+    let file_meta = file.metadata().map_err(io_err("stat", archive))?;
+    let max_bytes = match opts.max_size {
+        Some(max) => max,
+        None => {
+            let stat = nix::sys::statvfs::statvfs(&versions)
+                .map_err(|e| io_err("statvfs", &versions)(e.into()))?;
+            stat.blocks_available() as u64 * stat.fragment_size() as u64
+        }
+    };
+
+    let staging_prefix = format!(".{dest_name}.staging-");
+    remove_stale_staging(&parent, &staging_prefix);
+    let staging_path = parent.join(format!(
+        "{staging_prefix}{}-{}",
+        std::process::id(),
+        nanos()
+    ));
+    fs::create_dir(&staging_path).map_err(io_err("create folder", &staging_path))?;
+    fs::set_permissions(&staging_path, fs::Permissions::from_mode(0o700))
+        .map_err(io_err("chmod", &staging_path))?;
+    let mut staging = Staging {
+        path: staging_path,
+        committed: false,
+    };
+
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(file_meta.len());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "unpacking {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut raw = BufReader::with_capacity(
+        1 << 20,
+        HashingReader {
+            inner: file,
+            hasher: Sha256::new(),
+            bytes: 0,
+            progress: progress.clone(),
+        },
+    );
+    let compression = match compression::detect(&mut raw).map_err(io_err("read", archive))? {
+        Ok(c) => c,
+        Err(format) => {
+            return Err(UnpackError::Unsupported {
+                archive: archive.to_path_buf(),
+                format,
+            })
+        }
+    };
+    let extracted = extract_stream(archive, compression, &mut raw, &staging.path, max_bytes)?;
+    // Whatever follows the compressed stream still counts toward the digest.
+    io::copy(&mut raw, &mut io::sink()).map_err(io_err("read", archive))?;
+    let hashing = raw.into_inner();
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    let actual = hex::encode(hashing.hasher.finalize());
+    if let Some(expected) = &opts.sha256 {
+        if *expected != actual {
+            return Err(UnpackError::Digest {
+                archive: archive.to_path_buf(),
+                expected: expected.clone(),
+                actual,
+                source_of_expected: opts
+                    .sha256_source
+                    .as_ref()
+                    .map(|s| format!(" (from {s})"))
+                    .unwrap_or_default(),
+            });
+        }
+    } else {
+        log::warn!(
+            "{}: no SHA-256 to check against (set rootfs.sha256 or put {}.sha256 beside it); its digest is {actual}",
+            archive.display(),
+            archive.display()
+        );
+    }
+
+    let host = RootedHost::new("/");
+    let image = ClusterImage::open(&host, &staging.path, &opts.host_arch).map_err(|source| {
+        UnpackError::Image {
+            archive: archive.to_path_buf(),
+            source,
+        }
+    })?;
+    let (size, mtime_ns, dev, ino) = stat_identity(&file_meta);
+    let marker = Marker {
+        archive: archive.to_path_buf(),
+        sha256: actual.clone(),
+        compression: compression.to_string(),
+        size,
+        mtime_ns,
+        dev,
+        ino,
+        unpacked_at: crate::state::now_rfc3339(),
+    };
+    let marker_path = staging.path.join(MARKER);
+    let json = serde_json::to_vec_pretty(&marker).unwrap_or_default();
+    fs::write(&marker_path, json).map_err(io_err("write", &marker_path))?;
+    fs::set_permissions(&staging.path, fs::Permissions::from_mode(0o755))
+        .map_err(io_err("chmod", &staging.path))?;
+    fsync_tree_root(&staging.path)?;
+
+    let version_dir = versions.join(format!("{}-{}", sanitize(&image.metadata.version), &actual[..12]));
+    if version_dir.exists() {
+        // Same digest, but no valid marker: an older, unrecorded copy. Ours to replace.
+        let _ = make_writable(&version_dir);
+        fs::remove_dir_all(&version_dir).map_err(io_err("remove", &version_dir))?;
+    }
+    fs::rename(&staging.path, &version_dir).map_err(io_err("rename", &version_dir))?;
+    staging.committed = true;
+    fsync_dir(&versions)?;
+    switch_link(dest, &version_dir, &opts.host_arch)?;
+    log::info!(
+        "unpacked {} ({compression}, {} files, {} bytes) into {}",
+        archive.display(),
+        extracted.files,
+        extracted.bytes,
+        version_dir.display()
+    );
+    Ok(UnpackReport {
+        archive: archive.to_path_buf(),
+        sha256: actual,
+        compression: compression.to_string(),
+        version_dir,
+        reused: false,
+        files: extracted.files,
+        bytes: extracted.bytes,
+        stripped_modes: extracted.stripped_modes,
+    })
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Puts everything written under `dir` on disk (one `syncfs` of its file system), so the
+/// rename that follows can never publish files a power cut would leave empty.
+fn fsync_tree_root(dir: &Path) -> Result<(), UnpackError> {
+    let folder = File::open(dir).map_err(io_err("open", dir))?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&folder))
+        .map_err(|e| io_err("syncfs", dir)(e.into()))?;
+    Ok(())
+}
+
+fn extract_stream(
+    archive: &Path,
+    compression: Compression,
+    raw: &mut impl BufRead,
+    staging: &Path,
+    max_bytes: u64,
+) -> Result<ExtractReport, UnpackError> {
+    let decoder = compression::decoder(compression, raw).map_err(io_err("read", archive))?;
+    let mut tail = TailReader::new(decoder);
+    let report = {
+        let mut tar = tar::Archive::new(&mut tail);
+        extract::extract(&mut tar, staging, Limits { max_bytes }).map_err(|source| {
+            UnpackError::Extract {
+                archive: archive.to_path_buf(),
+                source,
+            }
+        })?
+    };
+    if !tail.ended_with_zero_block() {
+        return Err(UnpackError::NoEndMarker {
+            archive: archive.to_path_buf(),
+            last: last_entry_hint(&report),
+        });
+    }
+    // Read the decompressor to its end: a cut or corrupt compressed stream shows here.
+    let mut rest = tail.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| UnpackError::Extract {
+        archive: archive.to_path_buf(),
+        source: ExtractError::Corrupt {
+            after: Some("the end-of-archive marker".to_owned()),
+            message: e.to_string(),
+        },
+    })?;
+    Ok(report)
+}
+
+fn last_entry_hint(report: &ExtractReport) -> String {
+    report.last_entry.clone().unwrap_or_else(|| "(none)".to_owned())
+}
+
+/// Opens the unpacked image `dest` through a host at `/` (for callers outside `up`).
+pub fn open_unpacked(dest: &Path, host_arch: &str) -> Result<ClusterImage, RootfsError> {
+    let host = RootedHost::new("/");
+    let tree = HostTree { host: &host, dir: dest };
+    let mut image = ClusterImage::read(&tree, host_arch)?;
+    image.dir = dest.to_path_buf();
+    Ok(image)
+}
