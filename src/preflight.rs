@@ -145,7 +145,11 @@ pub fn run(ctx: &Context<'_>) -> Report {
         add(
             "arch",
             Outcome::Fail,
-            format!("the cluster image has folders for {} only, this host is {}", ctx.image.arches.join(", "), facts.arch),
+            format!(
+                "the cluster image has folders for {} only, this host is {}",
+                ctx.image.arches.join(", "),
+                facts.arch
+            ),
         );
     } else if !image_arch.is_empty() && image_arch != facts.arch {
         add(

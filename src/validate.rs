@@ -165,7 +165,11 @@ pub fn byte_size(s: &str) -> Result<u64, &'static str> {
         .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let number: f64 = number.parse().map_err(|_| EXPECTED)?;
-    let shift = match unit.trim().trim_end_matches(['B', 'b']).trim_end_matches('i') {
+    let shift = match unit
+        .trim()
+        .trim_end_matches(['B', 'b'])
+        .trim_end_matches('i')
+    {
         "" => 0,
         "K" | "k" => 10,
         "M" | "m" => 20,

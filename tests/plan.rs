@@ -131,7 +131,7 @@ fn missing_or_bad_cluster_image_is_named() {
     run.assert_code(1);
     assert!(
         run.stderr
-            .contains("/var/lib/bootstrap/rootfs/Metadata is missing"),
+            .contains("no cluster image at /var/lib/bootstrap/rootfs: no Metadata file"),
         "{}",
         run.stderr
     );

@@ -41,7 +41,7 @@ pub enum Error {
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
     #[error(transparent)]
-    Unpack(#[from] crate::rootfs::unpack::UnpackError),
+    Unpack(Box<crate::rootfs::unpack::UnpackError>),
     #[error(transparent)]
     Facts(#[from] FactsError),
     #[error("preflight failed:\n{}", list_failures(.0))]
@@ -49,9 +49,21 @@ pub enum Error {
     #[error(transparent)]
     Lock(#[from] lock::LockError),
     #[error(transparent)]
-    Apply(#[from] ApplyError),
+    Apply(Box<ApplyError>),
     #[error(transparent)]
     Host(#[from] HostError),
+}
+
+impl From<crate::rootfs::unpack::UnpackError> for Error {
+    fn from(e: crate::rootfs::unpack::UnpackError) -> Self {
+        Error::Unpack(Box::new(e))
+    }
+}
+
+impl From<ApplyError> for Error {
+    fn from(e: ApplyError) -> Self {
+        Error::Apply(Box::new(e))
+    }
 }
 
 fn list_failures(failures: &[CheckResult]) -> String {
@@ -200,10 +212,14 @@ impl Session {
             .host
             .real_path(archive)
             .ok()
-            .and_then(|real| unpack::expected_digest(&real, self.config.rootfs.sha256.as_deref()).ok())
+            .and_then(|real| {
+                unpack::expected_digest(&real, self.config.rootfs.sha256.as_deref()).ok()
+            })
             .flatten();
         let (sha256, source) = match digest {
-            Some((hex, source)) if self.config.rootfs.sha256.is_some() => (Some(hex), Some(format!("rootfs.sha256 ({source})"))),
+            Some((hex, source)) if self.config.rootfs.sha256.is_some() => {
+                (Some(hex), Some(format!("rootfs.sha256 ({source})")))
+            }
             Some((hex, source)) => (Some(hex), Some(source)),
             None => (None, None),
         };
@@ -214,7 +230,8 @@ impl Session {
                 archive: archive.clone(),
                 dest: self.config.rootfs.dir.clone(),
                 sha256,
-                sha256_source: source.map(|s| s.replacen(&self.host.root().display().to_string(), "", 1)),
+                sha256_source: source
+                    .map(|s| s.replacen(&self.host.root().display().to_string(), "", 1)),
                 arch: self.facts.arch.clone(),
             },
         ))
@@ -245,8 +262,12 @@ fn open_image(host: &RootedHost, config: &Config, arch: &str) -> Result<ClusterI
     let archive_real = host.real_path(archive)?;
     let dest_real = host.real_path(dir)?;
     let digest = unpack::expected_digest(&archive_real, config.rootfs.sha256.as_deref())?;
-    let unpacked = unpack::find_unpacked(&archive_real, &dest_real, digest.as_ref().map(|d| d.0.as_str()))
-        .filter(|version| unpack::points_at(&dest_real, version));
+    let unpacked = unpack::find_unpacked(
+        &archive_real,
+        &dest_real,
+        digest.as_ref().map(|d| d.0.as_str()),
+    )
+    .filter(|version| unpack::points_at(&dest_real, version));
     if unpacked.is_some() {
         return Ok(ClusterImage::open(host, dir, arch)?);
     }

@@ -31,12 +31,16 @@ fn absolute(path: &Path) -> Result<PathBuf, Error> {
 fn run_inspect(path: &Path, output: Output) -> Result<(), Error> {
     let arch = go_arch(std::env::consts::ARCH);
     let path = absolute(path)?;
-    let meta = std::fs::metadata(&path)
-        .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+    let meta =
+        std::fs::metadata(&path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
     let host = RootedHost::new("/");
     let (report, problems) = if meta.is_dir() {
-        let dir = std::fs::canonicalize(&path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
-        let tree = HostTree { host: &host, dir: &dir };
+        let dir = std::fs::canonicalize(&path)
+            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
+        let tree = HostTree {
+            host: &host,
+            dir: &dir,
+        };
         describe(&tree, &arch, "folder")?
     } else {
         let (listing, compression) = inspect::list_archive(&path)?;
@@ -53,15 +57,26 @@ fn run_inspect(path: &Path, output: Output) -> Result<(), Error> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Error::Failed(format!("{}: {}", path.display(), problems.join("; "))))
+        Err(Error::Failed(format!(
+            "{}: {}",
+            path.display(),
+            problems.join("; ")
+        )))
     }
 }
 
-fn describe(tree: &dyn Tree, arch: &str, format: &str) -> Result<(InspectReport, Vec<String>), Error> {
+fn describe(
+    tree: &dyn Tree,
+    arch: &str,
+    format: &str,
+) -> Result<(InspectReport, Vec<String>), Error> {
     let image = ClusterImage::read_unchecked(tree, arch)?;
     let mut problems = Vec::new();
     if !image.arches.is_empty() && image.arch_dir.is_none() {
-        problems.push(format!("no {arch} folder (the image has {})", image.arches.join(", ")));
+        problems.push(format!(
+            "no {arch} folder (the image has {})",
+            image.arches.join(", ")
+        ));
     } else if let Err(e) = image.check_binaries(tree) {
         problems.push(e.to_string());
     }
@@ -75,21 +90,49 @@ fn mib(bytes: u64) -> String {
 
 fn print_text(r: &InspectReport, problems: &[String]) {
     println!("image:      {} ({})", r.source, r.format);
-    println!("distro:     {} {} ({})", r.distro, r.version, if r.arch.is_empty() { "arch not stated" } else { &r.arch });
+    println!(
+        "distro:     {} {} ({})",
+        r.distro,
+        r.version,
+        if r.arch.is_empty() {
+            "arch not stated"
+        } else {
+            &r.arch
+        }
+    );
     if !r.arches.is_empty() {
         println!("arches:     {}", r.arches.join(", "));
     }
     println!("metadata:   {}", r.metadata);
-    let bins: Vec<String> = r.binaries.iter().map(|b| format!("{} ({})", b.name, mib(b.bytes))).collect();
-    println!("binaries:   {}", if bins.is_empty() { "none".to_owned() } else { bins.join(", ") });
-    println!("images:     {} archives, {}", r.images.count, mib(r.images.bytes));
+    let bins: Vec<String> = r
+        .binaries
+        .iter()
+        .map(|b| format!("{} ({})", b.name, mib(b.bytes)))
+        .collect();
+    println!(
+        "binaries:   {}",
+        if bins.is_empty() {
+            "none".to_owned()
+        } else {
+            bins.join(", ")
+        }
+    );
+    println!(
+        "images:     {} archives, {}",
+        r.images.count,
+        mib(r.images.bytes)
+    );
     for f in &r.images.files {
         println!("            {} ({})", f.name, mib(f.bytes));
     }
     println!(
         "registry:   {} repositories{}",
         r.registry_repositories.len(),
-        if r.registry_repositories.is_empty() { String::new() } else { format!(": {}", r.registry_repositories.join(", ")) }
+        if r.registry_repositories.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.registry_repositories.join(", "))
+        }
     );
     if !r.manifests.is_empty() {
         println!("manifests:  {}", r.manifests.join(", "));
@@ -103,18 +146,33 @@ fn print_text(r: &InspectReport, problems: &[String]) {
     }
 }
 
-fn run_unpack(archive: &Path, dest: &Path, sha256: Option<&str>, max_size: Option<&str>) -> Result<(), Error> {
+fn run_unpack(
+    archive: &Path,
+    dest: &Path,
+    sha256: Option<&str>,
+    max_size: Option<&str>,
+) -> Result<(), Error> {
     if let Some(hex) = sha256 {
-        validate::sha256_hex(hex).map_err(|what| Error::Usage(format!("--sha256: expected {what}, got {hex:?}")))?;
+        validate::sha256_hex(hex)
+            .map_err(|what| Error::Usage(format!("--sha256: expected {what}, got {hex:?}")))?;
     }
     let max_size = max_size
-        .map(|s| validate::byte_size(s).map_err(|what| Error::Usage(format!("--max-size: expected {what}, got {s:?}"))))
+        .map(|s| {
+            validate::byte_size(s)
+                .map_err(|what| Error::Usage(format!("--max-size: expected {what}, got {s:?}")))
+        })
         .transpose()?;
     let archive = absolute(archive)?;
     let dest = absolute(dest)?;
     let digest = unpack::expected_digest(&archive, sha256)?;
     let options = UnpackOptions {
-        sha256_source: digest.as_ref().map(|(_, source)| if sha256.is_some() { "--sha256".to_owned() } else { source.clone() }),
+        sha256_source: digest.as_ref().map(|(_, source)| {
+            if sha256.is_some() {
+                "--sha256".to_owned()
+            } else {
+                source.clone()
+            }
+        }),
         sha256: digest.map(|(hex, _)| hex),
         max_size,
         host_arch: go_arch(std::env::consts::ARCH),
@@ -125,7 +183,11 @@ fn run_unpack(archive: &Path, dest: &Path, sha256: Option<&str>, max_size: Optio
         dest.display(),
         report.version_dir.display(),
         report.sha256,
-        if report.reused { ", already unpacked" } else { "" }
+        if report.reused {
+            ", already unpacked"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -41,7 +41,7 @@ pub enum ApplyError {
     Unpack {
         id: String,
         #[source]
-        source: crate::rootfs::unpack::UnpackError,
+        source: Box<crate::rootfs::unpack::UnpackError>,
     },
     #[error("cannot record progress in {path}: {0}", path = state::JOURNAL_FILE)]
     Journal(#[source] HostError),
@@ -195,7 +195,7 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
                 .map(drop)
                 .map_err(|source| ApplyError::Unpack {
                     id: step.id.clone(),
-                    source,
+                    source: Box::new(source),
                 })
         }
     }

@@ -357,7 +357,13 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    fn symlink(&mut self, header: &tar::Header, target: &[u8], rel: &Path, shown: &str) -> Result<(), ExtractError> {
+    fn symlink(
+        &mut self,
+        header: &tar::Header,
+        target: &[u8],
+        rel: &Path,
+        shown: &str,
+    ) -> Result<(), ExtractError> {
         let target_path = Path::new(OsStr::from_bytes(target));
         if target.is_empty() {
             return Err(refuse(shown, "symlink with an empty target"));
@@ -365,20 +371,27 @@ impl Extractor<'_> {
         if target_path.is_absolute() {
             return Err(refuse(
                 shown,
-                format!("symlink to the absolute path {}, outside the image", target_path.display()),
+                format!(
+                    "symlink to the absolute path {}, outside the image",
+                    target_path.display()
+                ),
             ));
         }
         let link_dir = rel.parent().unwrap_or(Path::new(""));
         if lexical_join(link_dir, target_path).is_none() {
             return Err(refuse(
                 shown,
-                format!("symlink to {} leads outside the image", target_path.display()),
+                format!(
+                    "symlink to {} leads outside the image",
+                    target_path.display()
+                ),
             ));
         }
         let real = self.root.join(rel);
         self.clear(&real, shown)?;
         std::os::unix::fs::symlink(target_path, &real).map_err(io_err("symlink", &real))?;
-        self.symlinks.push((rel.to_path_buf(), shown.to_owned(), mtime(header)));
+        self.symlinks
+            .push((rel.to_path_buf(), shown.to_owned(), mtime(header)));
         self.report.symlinks += 1;
         Ok(())
     }
@@ -403,7 +416,10 @@ impl Extractor<'_> {
                 Err(_) => {
                     return Err(refuse(
                         shown,
-                        format!("hard link to {}, which the archive has not created", target_rel.display()),
+                        format!(
+                            "hard link to {}, which the archive has not created",
+                            target_rel.display()
+                        ),
                     ))
                 }
             }
@@ -411,7 +427,10 @@ impl Extractor<'_> {
         let source = self.root.join(&target_rel);
         let is_file = fs::symlink_metadata(&source).is_ok_and(|m| m.is_file());
         if !is_file {
-            return Err(refuse(shown, format!("hard link to {}, which is not a file", target_rel.display())));
+            return Err(refuse(
+                shown,
+                format!("hard link to {}, which is not a file", target_rel.display()),
+            ));
         }
         let real = self.root.join(rel);
         if real == source {
@@ -425,7 +444,8 @@ impl Extractor<'_> {
 
     fn finish(&mut self) -> Result<(), ExtractError> {
         for (rel, shown, _) in &self.symlinks {
-            let target = fs::read_link(self.root.join(rel)).map_err(io_err("read link", &self.root.join(rel)))?;
+            let target = fs::read_link(self.root.join(rel))
+                .map_err(io_err("read link", &self.root.join(rel)))?;
             let joined = rel.parent().unwrap_or(Path::new("")).join(&target);
             if !resolves_inside(self.root, &joined) {
                 return Err(refuse(
@@ -444,7 +464,8 @@ impl Extractor<'_> {
         for (rel, (mode, time)) in self.dirs.iter().rev() {
             let real = self.root.join(rel);
             let dir = File::open(&real).map_err(io_err("open folder", &real))?;
-            dir.set_modified(*time).map_err(io_err("set mtime", &real))?;
+            dir.set_modified(*time)
+                .map_err(io_err("set mtime", &real))?;
             fs::set_permissions(&real, fs::Permissions::from_mode(*mode))
                 .map_err(io_err("chmod", &real))?;
         }
@@ -455,7 +476,9 @@ impl Extractor<'_> {
 fn set_symlink_mtime(path: &Path, time: SystemTime) {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let ts = TimeSpec::from_duration(since);
     // Cosmetic: a link's own mtime matters to no one, so a failure is not worth failing for.
     let _ = utimensat(None, path, &ts, &ts, UtimensatFlags::NoFollowSymlink);
@@ -520,19 +543,33 @@ pub fn extract<R: Read>(
             EntryType::Regular | EntryType::Continuous => x.file(&mut entry, &rel, &shown)?,
             EntryType::Directory => x.dir(entry.header(), &rel, &shown)?,
             EntryType::Symlink => {
-                let target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                let target = entry
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default();
                 x.symlink(entry.header(), &target, &rel, &shown)?
             }
             EntryType::Link => {
-                let target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
+                let target = entry
+                    .link_name_bytes()
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default();
                 x.hardlink(&target, &rel, &shown)?
             }
             EntryType::Char | EntryType::Block => {
-                return Err(refuse(&shown, "device nodes do not belong in a cluster image"))
+                return Err(refuse(
+                    &shown,
+                    "device nodes do not belong in a cluster image",
+                ))
             }
-            EntryType::Fifo => return Err(refuse(&shown, "FIFOs do not belong in a cluster image")),
+            EntryType::Fifo => {
+                return Err(refuse(&shown, "FIFOs do not belong in a cluster image"))
+            }
             other => {
-                return Err(refuse(&shown, format!("unsupported entry type {:?}", other.as_byte() as char)))
+                return Err(refuse(
+                    &shown,
+                    format!("unsupported entry type {:?}", other.as_byte() as char),
+                ))
             }
         }
         last = Some(shown);
@@ -548,7 +585,10 @@ mod tests {
 
     #[test]
     fn entry_names() {
-        assert_eq!(entry_path(b"./bin/k3s", 10).unwrap(), Some(PathBuf::from("bin/k3s")));
+        assert_eq!(
+            entry_path(b"./bin/k3s", 10).unwrap(),
+            Some(PathBuf::from("bin/k3s"))
+        );
         assert_eq!(entry_path(b"./", 10).unwrap(), None);
         assert!(entry_path(b"/etc/passwd", 10).is_err());
         assert!(entry_path(b"a/../../x", 10).is_err());
@@ -558,8 +598,14 @@ mod tests {
 
     #[test]
     fn lexical_links() {
-        assert_eq!(lexical_join(Path::new("bin"), Path::new("k3s")), Some(PathBuf::from("bin/k3s")));
-        assert_eq!(lexical_join(Path::new("a/b"), Path::new("../../c")), Some(PathBuf::from("c")));
+        assert_eq!(
+            lexical_join(Path::new("bin"), Path::new("k3s")),
+            Some(PathBuf::from("bin/k3s"))
+        );
+        assert_eq!(
+            lexical_join(Path::new("a/b"), Path::new("../../c")),
+            Some(PathBuf::from("c"))
+        );
         assert_eq!(lexical_join(Path::new("a"), Path::new("../../c")), None);
     }
 

@@ -23,9 +23,17 @@ pub struct Metadata {
     pub arch: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-    #[serde(default, rename = "kubeVersion", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "kubeVersion",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub kube_version: Option<String>,
-    #[serde(default, rename = "ClusterRuntime", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ClusterRuntime",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cluster_runtime: Option<String>,
 }
 
@@ -99,7 +107,10 @@ impl ClusterImage {
     pub fn read_unchecked(tree: &dyn Tree, host_arch: &str) -> Result<ClusterImage, RootfsError> {
         let mut arches = Vec::new();
         for arch in ARCHES {
-            if tree.node(Path::new(arch))?.is_some_and(|n| n.kind == FileKind::Dir) {
+            if tree
+                .node(Path::new(arch))?
+                .is_some_and(|n| n.kind == FileKind::Dir)
+            {
                 arches.push(arch.to_owned());
             }
         }
@@ -128,8 +139,11 @@ impl ClusterImage {
             });
         };
         let shown = format!("{}/{}", tree.describe(), metadata_path.display());
-        let mut metadata: Metadata = serde_json::from_slice(&bytes)
-            .map_err(|source| RootfsError::BadMetadata { path: shown.clone(), source })?;
+        let mut metadata: Metadata =
+            serde_json::from_slice(&bytes).map_err(|source| RootfsError::BadMetadata {
+                path: shown.clone(),
+                source,
+            })?;
         if metadata.arch.is_empty() {
             if let Some(a) = &arch_dir {
                 metadata.arch = a.clone();
@@ -141,7 +155,10 @@ impl ClusterImage {
                 DistroKind::Kubeadm
             }
             Some(value) => DistroKind::from_cluster_runtime(value).ok_or_else(|| {
-                RootfsError::UnknownRuntime { path: shown.clone(), value: value.to_owned() }
+                RootfsError::UnknownRuntime {
+                    path: shown.clone(),
+                    value: value.to_owned(),
+                }
             })?,
         };
         Ok(ClusterImage {
@@ -168,7 +185,10 @@ impl ClusterImage {
 
     /// The host path of a folder of an unpacked image.
     pub fn host_subdir(&self, host: &dyn Host, name: &str) -> Result<PathBuf, HostError> {
-        let tree = HostTree { host, dir: &self.dir };
+        let tree = HostTree {
+            host,
+            dir: &self.dir,
+        };
         Ok(self.dir.join(self.subdir(&tree, name)?))
     }
 
@@ -213,7 +233,8 @@ mod tests {
         }
         for (path, _) in files {
             if path.contains("/bin/") {
-                host.write_atomic(Path::new(path), b"#!", 0o755, None).unwrap();
+                host.write_atomic(Path::new(path), b"#!", 0o755, None)
+                    .unwrap();
             }
         }
         ClusterImage::open(&host, Path::new("/img"), "amd64")
@@ -223,9 +244,20 @@ mod tests {
 
     #[test]
     fn selects_the_distro() {
-        let img = open(&[("/img/Metadata", r#"{"version":"v1.31.4+k3s1","arch":"amd64","ClusterRuntime":"k3s"}"#), K3S_BIN]).unwrap();
+        let img = open(&[
+            (
+                "/img/Metadata",
+                r#"{"version":"v1.31.4+k3s1","arch":"amd64","ClusterRuntime":"k3s"}"#,
+            ),
+            K3S_BIN,
+        ])
+        .unwrap();
         assert_eq!(img.distro, DistroKind::K3s);
-        let kubeadm = [("/img/bin/kubeadm", ""), ("/img/bin/kubelet", ""), ("/img/bin/kubectl", "")];
+        let kubeadm = [
+            ("/img/bin/kubeadm", ""),
+            ("/img/bin/kubelet", ""),
+            ("/img/bin/kubectl", ""),
+        ];
         for runtime in ["k8s", "kubernetes"] {
             let meta = format!(r#"{{"ClusterRuntime":"{runtime}"}}"#);
             let mut files = vec![("/img/Metadata", meta.as_str())];
@@ -234,31 +266,48 @@ mod tests {
         }
         let mut files = vec![("/img/Metadata", r#"{"version":"v1.22.15","arch":"amd64"}"#)];
         files.extend(kubeadm);
-        assert_eq!(open(&files).unwrap().distro, DistroKind::Kubeadm, "absent means kubeadm");
-        let err = open(&[("/img/Metadata", r#"{"ClusterRuntime":"rke2"}"#)]).unwrap_err().to_string();
+        assert_eq!(
+            open(&files).unwrap().distro,
+            DistroKind::Kubeadm,
+            "absent means kubeadm"
+        );
+        let err = open(&[("/img/Metadata", r#"{"ClusterRuntime":"rke2"}"#)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("k3s, k0s, k8s, kubernetes"), "{err}");
-        assert!(open(&[("/img/Metadata", "{")]).unwrap_err().to_string().contains("/img/Metadata"));
+        assert!(open(&[("/img/Metadata", "{")])
+            .unwrap_err()
+            .to_string()
+            .contains("/img/Metadata"));
     }
 
     #[test]
     fn names_missing_binaries() {
-        let err = open(&[("/img/Metadata", r#"{"ClusterRuntime":"kubernetes"}"#), ("/img/bin/kubeadm", "")])
-            .unwrap_err()
-            .to_string();
+        let err = open(&[
+            ("/img/Metadata", r#"{"ClusterRuntime":"kubernetes"}"#),
+            ("/img/bin/kubeadm", ""),
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("bin/kubelet is missing"), "{err}");
         assert!(err.contains("bin/kubectl is missing"), "{err}");
         assert!(!err.contains("bin/kubeadm"), "{err}");
         let host = FakeHost::new()
             .with_file("/img/Metadata", r#"{"ClusterRuntime":"k0s"}"#)
             .with_file("/img/bin/k0s", "");
-        let err = ClusterImage::open(&host, Path::new("/img"), "amd64").unwrap_err().to_string();
+        let err = ClusterImage::open(&host, Path::new("/img"), "amd64")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bin/k0s is not executable"), "{err}");
     }
 
     #[test]
     fn basefs_per_arch_layout() {
         let img = open(&[
-            ("/img/amd64/etc/Metadata", r#"{"version":"v1.22.15","arch":"amd64"}"#),
+            (
+                "/img/amd64/etc/Metadata",
+                r#"{"version":"v1.22.15","arch":"amd64"}"#,
+            ),
             ("/img/amd64/bin/kubeadm", ""),
             ("/img/amd64/bin/kubelet", ""),
             ("/img/amd64/bin/kubectl", ""),

@@ -64,7 +64,13 @@ fn files_in(tree: &dyn Tree, dir: &Path) -> Result<Vec<FileSummary>, HostError> 
     Ok(out)
 }
 
-fn repositories(tree: &dyn Tree, base: &Path, prefix: &Path, depth: usize, out: &mut Vec<String>) -> Result<(), HostError> {
+fn repositories(
+    tree: &dyn Tree,
+    base: &Path,
+    prefix: &Path,
+    depth: usize,
+    out: &mut Vec<String>,
+) -> Result<(), HostError> {
     if depth > MAX_REPO_DEPTH {
         return Ok(());
     }
@@ -78,7 +84,10 @@ fn repositories(tree: &dyn Tree, base: &Path, prefix: &Path, depth: usize, out: 
             continue;
         }
         let rel = prefix.join(&name);
-        if tree.node(&base.join(&rel))?.is_some_and(|n| n.kind == FileKind::Dir) {
+        if tree
+            .node(&base.join(&rel))?
+            .is_some_and(|n| n.kind == FileKind::Dir)
+        {
             repositories(tree, base, &rel, depth + 1, out)?;
         }
     }
@@ -86,7 +95,11 @@ fn repositories(tree: &dyn Tree, base: &Path, prefix: &Path, depth: usize, out: 
 }
 
 /// Summarises an image read from `tree`.
-pub fn report(tree: &dyn Tree, image: &ClusterImage, format: &str) -> Result<InspectReport, HostError> {
+pub fn report(
+    tree: &dyn Tree,
+    image: &ClusterImage,
+    format: &str,
+) -> Result<InspectReport, HostError> {
     let bin = image.subdir(tree, "bin")?;
     let mut binaries = files_in(tree, &bin)?;
     let needed = required_binaries(image.distro);
@@ -99,10 +112,15 @@ pub fn report(tree: &dyn Tree, image: &ClusterImage, format: &str) -> Result<Ins
         files,
     };
     let mut repos = Vec::new();
-    let registry = image.subdir(tree, "registry")?.join("docker/registry/v2/repositories");
+    let registry = image
+        .subdir(tree, "registry")?
+        .join("docker/registry/v2/repositories");
     repositories(tree, &registry, Path::new(""), 0, &mut repos)?;
     let manifests_dir = image.subdir(tree, "manifests")?;
-    let manifests = files_in(tree, &manifests_dir)?.into_iter().map(|f| f.name).collect();
+    let manifests = files_in(tree, &manifests_dir)?
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
     Ok(InspectReport {
         source: tree.describe(),
         format: format.to_owned(),
@@ -120,7 +138,9 @@ pub fn report(tree: &dyn Tree, image: &ClusterImage, format: &str) -> Result<Ins
 
 /// Lists an archive's entries in one streaming pass (nothing is written), keeping the
 /// contents of the files that may be `Metadata`.
-pub fn list_archive(archive: &Path) -> Result<(ListingTree, compression::Compression), UnpackError> {
+pub fn list_archive(
+    archive: &Path,
+) -> Result<(ListingTree, compression::Compression), UnpackError> {
     let io_err = |op: &'static str| {
         move |source: io::Error| UnpackError::Io {
             op,
@@ -164,7 +184,9 @@ pub fn list_archive(archive: &Path) -> Result<(ListingTree, compression::Compres
         let kind = match header.entry_type() {
             tar::EntryType::Directory => FileKind::Dir,
             tar::EntryType::Symlink => FileKind::Symlink,
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => FileKind::File,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => {
+                FileKind::File
+            }
             _ => FileKind::Other,
         };
         if kind == FileKind::Symlink {
@@ -180,7 +202,14 @@ pub fn list_archive(archive: &Path) -> Result<(ListingTree, compression::Compres
             entry.read_to_end(&mut bytes).map_err(corrupt)?;
             listing.contents.insert(rel.clone(), bytes);
         }
-        listing.nodes.insert(rel, Node { kind, size, executable });
+        listing.nodes.insert(
+            rel,
+            Node {
+                kind,
+                size,
+                executable,
+            },
+        );
     }
     Ok((listing, compression))
 }

@@ -36,7 +36,10 @@ pub enum UnpackError {
         source: io::Error,
     },
     #[error("{archive}: {format} archives are not supported; use a plain, gzip or zstd tar")]
-    Unsupported { archive: PathBuf, format: &'static str },
+    Unsupported {
+        archive: PathBuf,
+        format: &'static str,
+    },
     #[error("{archive}: {source}")]
     Extract {
         archive: PathBuf,
@@ -200,24 +203,34 @@ pub fn find_unpacked(archive: &Path, dest: &Path, sha256: Option<&str>) -> Optio
 /// Whether `dest` is a symlink to `version_dir`.
 pub fn points_at(dest: &Path, version_dir: &Path) -> bool {
     match (fs::canonicalize(dest), fs::canonicalize(version_dir)) {
-        (Ok(a), Ok(b)) => fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) && a == b,
+        (Ok(a), Ok(b)) => {
+            fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) && a == b
+        }
         _ => false,
     }
 }
 
 /// Removes staging folders left by runs that died (their pid is gone).
 fn remove_stale_staging(parent: &Path, prefix: &str) {
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()) else {
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('-').next())
+        else {
             continue;
         };
         let alive = pid
             .parse::<i32>()
             .is_ok_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
         if !alive {
-            log::info!("removing {}, left by an unpack that did not finish", entry.path().display());
+            log::info!(
+                "removing {}, left by an unpack that did not finish",
+                entry.path().display()
+            );
             let _ = fs::remove_dir_all(entry.path());
         }
     }
@@ -260,7 +273,13 @@ fn fsync_dir(dir: &Path) -> Result<(), UnpackError> {
 fn sanitize(version: &str) -> String {
     let cleaned: String = version
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "+-._".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "+-._".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let cleaned = cleaned.trim_start_matches('.').to_owned();
     if cleaned.is_empty() {
@@ -288,10 +307,18 @@ fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(), U
                 n += 1;
                 kept = versions.join(format!("{label}-preexisting-{n}"));
             }
-            log::info!("keeping the image already at {} as {}", dest.display(), kept.display());
+            log::info!(
+                "keeping the image already at {} as {}",
+                dest.display(),
+                kept.display()
+            );
             fs::rename(dest, &kept).map_err(io_err("move", dest))?;
         }
-        Ok(_) => return Err(UnpackError::BadDest { dest: dest.to_path_buf() }),
+        Ok(_) => {
+            return Err(UnpackError::BadDest {
+                dest: dest.to_path_buf(),
+            })
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("stat", dest)(e)),
     }
@@ -311,20 +338,32 @@ fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(), U
 }
 
 /// Unpacks `archive` (a real path) so that `dest` (a real path) points at its contents.
-pub fn unpack(archive: &Path, dest: &Path, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
+pub fn unpack(
+    archive: &Path,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport, UnpackError> {
     let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let dest_name = dest.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let dest_name = dest
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let versions = versions_dir(dest);
     fs::create_dir_all(&versions).map_err(io_err("create folder", &versions))?;
 
     if let Some(done) = find_unpacked(archive, dest, opts.sha256.as_deref()) {
         let text = fs::read_to_string(done.join(MARKER)).map_err(io_err("read", &done))?;
-        let marker: Marker = serde_json::from_str(&text)
-            .map_err(|e| io_err("parse", &done)(io::Error::other(e)))?;
+        let marker: Marker =
+            serde_json::from_str(&text).map_err(|e| io_err("parse", &done)(io::Error::other(e)))?;
         if !points_at(dest, &done) {
             switch_link(dest, &done, &opts.host_arch)?;
         }
-        log::info!("{} is already unpacked in {}", archive.display(), done.display());
+        log::info!(
+            "{} is already unpacked in {}",
+            archive.display(),
+            done.display()
+        );
         return Ok(UnpackReport {
             archive: archive.to_path_buf(),
             sha256: marker.sha256,
@@ -445,7 +484,11 @@ pub fn unpack(archive: &Path, dest: &Path, opts: &UnpackOptions) -> Result<Unpac
         .map_err(io_err("chmod", &staging.path))?;
     fsync_tree_root(&staging.path)?;
 
-    let version_dir = versions.join(format!("{}-{}", sanitize(&image.metadata.version), &actual[..12]));
+    let version_dir = versions.join(format!(
+        "{}-{}",
+        sanitize(&image.metadata.version),
+        &actual[..12]
+    ));
     if version_dir.exists() {
         // Same digest, but no valid marker: an older, unrecorded copy. Ours to replace.
         let _ = make_writable(&version_dir);
@@ -527,13 +570,19 @@ fn extract_stream(
 }
 
 fn last_entry_hint(report: &ExtractReport) -> String {
-    report.last_entry.clone().unwrap_or_else(|| "(none)".to_owned())
+    report
+        .last_entry
+        .clone()
+        .unwrap_or_else(|| "(none)".to_owned())
 }
 
 /// Opens the unpacked image `dest` through a host at `/` (for callers outside `up`).
 pub fn open_unpacked(dest: &Path, host_arch: &str) -> Result<ClusterImage, RootfsError> {
     let host = RootedHost::new("/");
-    let tree = HostTree { host: &host, dir: dest };
+    let tree = HostTree {
+        host: &host,
+        dir: dest,
+    };
     let mut image = ClusterImage::read(&tree, host_arch)?;
     image.dir = dest.to_path_buf();
     Ok(image)

@@ -82,7 +82,11 @@ impl Node {
             _ => &["kubeadm", "kubelet", "kubectl"],
         };
         for bin in binaries {
-            self.write_mode(&format!("/var/lib/bootstrap/rootfs/bin/{bin}"), "#!/bin/sh\n", 0o755);
+            self.write_mode(
+                &format!("/var/lib/bootstrap/rootfs/bin/{bin}"),
+                "#!/bin/sh\n",
+                0o755,
+            );
         }
         self.write(
             "/var/lib/bootstrap/rootfs/Metadata",
