@@ -16,7 +16,7 @@ command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -
 command -v zstd >/dev/null || { apt-get update -qq && apt-get install -y -qq zstd; }
 
 cargo build --release --locked -q
-bin=$PWD/target/release/bootstrap
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release/bootstrap
 
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-unpack.XXXXXX")
 trap 'rm -rf "$work"' EXIT
