@@ -5,6 +5,7 @@ mod compression;
 mod extract;
 mod image;
 pub mod inspect;
+mod pipe;
 pub mod tree;
 pub mod unpack;
 

@@ -9,7 +9,7 @@
 //! unchanged) is not unpacked again.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, IsTerminal, Read};
+use std::io::{self, BufReader, IsTerminal, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -430,14 +430,10 @@ pub fn unpack(
             })
         }
     };
-    let extracted = extract_stream(archive, compression, &mut raw, &staging.path, max_bytes)?;
-    // Whatever follows the compressed stream still counts toward the digest.
-    io::copy(&mut raw, &mut io::sink()).map_err(io_err("read", archive))?;
-    let hashing = raw.into_inner();
+    let (extracted, actual) = extract_stream(archive, compression, raw, &staging.path, max_bytes)?;
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
-    let actual = hex::encode(hashing.hasher.finalize());
     if let Some(expected) = &opts.sha256 {
         if *expected != actual {
             return Err(UnpackError::Digest {
@@ -533,15 +529,28 @@ fn fsync_tree_root(dir: &Path) -> Result<(), UnpackError> {
     Ok(())
 }
 
+/// Extracts on this thread while another reads, hashes and decompresses; returns the
+/// report and the archive's SHA-256 (of every byte, including any after the stream).
 fn extract_stream(
     archive: &Path,
     compression: Compression,
-    raw: &mut impl BufRead,
+    raw: BufReader<HashingReader<File>>,
     staging: &Path,
     max_bytes: u64,
-) -> Result<ExtractReport, UnpackError> {
-    let decoder = compression::decoder(compression, raw).map_err(io_err("read", archive))?;
-    let mut tail = TailReader::new(decoder);
+) -> Result<(ExtractReport, String), UnpackError> {
+    let corrupt = |after: &str, e: io::Error| UnpackError::Extract {
+        archive: archive.to_path_buf(),
+        source: ExtractError::Corrupt {
+            after: Some(after.to_owned()),
+            message: e.to_string(),
+        },
+    };
+    let pipeline = super::pipe::spawn(raw, compression, |mut rest| {
+        // Whatever follows the compressed stream still counts toward the digest.
+        io::copy(&mut rest, &mut io::sink())?;
+        Ok(hex::encode(rest.into_inner().hasher.finalize()))
+    });
+    let mut tail = TailReader::new(pipeline);
     let report = {
         let mut tar = tar::Archive::new(&mut tail);
         extract::extract(&mut tar, staging, Limits { max_bytes }).map_err(|source| {
@@ -559,14 +568,11 @@ fn extract_stream(
     }
     // Read the decompressor to its end: a cut or corrupt compressed stream shows here.
     let mut rest = tail.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| UnpackError::Extract {
-        archive: archive.to_path_buf(),
-        source: ExtractError::Corrupt {
-            after: Some("the end-of-archive marker".to_owned()),
-            message: e.to_string(),
-        },
-    })?;
-    Ok(report)
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt("the end-of-archive marker", e))?;
+    let digest = rest
+        .finish()
+        .map_err(|e| corrupt("the end-of-archive marker", e))?;
+    Ok((report, digest))
 }
 
 fn last_entry_hint(report: &ExtractReport) -> String {
