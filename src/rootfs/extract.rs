@@ -232,6 +232,11 @@ struct Extractor<'a> {
     dirs: BTreeMap<PathBuf, (u32, SystemTime)>,
     /// Symlinks to check over the finished tree, with their mtimes.
     symlinks: Vec<(PathBuf, String, SystemTime)>,
+    /// Folders known to be real folders. One stays one: no later entry may replace a
+    /// folder (see `clear`), so each is checked once, not once per entry below it.
+    known_dirs: std::collections::HashSet<PathBuf>,
+    /// The process umask, to skip a chmod when creation already gave the right mode.
+    umask: u32,
 }
 
 fn mtime(header: &tar::Header) -> SystemTime {
@@ -242,10 +247,16 @@ fn mtime(header: &tar::Header) -> SystemTime {
 impl Extractor<'_> {
     /// Creates missing parents (0755) and refuses to go through anything but real folders.
     fn prepare_parent(&mut self, rel: &Path, shown: &str) -> Result<(), ExtractError> {
-        let mut here = PathBuf::new();
         let parent = rel.parent().unwrap_or(Path::new(""));
+        if parent.as_os_str().is_empty() || self.known_dirs.contains(parent) {
+            return Ok(());
+        }
+        let mut here = PathBuf::new();
         for component in parent.components() {
             here.push(component);
+            if self.known_dirs.contains(&here) {
+                continue;
+            }
             let real = self.root.join(&here);
             match fs::symlink_metadata(&real) {
                 Ok(meta) if meta.file_type().is_symlink() => {
@@ -269,6 +280,7 @@ impl Extractor<'_> {
                 }
                 Err(e) => return Err(io_err("stat", &real)(e)),
             }
+            self.known_dirs.insert(here.clone());
         }
         Ok(())
     }
@@ -312,14 +324,22 @@ impl Extractor<'_> {
         }
         let mode = self.mode(entry.header(), shown);
         let real = self.root.join(rel);
-        self.clear(&real, shown)?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&real)
-            .map_err(io_err("create", &real))?;
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&real)
+        };
+        let mut file = match create() {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.clear(&real, shown)?;
+                create().map_err(io_err("create", &real))?
+            }
+            Err(e) => return Err(io_err("create", &real)(e)),
+        };
         let copied = copy(entry, &mut file).map_err(|e| ExtractError::Corrupt {
             after: Some(shown.to_owned()),
             message: e.to_string(),
@@ -330,8 +350,10 @@ impl Extractor<'_> {
                 message: format!("the entry says {size} bytes but the stream ended after {copied}"),
             });
         }
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err("chmod", &real))?;
+        if mode & self.umask != 0 {
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(io_err("chmod", &real))?;
+        }
         file.set_modified(mtime(entry.header()))
             .map_err(io_err("set mtime", &real))?;
         self.report.files += 1;
@@ -354,6 +376,7 @@ impl Extractor<'_> {
             Err(e) => return Err(io_err("stat", &real)(e)),
         }
         self.dirs.insert(rel.to_path_buf(), (mode, mtime(header)));
+        self.known_dirs.insert(rel.to_path_buf());
         Ok(())
     }
 
@@ -473,6 +496,15 @@ impl Extractor<'_> {
     }
 }
 
+/// The process umask (read by setting and restoring it; no other thread creates files
+/// while an extraction runs).
+fn current_umask() -> u32 {
+    use nix::sys::stat::{umask, Mode};
+    let old = umask(Mode::from_bits_truncate(0o022));
+    umask(old);
+    old.bits()
+}
+
 fn set_symlink_mtime(path: &Path, time: SystemTime) {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
@@ -513,6 +545,8 @@ pub fn extract<R: Read>(
         report: ExtractReport::default(),
         dirs: BTreeMap::new(),
         symlinks: Vec::new(),
+        known_dirs: std::collections::HashSet::new(),
+        umask: current_umask(),
     };
     let dest_len = root.as_os_str().len();
     let mut last: Option<String> = None;
