@@ -10,6 +10,8 @@ missing=()
 command -v file >/dev/null || missing+=(file)
 command -v musl-gcc >/dev/null || missing+=(musl-tools)
 command -v bash >/dev/null || missing+=(bash)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2

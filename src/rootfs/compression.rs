@@ -29,21 +29,43 @@ const UNSUPPORTED: [(&[u8], &str); 4] = [
     (b"PK\x03\x04", "zip"),
 ];
 
-/// Reads the magic bytes at the start of `reader` (without consuming them).
-pub fn detect(reader: &mut impl BufRead) -> io::Result<Result<Compression, &'static str>> {
-    let head = reader.fill_buf()?;
+/// Recognises gzip and zstd by their first bytes; formats refused by name are named;
+/// anything else is taken as uncompressed (and the tar reader says if it is not).
+pub fn detect_bytes(head: &[u8]) -> Result<Compression, &'static str> {
     if head.starts_with(&[0x1f, 0x8b]) {
-        return Ok(Ok(Compression::Gzip));
+        return Ok(Compression::Gzip);
     }
     if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Ok(Ok(Compression::Zstd));
+        return Ok(Compression::Zstd);
     }
-    for (magic, name) in UNSUPPORTED {
-        if head.starts_with(magic) {
-            return Ok(Err(name));
+    match UNSUPPORTED
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+    {
+        Some((_, name)) => Err(name),
+        None => Ok(Compression::None),
+    }
+}
+
+/// Reads the magic bytes at the start of `reader` (without consuming them).
+pub fn detect(reader: &mut impl BufRead) -> io::Result<Result<Compression, &'static str>> {
+    Ok(detect_bytes(reader.fill_buf()?))
+}
+
+/// Recognises the compression of the file at `path` from its first bytes.
+pub fn sniff(path: &std::path::Path) -> io::Result<Result<Compression, &'static str>> {
+    let mut head = [0u8; 8];
+    let mut filled = 0;
+    let mut file = std::fs::File::open(path)?;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok(Ok(Compression::None))
+    Ok(detect_bytes(&head[..filled]))
 }
 
 /// Wraps `reader` in the decoder `compression` needs.
@@ -77,5 +99,6 @@ mod tests {
         assert_eq!(check(b"bin/k3s\0\0\0"), Ok(Compression::None));
         assert_eq!(check(&[0xfd, b'7', b'z', b'X', b'Z', 0]), Err("xz"));
         assert_eq!(check(b"BZh91AY"), Err("bzip2"));
+        assert_eq!(detect_bytes(b""), Ok(Compression::None));
     }
 }

@@ -1,7 +1,7 @@
 //! The cluster image (rootfs): sealer-compatible `Metadata` and layout, the distro it
 //! selects, `inspect`, and safe, verified, versioned unpacking of image archives.
 
-mod compression;
+pub mod compression;
 mod extract;
 mod image;
 pub mod inspect;

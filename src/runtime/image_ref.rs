@@ -179,7 +179,10 @@ pub(crate) fn is_tag(tag: &str) -> bool {
 
 fn is_digest(digest: &str) -> bool {
     digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -194,21 +197,46 @@ mod tests {
         let pinned = format!("registry.k8s.io/pause@{DIGEST}");
         let both = format!("nginx:1.25@{DIGEST}");
         let table: &[(&str, &str, Option<&str>, Option<&str>)] = &[
-            ("docker.io/library/nginx:1.25", "library/nginx", Some("1.25"), None),
+            (
+                "docker.io/library/nginx:1.25",
+                "library/nginx",
+                Some("1.25"),
+                None,
+            ),
             ("nginx:1.25", "library/nginx", Some("1.25"), None),
             ("nginx", "library/nginx", Some("latest"), None),
             ("docker.io/nginx", "library/nginx", Some("latest"), None),
             ("index.docker.io/nginx:1", "library/nginx", Some("1"), None),
             ("library/nginx:1.25", "library/nginx", Some("1.25"), None),
             ("bitnami/redis:7", "bitnami/redis", Some("7"), None),
-            ("docker.io/bitnami/redis:7", "bitnami/redis", Some("7"), None),
+            (
+                "docker.io/bitnami/redis:7",
+                "bitnami/redis",
+                Some("7"),
+                None,
+            ),
             ("registry.k8s.io/pause:3.9", "pause", Some("3.9"), None),
-            ("registry.k8s.io/coredns/coredns:v1.11.1", "coredns/coredns", Some("v1.11.1"), None),
+            (
+                "registry.k8s.io/coredns/coredns:v1.11.1",
+                "coredns/coredns",
+                Some("v1.11.1"),
+                None,
+            ),
             ("quay.io/org/x:1", "org/x", Some("1"), None),
-            ("ghcr.io/a/b/c:v_1.2-rc.3", "a/b/c", Some("v_1.2-rc.3"), None),
+            (
+                "ghcr.io/a/b/c:v_1.2-rc.3",
+                "a/b/c",
+                Some("v_1.2-rc.3"),
+                None,
+            ),
             ("localhost/foo", "foo", Some("latest"), None),
             ("localhost:5000/team/app:2", "team/app", Some("2"), None),
-            ("sea.hub:5000/library/nginx:1.25", "library/nginx", Some("1.25"), None),
+            (
+                "sea.hub:5000/library/nginx:1.25",
+                "library/nginx",
+                Some("1.25"),
+                None,
+            ),
             ("Registry/app:1", "app", Some("1"), None),
             ("my-reg/a__b.c--d:x", "my-reg/a__b.c--d", Some("x"), None),
             (&pinned, "pause", None, Some(DIGEST)),
@@ -231,13 +259,22 @@ mod tests {
             ("  ", ImageRefError::Empty),
             ("nginx:", ImageRefError::BadTag(String::new())),
             ("nginx:.hidden", ImageRefError::BadTag(".hidden".into())),
-            ("nginx@sha256:abc", ImageRefError::BadDigest("sha256:abc".into())),
+            (
+                "nginx@sha256:abc",
+                ImageRefError::BadDigest("sha256:abc".into()),
+            ),
             ("nginx@md5:0", ImageRefError::BadDigest("md5:0".into())),
             ("quay.io/Org/x", ImageRefError::BadComponent("Org".into())),
             ("quay.io/org//x", ImageRefError::BadComponent(String::new())),
             ("quay.io/org/-x", ImageRefError::BadComponent("-x".into())),
-            ("quay.io/org/a...b", ImageRefError::BadComponent("a...b".into())),
-            ("quay.io/org/a___b", ImageRefError::BadComponent("a___b".into())),
+            (
+                "quay.io/org/a...b",
+                ImageRefError::BadComponent("a...b".into()),
+            ),
+            (
+                "quay.io/org/a___b",
+                ImageRefError::BadComponent("a___b".into()),
+            ),
             ("quay.io/../etc", ImageRefError::BadComponent("..".into())),
             (&long, ImageRefError::TooLong(302)),
         ];
