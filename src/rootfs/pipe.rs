@@ -36,7 +36,9 @@ where
         let produced = (|| -> io::Result<bool> {
             let mut decoder = compression::decoder(compression, &mut raw)?;
             loop {
-                let mut buf = recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+                let mut buf = recycled
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
                 buf.resize(CHUNK, 0);
                 let mut filled = 0;
                 while filled < CHUNK {
