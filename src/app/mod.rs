@@ -44,6 +44,8 @@ pub enum Error {
     Unpack(Box<crate::rootfs::unpack::UnpackError>),
     #[error(transparent)]
     Facts(#[from] FactsError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::phase::RuntimeError),
     #[error("preflight failed:\n{}", list_failures(.0))]
     Preflight(Vec<CheckResult>),
     #[error(transparent)]
@@ -114,6 +116,8 @@ pub(crate) struct Session {
     pub config: Config,
     pub facts: Facts,
     pub image: ClusterImage,
+    /// The image was read from `rootfs.archive`, not yet unpacked.
+    pub from_archive: bool,
 }
 
 /// The host rooted at `--root`, which must be an existing folder.
@@ -155,8 +159,9 @@ impl Session {
             Some(path) => Facts::load(path)?,
             None => Facts::gather(&host)?,
         };
-        let image = open_image(&host, &config, &facts.arch)?;
+        let (image, from_archive) = open_image(&host, &config, &facts.arch)?;
         Ok(Session {
+            from_archive,
             host,
             config,
             facts,
@@ -186,7 +191,7 @@ impl Session {
     }
 
     /// The plan for a role.
-    pub(crate) fn plan(&self, role: &RoleDecision) -> Plan {
+    pub(crate) fn plan(&self, role: &RoleDecision) -> Result<Plan, Error> {
         let requirements = self.image.distro.requirements(role.role.is_controller());
         let ipv6 = [
             self.config.cluster.pod_cidr,
@@ -202,7 +207,21 @@ impl Session {
         if let Some(step) = self.unpack_step() {
             plan.push(step);
         }
-        plan
+        let inputs = crate::runtime::phase::Inputs {
+            host: &self.host,
+            config: &self.config,
+            image: &self.image,
+            role: role.role,
+            node_address: self.node_address(),
+        };
+        if !self.from_archive {
+            for step in crate::runtime::phase::runtime_steps(&inputs)? {
+                plan.push(step);
+            }
+        } else {
+            log::info!("the runtime steps are planned once the cluster image is unpacked; run `up` again after it, or let this `up` go on");
+        }
+        Ok(plan)
     }
 
     /// Unpacking `rootfs.archive` into `rootfs.dir`, when an archive is configured.
@@ -254,10 +273,14 @@ impl Session {
 
 /// The cluster image: the unpacked folder, or — while `rootfs.archive` is not unpacked
 /// yet — the archive itself, read without unpacking it.
-fn open_image(host: &RootedHost, config: &Config, arch: &str) -> Result<ClusterImage, Error> {
+fn open_image(
+    host: &RootedHost,
+    config: &Config,
+    arch: &str,
+) -> Result<(ClusterImage, bool), Error> {
     let dir = &config.rootfs.dir;
     let Some(archive) = &config.rootfs.archive else {
-        return Ok(ClusterImage::open(host, dir, arch)?);
+        return Ok((ClusterImage::open(host, dir, arch)?, false));
     };
     let archive_real = host.real_path(archive)?;
     let dest_real = host.real_path(dir)?;
@@ -269,12 +292,12 @@ fn open_image(host: &RootedHost, config: &Config, arch: &str) -> Result<ClusterI
     )
     .filter(|version| unpack::points_at(&dest_real, version));
     if unpacked.is_some() {
-        return Ok(ClusterImage::open(host, dir, arch)?);
+        return Ok((ClusterImage::open(host, dir, arch)?, false));
     }
     let (listing, _) = crate::rootfs::inspect::list_archive(&archive_real)?;
     let mut image = ClusterImage::read(&listing, arch)?;
     image.dir = dir.clone();
-    Ok(image)
+    Ok((image, true))
 }
 
 /// A host path's real location, for display and for the lock.

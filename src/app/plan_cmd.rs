@@ -9,7 +9,7 @@ use crate::preflight::Report;
 use crate::role::{self, RoleDecision};
 
 /// Said wherever a plan is shown, until the later phases exist.
-pub(super) const NOT_YET: &str = "note: this build prepares the host only; cluster-image unpacking, the container runtime, the registry and distro init/join are not implemented yet";
+pub(super) const NOT_YET: &str = "note: this build prepares the host, the cluster image and the container runtime's registry mirrors; the registry service and distro init/join are not implemented yet";
 
 #[derive(Serialize)]
 struct PlannedStep<'a> {
@@ -60,7 +60,7 @@ pub(super) fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Error> {
     let session = Session::open(cli)?;
     let decision = role::resolve(&session.host, &session.config, &session.facts, false)?;
     let report = session.preflight(&decision, &cli.overrides.ignore_preflight)?;
-    let plan = session.plan(&decision);
+    let plan = session.plan(&decision)?;
     let statuses = plan
         .steps
         .iter()
@@ -106,6 +106,9 @@ pub(super) fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Error> {
                 plan.len()
             );
             print!("{}", plan.render(&statuses));
+            if session.from_archive {
+                println!("note: the runtime and registry steps are planned from the image's files, once `up` has unpacked it");
+            }
             println!("{NOT_YET}");
         }
     }

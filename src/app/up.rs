@@ -65,12 +65,21 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
         return Err(Error::Preflight(failures));
     }
 
-    let plan = session.plan(&decision);
     let mut journal = Journal::load(host)?;
     if let Some(entry) = journal.unfinished() {
         log::info!("resuming: step {} did not finish last time", entry.id);
     }
-    let report = apply(host, &plan, &mut journal)?;
+    let mut plan = session.plan(&decision)?;
+    let mut report = apply(host, &plan, &mut journal)?;
+    if session.from_archive {
+        // The image came as an archive: what the runtime needs from it can only be
+        // planned now that it is unpacked.
+        let unpacked = Session::open(cli)?;
+        plan = unpacked.plan(&decision)?;
+        let second = apply(host, &plan, &mut journal)?;
+        report.applied.extend(second.applied);
+        report.in_place = second.in_place;
+    }
 
     let marker_present = host.exists(Path::new(state::DONE_FILE))?;
     if !report.applied.is_empty() || !marker_present {

@@ -151,14 +151,7 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
             .write_atomic(path, contents.bytes(), *mode, *owner)
             .map_err(fail),
         Action::InstallBinary { source, dest, mode } => {
-            let bytes = host.read(source).map_err(fail)?.ok_or_else(|| {
-                fail(HostError::io(
-                    "install from",
-                    source,
-                    std::io::Error::from(std::io::ErrorKind::NotFound),
-                ))
-            })?;
-            host.write_atomic(dest, &bytes, *mode, None).map_err(fail)
+            copy_file(host, source, dest, *mode, false).map_err(fail)
         }
         Action::RunCommand { command, .. } => host.run_checked(command).map(drop).map_err(fail),
         Action::Service { unit, action } => {
@@ -176,6 +169,52 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
             timeout,
             interval,
         } => wait_for(host, step, probe, *timeout, *interval),
+        Action::CopyFile {
+            source,
+            dest,
+            mode,
+            decompress,
+        } => copy_file(host, source, dest, *mode, *decompress).map_err(fail),
+        Action::SeedImages {
+            images_dir,
+            registry_tree,
+            storage,
+        } => {
+            let storage = host.real_path(storage).map_err(fail)?;
+            let seed_error = |e: crate::runtime::SeedError| {
+                fail(HostError::Failed {
+                    command: "seed images".to_owned(),
+                    status: "refused".to_owned(),
+                    stderr: e.to_string(),
+                })
+            };
+            if let Some(tree) = registry_tree {
+                let tree = host.real_path(tree).map_err(fail)?;
+                if tree.exists() {
+                    let report =
+                        crate::runtime::seed_storage_tree(&tree, &storage).map_err(seed_error)?;
+                    log::info!("registry tree {}: {report}", tree.display());
+                }
+            }
+            if let Some(dir) = images_dir {
+                let dir = host.real_path(dir).map_err(fail)?;
+                let report = crate::runtime::seed_images_dir(&dir, &storage).map_err(seed_error)?;
+                log::info!("images in {}: {report}", dir.display());
+            }
+            Ok(())
+        }
+        Action::HostsEntry { ip, names } => {
+            let path = std::path::Path::new("/etc/hosts");
+            let current = host.read_string(path).map_err(fail)?.unwrap_or_default();
+            let mode = host
+                .metadata(path)
+                .map_err(fail)?
+                .map(|m| m.mode)
+                .unwrap_or(0o644);
+            let updated = crate::runtime::etc_hosts::with_entry(&current, ip, names);
+            host.write_atomic(path, updated.as_bytes(), mode, None)
+                .map_err(fail)
+        }
         Action::UnpackRootfs {
             archive,
             dest,
@@ -199,6 +238,70 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
                 })
         }
     }
+}
+
+/// Streams `source` to a temp file beside `dest`, then renames it into place, keeping
+/// the source's mtime (the cheap "already copied" check). With `decompress`, gzip and
+/// zstd are decoded on the way.
+fn copy_file(
+    host: &dyn Host,
+    source: &std::path::Path,
+    dest: &std::path::Path,
+    mode: u32,
+    decompress: bool,
+) -> Result<(), HostError> {
+    use std::io::{BufReader, Write};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let src = host.real_path(source)?;
+    let dst = host.real_path(dest)?;
+    let io = |op: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| HostError::io(op, &path, e)
+    };
+    let parent = dst.parent().unwrap_or(std::path::Path::new("/"));
+    std::fs::create_dir_all(parent).map_err(io("create folder", dest))?;
+    let file = std::fs::File::open(&src).map_err(io("open", source))?;
+    let mtime = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .map_err(io("stat", source))?;
+    let mut reader: Box<dyn std::io::Read> = if decompress {
+        let mut buffered = BufReader::with_capacity(1 << 20, file);
+        let kind = crate::rootfs::compression::detect(&mut buffered)
+            .map_err(io("read", source))?
+            .map_err(|format| {
+                io("decompress", source)(std::io::Error::other(format!(
+                    "{format} is not supported"
+                )))
+            })?;
+        crate::rootfs::compression::decoder(kind, buffered).map_err(io("read", source))?
+    } else {
+        Box::new(file)
+    };
+    let temp = parent.join(format!(
+        ".{}.bootstrap-{}",
+        dst.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
+        std::io::copy(&mut reader, &mut out)?;
+        out.flush()?;
+        out.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        out.set_modified(mtime)?;
+        out.sync_all()?;
+        std::fs::rename(&temp, &dst)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&temp);
+        return Err(HostError::io("copy to", dest, e));
+    }
+    Ok(())
 }
 
 fn wait_for(

@@ -55,10 +55,44 @@ pub fn probe(host: &dyn Host, probe: &Probe) -> Result<bool, HostError> {
             true
         }
         Probe::CommandSucceeds { command } => host.run(command)?.success(),
+        Probe::UnixSocket { path } => {
+            let real = host.real_path(path)?;
+            std::os::unix::net::UnixStream::connect(real).is_ok()
+        }
+        Probe::Https {
+            address,
+            server_name,
+            ca_file,
+            path,
+        } => {
+            let ca = host.read(ca_file)?.ok_or_else(|| {
+                HostError::io(
+                    "read",
+                    ca_file,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                )
+            })?;
+            match super::tls_probe::https_ok(&ca, address, server_name, path) {
+                Ok(ok) => ok,
+                Err(why) => {
+                    return Err(HostError::Failed {
+                        command: format!("GET https://{server_name}{path} at {address}"),
+                        status: "no answer".to_owned(),
+                        stderr: why,
+                    })
+                }
+            }
+        }
         Probe::ServiceActive { unit } => host
             .run(&systemctl(&["is-active", "--quiet", unit]))?
             .success(),
     })
+}
+
+/// The modification time of a host file (following symlinks), for cheap copy checks.
+fn mtime_of(host: &dyn Host, path: &Path) -> Result<Option<std::time::SystemTime>, HostError> {
+    let real = host.real_path(path)?;
+    Ok(std::fs::metadata(real).and_then(|m| m.modified()).ok())
 }
 
 /// `/proc/sys/net/ipv4/ip_forward` for `net.ipv4.ip_forward`.
@@ -131,7 +165,26 @@ pub fn check(host: &dyn Host, action: &Action) -> Result<Status, HostError> {
             ),
             ServiceAction::Restart => Status::Unknown,
         },
-        Action::WaitFor { probe: p, .. } => done(probe(host, p)?),
+        Action::WaitFor { probe: p, .. } => done(probe(host, p).unwrap_or(false)),
+        Action::CopyFile {
+            source, dest, mode, ..
+        } => {
+            let (Some(src), Some(dst)) = (host.stat(source)?, host.metadata(dest)?) else {
+                return Ok(Status::Pending);
+            };
+            let same_time = mtime_of(host, source)? == mtime_of(host, dest)?;
+            done(
+                dst.kind == FileKind::File
+                    && dst.mode == *mode
+                    && same_time
+                    && src.kind == FileKind::File,
+            )
+        }
+        Action::SeedImages { .. } => Status::Unknown,
+        Action::HostsEntry { ip, names } => done(
+            host.read_string(std::path::Path::new("/etc/hosts"))?
+                .is_some_and(|t| crate::runtime::etc_hosts::has_entry(&t, ip, names)),
+        ),
         Action::UnpackRootfs {
             archive,
             dest,

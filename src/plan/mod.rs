@@ -9,6 +9,7 @@ pub mod check;
 pub mod journal;
 mod render;
 mod step;
+pub mod tls_probe;
 
 pub use apply::{apply, ApplyError, ApplyReport};
 pub use check::{check, Status};

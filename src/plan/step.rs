@@ -42,13 +42,16 @@ impl fmt::Display for Phase {
 pub enum Contents {
     Public(Vec<u8>),
     Secret(Secret),
+    /// Public, but made fresh by this run (a new certificate): plans show that, not a
+    /// digest that would differ on every run.
+    Generated(Vec<u8>),
 }
 
 impl Contents {
     /// The bytes to write.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Contents::Public(b) => b,
+            Contents::Public(b) | Contents::Generated(b) => b,
             Contents::Secret(s) => s.expose().as_bytes(),
         }
     }
@@ -67,6 +70,11 @@ impl Serialize for Contents {
             Contents::Public(b) => {
                 st.serialize_field("bytes", &b.len())?;
                 st.serialize_field("sha256", &self.sha256())?;
+                st.serialize_field("secret", &false)?;
+            }
+            Contents::Generated(_) => {
+                st.serialize_field("bytes", "generated")?;
+                st.serialize_field("sha256", "generated")?;
                 st.serialize_field("secret", &false)?;
             }
             Contents::Secret(sec) => {
@@ -123,6 +131,16 @@ pub enum Probe {
     CommandSucceeds { command: CommandSpec },
     /// `systemctl is-active` says active.
     ServiceActive { unit: String },
+    /// Something accepts connections on the unix socket.
+    UnixSocket { path: PathBuf },
+    /// An HTTPS server at `address` proves itself with a certificate for `server_name`
+    /// signed by the CA in `ca_file`, and answers `GET path` with 200 or 401.
+    Https {
+        address: String,
+        server_name: String,
+        ca_file: PathBuf,
+        path: String,
+    },
 }
 
 /// One change to the host.
@@ -154,6 +172,27 @@ pub enum Action {
     Service {
         unit: String,
         action: ServiceAction,
+    },
+    /// Copies a (possibly large) file, streaming; with `decompress`, a gzip or zstd file is
+    /// written uncompressed. In place when the destination has the source's mtime and mode.
+    CopyFile {
+        source: PathBuf,
+        dest: PathBuf,
+        mode: u32,
+        decompress: bool,
+    },
+    /// Writes the images of the cluster image into the registry's storage.
+    SeedImages {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        images_dir: Option<PathBuf>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        registry_tree: Option<PathBuf>,
+        storage: PathBuf,
+    },
+    /// Keeps exactly one line `IP NAMES # bootstrap` in `/etc/hosts`.
+    HostsEntry {
+        ip: String,
+        names: Vec<String>,
     },
     /// Unpacks a cluster-image archive (verified, staged, versioned) and points the
     /// image folder at it.
@@ -222,6 +261,9 @@ impl Action {
             Action::Service { unit, action } => format!("{}:{unit}", action.verb()),
             Action::WaitFor { probe, .. } => format!("wait:{probe}"),
             Action::UnpackRootfs { dest, .. } => format!("unpack:{}", dest.display()),
+            Action::CopyFile { dest, .. } => format!("copy:{}", dest.display()),
+            Action::SeedImages { storage, .. } => format!("seed:{}", storage.display()),
+            Action::HostsEntry { names, .. } => format!("hosts:{}", names.join(",")),
         }
     }
 }
@@ -239,6 +281,13 @@ impl fmt::Display for Probe {
             }
             Probe::CommandSucceeds { command } => write!(f, "`{command}` succeeds"),
             Probe::ServiceActive { unit } => write!(f, "{unit} active"),
+            Probe::UnixSocket { path } => write!(f, "{} accepts connections", path.display()),
+            Probe::Https {
+                address,
+                server_name,
+                path,
+                ..
+            } => write!(f, "https://{server_name}{path} answers at {address}"),
         }
     }
 }
@@ -262,12 +311,10 @@ impl fmt::Display for Action {
                     b.len(),
                     &contents.sha256()[..12]
                 ),
-                Contents::Secret(s) => write!(
-                    f,
-                    "write {} ({mode:04o}, secret, {} bytes)",
-                    path.display(),
-                    s.len()
-                ),
+                Contents::Secret(_) => write!(f, "write {} ({mode:04o}, secret)", path.display()),
+                Contents::Generated(_) => {
+                    write!(f, "write {} ({mode:04o}, newly generated)", path.display())
+                }
             },
             Action::InstallBinary { source, dest, mode } => write!(
                 f,
@@ -280,6 +327,41 @@ impl fmt::Display for Action {
                 ServiceAction::StartNoBlock => write!(f, "systemctl start --no-block {unit}"),
                 other => write!(f, "systemctl {} {unit}", other.verb()),
             },
+            Action::CopyFile {
+                source,
+                dest,
+                mode,
+                decompress,
+            } => write!(
+                f,
+                "{} {} to {} ({mode:04o})",
+                if *decompress { "decompress" } else { "copy" },
+                source.display(),
+                dest.display()
+            ),
+            Action::SeedImages {
+                images_dir,
+                registry_tree,
+                storage,
+            } => {
+                let sources: Vec<String> = [images_dir, registry_tree]
+                    .iter()
+                    .filter_map(|p| p.as_ref().map(|p| p.display().to_string()))
+                    .collect();
+                write!(
+                    f,
+                    "seed images from {} into {}",
+                    sources.join(" and "),
+                    storage.display()
+                )
+            }
+            Action::HostsEntry { ip, names } => {
+                write!(
+                    f,
+                    "keep `{ip} {} # bootstrap` in /etc/hosts",
+                    names.join(" ")
+                )
+            }
             Action::UnpackRootfs {
                 archive,
                 dest,

@@ -5,8 +5,12 @@
 //! filesystem storage of the node's registry, so nothing is pushed over the network.
 
 mod archive;
+pub mod containerd;
+pub mod etc_hosts;
 mod image_ref;
 mod manifest;
+pub mod mirrors;
+pub mod phase;
 mod seed;
 mod storage;
 mod tree;
