@@ -11,6 +11,7 @@ mod image_ref;
 mod manifest;
 pub mod mirrors;
 pub mod phase;
+pub mod registry;
 mod seed;
 mod storage;
 mod tree;
