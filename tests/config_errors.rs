@@ -112,7 +112,7 @@ fn every_invalid_config_is_refused_before_anything_is_written() {
     assert!(cases.len() >= 20);
     let mut failures = Vec::new();
     for case in &cases {
-        let mut node = Node::new();
+        let mut node = Node::new().with_registry();
         node.write_mode(SECRET_FILE, &format!("{SECRET}\n"), 0o600);
         node.write_mode("/etc/bootstrap/open-secret", &format!("{SECRET}\n"), 0o644);
         if let Some(yaml) = case.yaml {

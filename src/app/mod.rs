@@ -215,6 +215,9 @@ impl Session {
             node_address: self.node_address(),
         };
         if !self.from_archive {
+            for step in crate::runtime::phase::registry_steps(&inputs)? {
+                plan.push(step);
+            }
             for step in crate::runtime::phase::runtime_steps(&inputs)? {
                 plan.push(step);
             }

@@ -9,7 +9,7 @@ use crate::preflight::Report;
 use crate::role::{self, RoleDecision};
 
 /// Said wherever a plan is shown, until the later phases exist.
-pub(super) const NOT_YET: &str = "note: this build prepares the host, the cluster image and the container runtime's registry mirrors; the registry service and distro init/join are not implemented yet";
+pub(super) const NOT_YET: &str = "note: this build prepares the host, the cluster image, the local registry and the container runtime; distro init/join are not implemented yet";
 
 #[derive(Serialize)]
 struct PlannedStep<'a> {

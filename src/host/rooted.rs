@@ -39,7 +39,14 @@ impl RootedHost {
     }
 
     fn build_command(&self, spec: &CommandSpec) -> Result<Command, HostError> {
-        let mut command = Command::new(&spec.program);
+        // An absolute program is a host path (a binary of the cluster image, say); a bare
+        // name is looked up on PATH like any tool of this machine.
+        let program = if spec.program.starts_with('/') {
+            self.resolve(Path::new(&spec.program))?
+        } else {
+            PathBuf::from(&spec.program)
+        };
+        let mut command = Command::new(program);
         for arg in &spec.args {
             match arg {
                 Arg::Lit(s) => command.arg(s),

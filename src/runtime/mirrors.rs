@@ -57,9 +57,15 @@ struct HostEntry {
     ca: String,
 }
 
+/// The local registry as `server` and as the one `[host]`, each with the CA. containerd
+/// 1.6 refuses a file without a `[host]` table — and then quietly falls back to the
+/// upstream registry — and tries `server` after the hosts, so the server needs the CA
+/// too (or a missing image reads as a TLS error instead of "not found").
 #[derive(Serialize)]
 struct HostsToml {
     server: String,
+    ca: String,
+    capabilities: [&'static str; 2],
     host: BTreeMap<String, HostEntry>,
 }
 
@@ -67,6 +73,8 @@ struct HostsToml {
 pub fn hosts_toml(registry: &LocalRegistry) -> String {
     let doc = HostsToml {
         server: registry.url(),
+        ca: registry.ca_path.clone(),
+        capabilities: ["pull", "resolve"],
         host: BTreeMap::from([(
             registry.url(),
             HostEntry {
@@ -244,9 +252,14 @@ mod tests {
     fn hosts_toml_makes_the_mirror_the_only_server() {
         let doc: toml::Value = toml::from_str(&hosts_toml(&local())).unwrap();
         assert_eq!(doc["server"].as_str(), Some("https://sea.hub:5000"));
+        assert_eq!(doc["ca"].as_str(), Some(CA_PATH));
+        assert_eq!(doc["capabilities"].as_array().unwrap().len(), 2);
         let host = &doc["host"]["https://sea.hub:5000"];
         assert_eq!(host["ca"].as_str(), Some(CA_PATH));
-        assert_eq!(host["capabilities"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            doc.get("host").and_then(|h| h.as_table()).map(|t| t.len()),
+            Some(1)
+        );
         let files = hosts_files("/etc/containerd/certs.d", &local());
         assert!(files
             .iter()

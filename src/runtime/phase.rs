@@ -34,6 +34,12 @@ pub enum RuntimeError {
     },
     #[error("{binary}: cannot tell the containerd version from `--version` output {output:?}")]
     ContainerdVersion { binary: String, output: String },
+    #[error("registry certificates: {0}")]
+    Pki(#[from] super::registry::PkiError),
+    #[error("registry config.yml: {0}")]
+    RegistryConfig(#[from] super::registry::RegistryConfigError),
+    #[error("registry unit: {0}")]
+    Unit(#[from] super::registry::UnitError),
     #[error(transparent)]
     Host(#[from] HostError),
 }
@@ -132,6 +138,232 @@ pub fn daemon_reload(phase: Phase, units: &[&str]) -> Step {
     );
     s.id = format!("run:systemctl daemon-reload@{digest}");
     s
+}
+
+/// How long to wait for the registry to answer over TLS.
+const REGISTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The names the serving certificate was issued for, to tell when to issue a new one.
+const SERVER_NAMES_FILE: &str = "/etc/bootstrap/registry/server.names";
+
+/// A restart keyed by what the service reads, so a change of any of it restarts the
+/// service once, and an unchanged re-run does not.
+fn keyed_restart(phase: Phase, unit: &str, inputs: &[&[u8]]) -> Step {
+    let mut hasher = Sha256::new();
+    for bytes in inputs {
+        hasher.update(Sha256::digest(bytes));
+    }
+    let digest = hex::encode(&hasher.finalize()[..6]);
+    let mut s = step(
+        phase,
+        "(re)start with the files above",
+        Action::Service {
+            unit: unit.to_owned(),
+            action: ServiceAction::Restart,
+        },
+    );
+    s.id = format!("restart:{unit}@{digest}");
+    s
+}
+
+/// The registry phase, on the node(s) that run it: binary, CA and serving certificate
+/// (made once, then reused), `config.yml`, the unit, images seeded into its storage, and
+/// a bounded wait until it answers over TLS with our CA.
+pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
+    use super::registry as reg;
+    let mut steps = Vec::new();
+    if !inputs.runs_registry() {
+        return Ok(steps);
+    }
+    let host = inputs.host;
+    let bin_dir = inputs.image_dir("bin")?;
+    let binary = bin_dir.join("registry");
+    if !host
+        .stat(&binary)?
+        .is_some_and(|m| m.kind == FileKind::File)
+    {
+        return Err(RuntimeError::MissingInImage {
+            image: inputs.image.dir.display().to_string(),
+            what: "bin/registry".to_owned(),
+            why: "registry.enabled is true; set registry.enabled: false to go without a local registry".to_owned(),
+        });
+    }
+    steps.push(step(
+        Phase::Registry,
+        "the CNCF distribution registry serves the cluster's images",
+        Action::InstallBinary {
+            source: binary,
+            dest: PathBuf::from(reg::BINARY),
+            mode: 0o755,
+        },
+    ));
+
+    let mut ips: Vec<IpAddr> = inputs
+        .config
+        .cluster
+        .controllers
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    if let Some(a) = inputs.node_address {
+        if !ips.contains(&a) {
+            ips.push(a);
+        }
+    }
+    let names = reg::ServerNames::new(inputs.config.registry.domain.clone(), ips.clone());
+    let names_text = {
+        let mut all: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+        all.insert(0, inputs.config.registry.domain.clone());
+        all.join("\n") + "\n"
+    };
+    let read =
+        |path: &str| -> Result<Option<String>, HostError> { host.read_string(Path::new(path)) };
+    let now = time::OffsetDateTime::now_utc();
+    let (ca_cert, ca_key, ca_fresh) = match (read(reg::CA_CERT_FILE)?, read(reg::CA_KEY_FILE)?) {
+        (Some(cert), Some(key)) => (cert, crate::secret::Secret::new(key), false),
+        _ => {
+            let ca = reg::generate_ca(now)?;
+            (ca.cert_pem, ca.key_pem, true)
+        }
+    };
+    let same_names = read(SERVER_NAMES_FILE)?.as_deref() == Some(names_text.as_str());
+    let (server_cert, server_key, server_fresh) =
+        match (read(reg::CERT_FILE)?, read(reg::KEY_FILE)?) {
+            (Some(cert), Some(key)) if same_names && !ca_fresh => {
+                (cert, crate::secret::Secret::new(key), false)
+            }
+            _ => {
+                let ca = reg::CertificateAuthority {
+                    cert_pem: ca_cert.clone(),
+                    key_pem: ca_key.clone(),
+                };
+                let serving = reg::issue_serving_cert(&ca, &names, now)?;
+                (serving.cert_pem, serving.key_pem, true)
+            }
+        };
+    let public = |fresh: bool, text: &str| {
+        if fresh {
+            Contents::Generated(text.as_bytes().to_vec())
+        } else {
+            Contents::Public(text.as_bytes().to_vec())
+        }
+    };
+    steps.push(write(
+        Phase::Registry,
+        "every node trusts the registry through this CA",
+        reg::CA_CERT_FILE,
+        0o644,
+        public(ca_fresh, &ca_cert),
+    ));
+    steps.push(write(
+        Phase::Registry,
+        "kept on controllers, to issue serving certificates",
+        reg::CA_KEY_FILE,
+        0o600,
+        Contents::Secret(ca_key),
+    ));
+    steps.push(write(
+        Phase::Registry,
+        "the registry's TLS certificate, for its name and the controllers' addresses",
+        reg::CERT_FILE,
+        0o644,
+        public(server_fresh, &server_cert),
+    ));
+    steps.push(write(
+        Phase::Registry,
+        "the registry's TLS key",
+        reg::KEY_FILE,
+        0o600,
+        Contents::Secret(server_key.clone()),
+    ));
+    steps.push(write(
+        Phase::Registry,
+        "what the serving certificate was issued for",
+        SERVER_NAMES_FILE,
+        0o644,
+        Contents::Public(names_text.clone().into_bytes()),
+    ));
+
+    let config = reg::RegistryConfig {
+        port: inputs.config.registry.port,
+        ..reg::RegistryConfig::default()
+    };
+    let config_text = config.render()?;
+    steps.push(write(
+        Phase::Registry,
+        "the registry's configuration",
+        reg::CONFIG_FILE,
+        0o644,
+        Contents::Public(config_text.clone().into_bytes()),
+    ));
+    let unit_text = reg::RegistryUnit::new(
+        PathBuf::from(reg::BINARY),
+        PathBuf::from(reg::CONFIG_FILE),
+        &config,
+    )
+    .render()?;
+    steps.push(write(
+        Phase::Registry,
+        "the registry as a system service",
+        &format!("/etc/systemd/system/{}", reg::UNIT_NAME),
+        0o644,
+        Contents::Public(unit_text.clone().into_bytes()),
+    ));
+    steps.push(daemon_reload(Phase::Registry, &[&unit_text]));
+
+    let images = inputs.image_dir("images")?;
+    let tree = inputs.image_dir("registry")?;
+    let images = host.stat(&images)?.is_some().then_some(images);
+    let tree = host.stat(&tree)?.is_some().then_some(tree);
+    if images.is_some() || tree.is_some() {
+        steps.push(step(
+            Phase::Registry,
+            "the cluster image's images, written straight into the registry's storage",
+            Action::SeedImages {
+                images_dir: images,
+                registry_tree: tree,
+                storage: PathBuf::from(reg::STORAGE_DIR),
+            },
+        ));
+    }
+    steps.push(step(
+        Phase::Registry,
+        "the registry runs now and at every boot",
+        Action::Service {
+            unit: reg::UNIT_NAME.to_owned(),
+            action: ServiceAction::Enable,
+        },
+    ));
+    steps.push(keyed_restart(
+        Phase::Registry,
+        reg::UNIT_NAME,
+        &[
+            config_text.as_bytes(),
+            unit_text.as_bytes(),
+            server_cert.as_bytes(),
+            names_text.as_bytes(),
+        ],
+    ));
+    if let Some(ip) = inputs.node_address {
+        let address = match ip {
+            IpAddr::V6(v6) => format!("[{v6}]:{}", inputs.config.registry.port),
+            IpAddr::V4(v4) => format!("{v4}:{}", inputs.config.registry.port),
+        };
+        steps.push(step(
+            Phase::Registry,
+            "images are pulled from it next",
+            Action::WaitFor {
+                probe: Probe::Https {
+                    address,
+                    server_name: inputs.config.registry.domain.clone(),
+                    ca_file: PathBuf::from(reg::CA_CERT_FILE),
+                    path: "/v2/".to_owned(),
+                },
+                timeout: REGISTRY_WAIT,
+                interval: std::time::Duration::from_millis(250),
+            },
+        ));
+    }
+    Ok(steps)
 }
 
 /// The runtime phase: mirror configuration for every distro, containerd itself for

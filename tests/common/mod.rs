@@ -55,7 +55,11 @@ impl Node {
     /// A root that looks like a fresh Debian node: systemd running, cgroup v2, no
     /// modules loaded, ip_forward off, no swap, and a k3s cluster image.
     pub fn new() -> Node {
-        let node = Node::bare();
+        let mut node = Node::bare();
+        // Most tests are about other phases: the registry would need a real server to
+        // answer its readiness probe. The runtime tests turn it back on (`with_registry`).
+        node.env
+            .push(("BOOTSTRAP_REGISTRY__ENABLED".into(), "false".into()));
         node.write("/proc/sys/kernel/hostname", "node-1\n");
         node.write("/proc/sys/net/ipv4/ip_forward", "0\n");
         node.write("/proc/modules", "");
@@ -87,6 +91,26 @@ impl Node {
                 "#!/bin/sh\n",
                 0o755,
             );
+        }
+        // The local registry (on by default); a stand-in, since only the runtime tests
+        // start it for real (and they install the real one).
+        self.write_mode(
+            "/var/lib/bootstrap/rootfs/bin/registry",
+            "#!/bin/sh\n",
+            0o755,
+        );
+        if binaries.contains(&"kubeadm") {
+            // kubeadm runs on the host containerd: a stand-in that checks its config and
+            // opens the socket when the stand-in systemctl really starts it.
+            let standin = std::fs::read_to_string(standins().join("containerd-standin")).unwrap();
+            self.write_mode("/var/lib/bootstrap/rootfs/bin/containerd", &standin, 0o755);
+            for bin in ["runc", "containerd-shim-runc-v2", "ctr"] {
+                self.write_mode(
+                    &format!("/var/lib/bootstrap/rootfs/bin/{bin}"),
+                    "#!/bin/sh\n",
+                    0o755,
+                );
+            }
         }
         self.write(
             "/var/lib/bootstrap/rootfs/Metadata",
@@ -127,6 +151,12 @@ impl Node {
 
     pub fn config(&self, yaml: &str) {
         self.write("/etc/bootstrap/config.yaml", yaml);
+    }
+
+    /// Turns the local registry (off by default in tests) back on.
+    pub fn with_registry(mut self) -> Node {
+        self.env.retain(|(k, _)| k != "BOOTSTRAP_REGISTRY__ENABLED");
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Node {
@@ -278,3 +308,42 @@ pub fn arch() -> &'static str {
 
 /// A join secret that passes validation.
 pub const SECRET: &str = "SENTINEL-7f3a9c1e5b2d8f4a6c0e9b7d5f3a1c8e";
+
+/// Stops every process the stand-in started, and what they started in turn.
+pub struct Units<'a>(pub &'a Node);
+
+impl Drop for Units<'_> {
+    fn drop(&mut self) {
+        let dir = self.0.path("/.standin-systemd/pids");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(pid) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let Ok(pid) = pid.trim().parse::<i32>() else {
+                continue;
+            };
+            // Everything in the unit's mount namespace: the daemon, shims, containers.
+            let ns = fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+            let mut victims = vec![pid];
+            if let (Some(ns), Ok(procs)) = (ns, fs::read_dir("/proc")) {
+                for p in procs.flatten() {
+                    let Ok(other) = p.file_name().to_string_lossy().parse::<i32>() else {
+                        continue;
+                    };
+                    if fs::read_link(format!("/proc/{other}/ns/mnt")).ok().as_ref() == Some(&ns) {
+                        victims.push(other);
+                    }
+                }
+            }
+            for v in victims {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(v),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}

@@ -2,8 +2,8 @@
 # Runs a unit's ExecStart the way it would run on a node whose `/` is STANDIN_ROOT, without
 # touching the machine: inside a private mount namespace (the caller uses
 # `unshare --mount --propagation private`), /etc, /usr/local and /opt become overlays with
-# the root's folders on top, and /var/lib and /run become empty tmpfs with the root's
-# subfolders bound in (containerd's snapshots cannot live on an overlay).
+# the root's folders on top, and /var/lib and /run are the root's own (bound, not
+# overlaid: containerd's snapshots cannot live on an overlay).
 #   _run_unit.sh ROOT -- COMMAND [ARGS…]
 set -euo pipefail
 root=$1; shift
@@ -17,12 +17,6 @@ for d in etc usr/local opt; do
 done
 for d in var/lib run; do
   mkdir -p "$root/$d"
-  mount -t tmpfs -o mode=0755 tmpfs "/$d"
-  for sub in "$root/$d"/*; do
-    [ -d "$sub" ] || continue
-    name=$(basename "$sub")
-    mkdir -p "/$d/$name"
-    mount --bind "$sub" "/$d/$name"
-  done
+  mount --bind "$root/$d" "/$d"
 done
 exec "$@"
