@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # What the tests need from Debian: `file` for the static check, musl-gcc for the static
 # build, bash for the stand-ins, the real containerd, runc, distribution registry and
 # skopeo for the runtime tests, systemd-analyze for the units, a static busybox to put
-# in test images, unshare/nsenter for running units in a private mount namespace.
+# in test images, unshare/nsenter for running units in a private mount namespace, and
+# Python 3.11+ for the containerd stand-in (it reads config.toml with tomllib).
 missing=()
 command -v file >/dev/null || missing+=(file)
 command -v musl-gcc >/dev/null || missing+=(musl-tools)
@@ -19,6 +20,7 @@ command -v runc >/dev/null || missing+=(runc)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 [ -x /bin/busybox ] && file -L /bin/busybox | grep -q static || missing+=(busybox-static)
 command -v unshare >/dev/null || missing+=(util-linux)
+python3 -c 'import tomllib' 2>/dev/null || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
