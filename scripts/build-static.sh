@@ -18,6 +18,6 @@ if ! command -v musl-gcc >/dev/null; then
 fi
 
 CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target"
-bin="target/$target/release/bootstrap"
+bin="${CARGO_TARGET_DIR:-target}/$target/release/bootstrap"
 size=$(stat -c %s "$bin")
 echo "build-static: $bin, $((size / 1024)) KiB"

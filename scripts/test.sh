@@ -41,7 +41,7 @@ cargo clippy --locked --all-targets -- -D warnings
 
 echo "== static build"
 scripts/build-static.sh
-static_bin=target/x86_64-unknown-linux-musl/release/bootstrap
+static_bin=${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-musl/release/bootstrap
 description=$(file -L "$static_bin")
 echo "$description"
 case "$description" in
