@@ -55,3 +55,46 @@ fn config_reference_matches_the_schema() {
         "README config reference: missing {missing:?}, not in schema {stale:?}"
     );
 }
+
+/// The config and secret a cloud-init user-data file writes, loaded as bootstrap would.
+fn load_user_data(text: &str) -> Result<bootstrap::config::Config, String> {
+    use bootstrap::host::{FakeHost, Host};
+    assert!(
+        text.starts_with("#cloud-config"),
+        "user-data must start with #cloud-config"
+    );
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let host = FakeHost::new();
+    for file in doc["write_files"].as_sequence().expect("write_files") {
+        let path = file["path"].as_str().expect("path");
+        let content = file["content"].as_str().expect("content");
+        let mode = u32::from_str_radix(file["permissions"].as_str().unwrap_or("0644"), 8).unwrap();
+        host.write_atomic(std::path::Path::new(path), content.as_bytes(), mode, None)
+            .unwrap();
+    }
+    bootstrap::config::load(&host, &bootstrap::config::Sources::default())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn cloud_init_examples_carry_valid_configs() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/cloud-init");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        let config =
+            load_user_data(&text).unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()));
+        assert!(config.join_secret().is_some());
+        seen += 1;
+    }
+    assert!(seen > 0);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```yaml\n#cloud-config")
+        .expect("README cloud-init example")
+        + "```yaml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    load_user_data(&readme[start..end])
+        .unwrap_or_else(|e| panic!("README cloud-init example: {e}"));
+}
