@@ -78,6 +78,8 @@ fn services(host: &dyn Host, journal: &Journal) -> Vec<ServiceState> {
         .iter()
         .filter_map(|e| {
             let (verb, unit) = e.id.split_once(':')?;
+            // Keyed restarts carry `@<digest>` after the unit name.
+            let unit = unit.split('@').next().unwrap_or(unit);
             matches!(verb, "enable" | "start" | "restart" | "mask").then(|| unit.to_owned())
         })
         .collect();
