@@ -78,8 +78,12 @@ fn services(host: &dyn Host, journal: &Journal) -> Vec<ServiceState> {
         .iter()
         .filter_map(|e| {
             let (verb, unit) = e.id.split_once(':')?;
-            // Keyed restarts carry `@<digest>` after the unit name.
-            let unit = unit.split('@').next().unwrap_or(unit);
+            // Keyed restarts carry `@<12 hex digits>` after the unit name (template units
+            // such as `getty@tty1.service` keep theirs).
+            let unit = unit
+                .rsplit_once('@')
+                .filter(|(_, d)| d.len() == 12 && d.chars().all(|c| c.is_ascii_hexdigit()))
+                .map_or(unit, |(u, _)| u);
             matches!(verb, "enable" | "start" | "restart" | "mask").then(|| unit.to_owned())
         })
         .collect();
