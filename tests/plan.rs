@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::Node;
+use common::{golden, Node};
 
 fn manifest() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -13,27 +13,6 @@ fn manifest() -> &'static Path {
 
 fn facts(name: &str) -> PathBuf {
     manifest().join("tests/fixtures/facts").join(name)
-}
-
-/// Compares with a golden file; `UPDATE_GOLDEN=1` rewrites it.
-fn golden(name: &str, actual: &str) {
-    let path = manifest().join("tests/golden").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
-            path.display()
-        )
-    });
-    assert_eq!(
-        expected,
-        actual,
-        "{} differs; if the change is intended, run with UPDATE_GOLDEN=1",
-        path.display()
-    );
 }
 
 /// Step ids keyed by content (`restart:x.service@1a2b3c4d5e6f`) hash freshly generated

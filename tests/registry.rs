@@ -6,8 +6,12 @@
 //! Needs the Debian packages `docker-registry`, `skopeo` and `systemd`; scripts/test.sh
 //! installs them. Without them these tests fail rather than pass unseen.
 
+mod common;
+
 #[path = "seed_support/archives.rs"]
 mod archives;
+
+use common::golden;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -35,31 +39,6 @@ const READY_POLL: Duration = Duration::from_millis(100);
 /// slower than this is a hang.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const IMAGE: &str = "library/hello:1.0";
-
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Compares with a golden file; `UPDATE_GOLDEN=1` rewrites it.
-fn golden(name: &str, actual: &str) {
-    let path = manifest_dir().join("tests/golden").join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        fs::write(&path, actual).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        return;
-    }
-    let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
-            path.display()
-        )
-    });
-    assert_eq!(
-        expected,
-        actual,
-        "{} differs; if the change is intended, run with UPDATE_GOLDEN=1",
-        path.display()
-    );
-}
 
 fn missing_tool(what: &str, package: &str) -> ! {
     panic!(
@@ -147,38 +126,9 @@ fn unit_matches_golden() {
 
 // ---------------------------------------------------------------- systemd-analyze
 
-/// `systemd-analyze verify --root` on a tree holding the unit (as
-/// `bootstrap-registry.service`), copies of the binaries it runs and the system's own
-/// units (linked in). Returns its stderr lines about the unit, and whether it passed.
 fn systemd_verify(text: &str, binaries: &[&str]) -> (bool, String) {
-    let analyze = require("systemd-analyze", "systemd");
-    let root = tempfile::tempdir().expect("temp dir");
-    let r = root.path();
-    fs::create_dir_all(r.join("etc/systemd/system")).expect("unit folder");
-    fs::create_dir_all(r.join("usr/lib")).expect("usr/lib");
-    // network-online.target and multi-user.target come from the system.
-    std::os::unix::fs::symlink("/usr/lib/systemd", r.join("usr/lib/systemd")).expect("link");
-    fs::write(r.join("etc/systemd/system").join(registry::UNIT_NAME), text).expect("unit");
-    for binary in binaries {
-        let dest = r.join(binary.trim_start_matches('/'));
-        fs::create_dir_all(dest.parent().expect("parent")).expect("binary folder");
-        fs::copy(REGISTRY, &dest).unwrap_or_else(|e| panic!("copy {REGISTRY}: {e}"));
-    }
-    let mut command = Command::new(analyze);
-    command
-        .arg("verify")
-        .arg(format!("--root={}", r.display()))
-        .arg(registry::UNIT_NAME);
-    let (status, _, stderr) = run_bounded(&mut command, r);
-    // Other units on the system may draw warnings of their own; only ours count.
-    let about_ours: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.contains(registry::UNIT_NAME))
-        .collect();
-    (
-        status.success() && about_ours.is_empty(),
-        format!("{status}\n{stderr}"),
-    )
+    let copies: Vec<(&str, &str)> = binaries.iter().map(|b| (*b, REGISTRY)).collect();
+    common::systemd_verify(registry::UNIT_NAME, text, &copies)
 }
 
 #[test]

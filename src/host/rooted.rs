@@ -97,6 +97,16 @@ fn file_kind(meta: &fs::Metadata) -> FileKind {
     }
 }
 
+fn file_info(meta: &fs::Metadata) -> FileInfo {
+    FileInfo {
+        kind: file_kind(meta),
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        len: meta.len(),
+    }
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -118,13 +128,7 @@ impl Host for RootedHost {
     fn metadata(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {
         let real = self.resolve(path)?;
         match fs::symlink_metadata(&real) {
-            Ok(meta) => Ok(Some(FileInfo {
-                kind: file_kind(&meta),
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                len: meta.len(),
-            })),
+            Ok(meta) => Ok(Some(file_info(&meta))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(HostError::io("stat", path, e)),
         }
@@ -133,13 +137,7 @@ impl Host for RootedHost {
     fn stat(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {
         let real = self.resolve(path)?;
         match fs::metadata(&real) {
-            Ok(meta) => Ok(Some(FileInfo {
-                kind: file_kind(&meta),
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                len: meta.len(),
-            })),
+            Ok(meta) => Ok(Some(file_info(&meta))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(HostError::io("stat", path, e)),
         }

@@ -347,3 +347,65 @@ impl Drop for Units<'_> {
         }
     }
 }
+
+/// Compares `actual` with `tests/golden/NAME`; `UPDATE_GOLDEN=1` rewrites the file.
+pub fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        expected,
+        actual,
+        "{} differs; if the change is intended, run with UPDATE_GOLDEN=1",
+        path.display()
+    );
+}
+
+/// `systemd-analyze verify --root` on a tree holding the unit `name`, the binaries it runs
+/// (`(path in the tree, file to copy)`) and the system's own units (linked in). Returns
+/// whether it passed, with its output; only complaints about this unit count, since the
+/// system's units may draw warnings of their own under another root.
+pub fn systemd_verify(name: &str, text: &str, binaries: &[(&str, &str)]) -> (bool, String) {
+    let Ok(version) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        panic!("systemd-analyze is missing: run scripts/test.sh, which installs systemd");
+    };
+    assert!(version.status.success());
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    fs::create_dir_all(r.join("etc/systemd/system")).unwrap();
+    fs::create_dir_all(r.join("usr/lib")).unwrap();
+    std::os::unix::fs::symlink("/usr/lib/systemd", r.join("usr/lib/systemd")).unwrap();
+    fs::write(r.join("etc/systemd/system").join(name), text).unwrap();
+    for (at, from) in binaries {
+        let dest = r.join(at.trim_start_matches('/'));
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        fs::copy(from, &dest).unwrap_or_else(|e| panic!("copy {from}: {e}"));
+    }
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .arg("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", r.display()))
+        .arg(name)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let about_ours = stderr.lines().any(|l| l.contains(name));
+    (
+        out.status.success() && !about_ours,
+        format!("{}\n{stderr}", out.status),
+    )
+}
