@@ -6,7 +6,6 @@
 //! storage that seeding fills. Nothing here touches the host.
 
 mod config;
-mod der;
 mod htpasswd;
 mod pki;
 mod unit;

@@ -3,18 +3,23 @@
 //! The CA is made once per cluster and handed to every node (containerd trusts it for the
 //! registry's name only); each controller that runs a registry gets a serving certificate
 //! for the registry's domain and the controllers' addresses, issued under that CA.
+//! Certificates are made by rcgen; a CA made elsewhere is checked with x509-parser and
+//! loaded as an issuer by rcgen, so no certificate is parsed by hand here.
 //! Nothing here reads the clock or the disk: `now` and the PEM come in, PEM goes out.
 
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, BmpString, CertificateParams, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, Ia5String, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    PrintableString, SanType, TeletexString, UniversalString, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    Ia5String, IsCa, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
+use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
+use x509_parser::asn1_rs::Tag;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::x509::X509Name;
 
-use super::der::{self, DerError, NameAttribute};
 use crate::secret::Secret;
 
 /// The common name of the CA bootstrap makes.
@@ -53,7 +58,7 @@ pub enum PkiError {
     #[error("the CA certificate PEM could not be read: {reason}")]
     CaPem { reason: String },
     #[error("the CA certificate could not be parsed: {0}")]
-    CaDer(#[from] DerError),
+    CaDer(String),
     #[error(
         "the CA private key could not be read (a PKCS#8 \"PRIVATE KEY\" PEM is expected): {source}"
     )]
@@ -223,8 +228,7 @@ fn backdated(now: OffsetDateTime) -> Result<OffsetDateTime, PkiError> {
     })
 }
 
-/// The CA's certificate parameters; also used, with its real subject and key id, to
-/// stand in for an existing CA when issuing under it.
+/// The parameters of the CA bootstrap makes.
 fn ca_params(now: OffsetDateTime) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -260,8 +264,9 @@ pub fn generate_pki(names: &ServerNames, now: OffsetDateTime) -> Result<Registry
 
 /// Issues a new serving certificate (and key) for `names` under an existing CA, such as
 /// the one a previous run or the first controller made. The CA may be any CA whose key
-/// rcgen can use (ECDSA P-256/P-384, Ed25519, RSA in PKCS#8): its certificate is checked
-/// to be a CA, to match the key and to be unexpired. The certificate is valid from an
+/// rcgen can use (ECDSA P-256/P-384, Ed25519, RSA in PKCS#8) and whose certificate rcgen
+/// can load as an issuer: its certificate is checked to be a CA allowed to sign
+/// certificates, to match the key and to be unexpired. The certificate is valid from an
 /// hour before `now` for [`SERVING_VALIDITY`], or until the CA expires if that is sooner.
 pub fn issue_serving_cert(
     ca: &CertificateAuthority,
@@ -269,32 +274,43 @@ pub fn issue_serving_cert(
     now: OffsetDateTime,
 ) -> Result<ServingCertificate, PkiError> {
     let ca_der = single_certificate(&ca.cert_pem)?;
-    let info = der::parse_certificate(&ca_der)?;
-    if !info.is_ca {
+    let ca_cert = parse_certificate(&ca_der).map_err(PkiError::CaDer)?;
+    let constraints = ca_cert
+        .basic_constraints()
+        .map_err(|e| PkiError::CaDer(format!("BasicConstraints: {e}")))?;
+    if !constraints.is_some_and(|constraints| constraints.value.ca) {
         return Err(PkiError::NotCa);
     }
-    if !info.may_sign_certs {
+    // A CA certificate without KeyUsage may be used for anything.
+    let usage = ca_cert
+        .key_usage()
+        .map_err(|e| PkiError::CaDer(format!("KeyUsage: {e}")))?;
+    if !usage.is_none_or(|usage| usage.value.key_cert_sign()) {
         return Err(PkiError::CaCannotSign);
     }
-    if info.not_after <= now {
-        return Err(PkiError::CaExpired {
-            not_after: info.not_after,
-        });
+    let not_after = ca_cert.validity().not_after.to_datetime();
+    if not_after <= now {
+        return Err(PkiError::CaExpired { not_after });
     }
     let ca_key =
         KeyPair::from_pem(ca.key_pem.expose()).map_err(|source| PkiError::CaKey { source })?;
-    if ca_key.public_key_der() != info.public_key_info {
+    if ca_key.public_key_der() != ca_cert.public_key().raw {
         return Err(PkiError::CaKeyMismatch);
     }
+    check_subject(ca_cert.subject())?;
+    let has_key_id = ca_cert.iter_extensions().any(|e| {
+        matches!(
+            e.parsed_extension(),
+            ParsedExtension::SubjectKeyIdentifier(_)
+        )
+    });
 
-    // rcgen signs with an issuer *certificate*; one with the CA's subject and key id,
-    // signed by its key, names the real CA exactly. It is thrown away afterwards.
-    let mut issuer_params = ca_params(now)?;
-    issuer_params.distinguished_name = issuer_name(info.subject.as_deref())?;
-    if let Some(id) = &info.subject_key_id {
-        issuer_params.key_identifier_method = KeyIdMethod::PreSpecified(id.clone());
-    }
-    let issuer = issuer_params
+    // rcgen signs with an issuer *certificate*: the CA's own subject and key id, loaded
+    // by rcgen and signed again by its key, name the real CA. It is thrown away afterwards.
+    let issuer = CertificateParams::from_ca_cert_der(&ca_der)
+        .map_err(generate(
+            "load the CA certificate's subject and extensions into rcgen",
+        ))?
         .self_signed(&ca_key)
         .map_err(generate("restate the CA certificate"))?;
 
@@ -315,21 +331,24 @@ pub fn issue_serving_cert(
         .distinguished_name
         .push(DnType::CommonName, common_name);
     params.not_before = backdated(now)?;
-    params.not_after = add(now, SERVING_VALIDITY)?.min(info.not_after);
+    params.not_after = add(now, SERVING_VALIDITY)?.min(not_after);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     // Without a key id on the CA there is nothing to point at.
-    params.use_authority_key_identifier_extension = info.subject_key_id.is_some();
+    params.use_authority_key_identifier_extension = has_key_id;
 
     let key = new_key("generate the serving key")?;
     let cert = params
         .signed_by(&key, &issuer, &ca_key)
         .map_err(generate("sign the serving certificate"))?;
-    // A CA name rcgen writes differently (string types aside, attribute order or
-    // repetition) would make a certificate no client can chain: check the bytes.
-    let issued = der::parse_certificate(cert.der())?;
-    if issued.issuer_raw != info.subject_raw {
+    // A CA name rcgen writes differently (attribute repetition, say) would make a
+    // certificate no client can chain: check the bytes.
+    let issued = parse_certificate(cert.der()).map_err(|reason| PkiError::Generate {
+        what: "read back the serving certificate",
+        source: rcgen::Error::X509(reason),
+    })?;
+    if issued.issuer().as_raw() != ca_cert.subject().as_raw() {
         return Err(PkiError::CaSubject {
             reason: "is encoded in a way rcgen does not reproduce (a repeated attribute type?)",
         });
@@ -341,13 +360,13 @@ pub fn issue_serving_cert(
 }
 
 /// The one certificate in a PEM string.
-fn single_certificate(pem: &str) -> Result<Vec<u8>, PkiError> {
+fn single_certificate(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
     let mut certs = Vec::new();
     for item in rustls_pemfile::certs(&mut pem.as_bytes()) {
         let cert = item.map_err(|e| PkiError::CaPem {
             reason: e.to_string(),
         })?;
-        certs.push(cert.as_ref().to_vec());
+        certs.push(cert);
     }
     match certs.len() {
         1 => Ok(certs.remove(0)),
@@ -358,53 +377,49 @@ fn single_certificate(pem: &str) -> Result<Vec<u8>, PkiError> {
     }
 }
 
-/// The ASN.1 string types rcgen can write: UTF8, Printable, IA5, Teletex, BMP, Universal.
-const STRING_TAGS: [u8; 6] = [0x0c, 0x13, 0x16, 0x14, 0x1e, 0x1c];
-
-/// The CA's subject as rcgen writes names: one attribute per relative distinguished
-/// name, each type once, with the string type it had.
-fn issuer_name(subject: Option<&[NameAttribute]>) -> Result<DistinguishedName, PkiError> {
-    let subject = subject.ok_or(PkiError::CaSubject {
-        reason: "has a relative distinguished name with several attributes",
-    })?;
-    let mut name = DistinguishedName::new();
-    for attribute in subject {
-        let text = || String::from_utf8(attribute.value.clone()).ok();
-        let value = match attribute.string_tag {
-            0x0c => text().map(DnValue::Utf8String),
-            0x13 => text()
-                .and_then(|t| PrintableString::try_from(t).ok())
-                .map(DnValue::PrintableString),
-            0x16 => text()
-                .and_then(|t| Ia5String::try_from(t).ok())
-                .map(DnValue::Ia5String),
-            0x14 => text()
-                .and_then(|t| TeletexString::try_from(t).ok())
-                .map(DnValue::TeletexString),
-            0x1e => BmpString::from_utf16be(attribute.value.clone())
-                .ok()
-                .map(DnValue::BmpString),
-            0x1c => UniversalString::from_utf32be(attribute.value.clone())
-                .ok()
-                .map(DnValue::UniversalString),
-            _ => None,
-        };
-        let value = value.ok_or(PkiError::CaSubject {
-            reason: if STRING_TAGS.contains(&attribute.string_tag) {
-                "holds a string its type does not allow"
-            } else {
-                "uses a string type other than UTF8, Printable, IA5, Teletex, BMP or Universal"
-            },
-        })?;
-        name.push(DnType::from_oid(&attribute.oid), value);
+/// A DER certificate, with nothing after it, read by x509-parser.
+fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the certificate", rest.len()));
     }
-    Ok(name)
+    Ok(cert)
+}
+
+/// Refuses a CA subject rcgen cannot write back as an issuer name: rcgen writes one
+/// attribute per relative distinguished name, in one of six string types.
+fn check_subject(subject: &X509Name<'_>) -> Result<(), PkiError> {
+    for rdn in subject.iter() {
+        if rdn.iter().nth(1).is_some() {
+            return Err(PkiError::CaSubject {
+                reason: "has a relative distinguished name with several attributes",
+            });
+        }
+        for attribute in rdn.iter() {
+            let supported = matches!(
+                attribute.attr_value().header.tag(),
+                Tag::Utf8String
+                    | Tag::PrintableString
+                    | Tag::Ia5String
+                    | Tag::T61String
+                    | Tag::BmpString
+                    | Tag::UniversalString
+            );
+            if !supported {
+                return Err(PkiError::CaSubject {
+                    reason: "uses a string type other than UTF8, Printable, IA5, Teletex, BMP or Universal",
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
+    use rcgen::{DnValue, KeyIdMethod};
     use rustls::client::danger::ServerCertVerifier;
     use rustls::client::WebPkiServerVerifier;
     use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -423,7 +438,7 @@ mod tests {
     }
 
     fn der(pem: &str) -> Vec<u8> {
-        single_certificate(pem).expect("one certificate")
+        single_certificate(pem).expect("one certificate").to_vec()
     }
 
     fn parse(der: &[u8]) -> X509Certificate<'_> {
@@ -752,6 +767,14 @@ mod tests {
             key_pem: pki.ca.key_pem.clone(),
         };
         assert!(matches!(issue(&garbage), Err(PkiError::CaPem { .. })));
+
+        // A "CERTIFICATE" block holding DER that is no certificate (SEQUENCE { 0 }).
+        let not_a_certificate = CertificateAuthority {
+            cert_pem: "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n".into(),
+            key_pem: pki.ca.key_pem.clone(),
+        };
+        let err = issue(&not_a_certificate).unwrap_err();
+        assert!(matches!(err, PkiError::CaDer(_)), "{err}");
 
         let bad_key = CertificateAuthority {
             cert_pem: pki.ca.cert_pem.clone(),
