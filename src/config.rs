@@ -69,6 +69,8 @@ pub struct Config {
     pub lock_wait: Duration,
     #[serde(skip)]
     resolved_secret: Option<Secret>,
+    #[serde(skip)]
+    resolved_registry_password: Option<Secret>,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ impl Default for Config {
             cluster_api_sentinel: false,
             lock_wait: Duration::from_secs(120),
             resolved_secret: None,
+            resolved_registry_password: None,
         }
     }
 }
@@ -162,6 +165,11 @@ pub struct RegistryConfig {
     pub port: u16,
     /// Run the registry on every controller instead of the first only.
     pub ha: bool,
+    /// With `password_file`: the registry asks for basic auth, and every runtime is
+    /// given these credentials.
+    pub username: Option<String>,
+    /// The registry password (8 to 71 bytes); must not be readable by group or others.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -171,6 +179,8 @@ impl Default for RegistryConfig {
             domain: "sea.hub".to_owned(),
             port: 5000,
             ha: false,
+            username: None,
+            password_file: None,
         }
     }
 }
@@ -316,6 +326,10 @@ pub fn load(host: &dyn Host, sources: &Sources) -> Result<Config, ConfigError> {
     let mut errors = config.check_fields();
     match config.read_secret(host) {
         Ok(secret) => config.resolved_secret = secret,
+        Err(e) => errors.push(e),
+    }
+    match config.read_registry_password(host) {
+        Ok(password) => config.resolved_registry_password = password,
         Err(e) => errors.push(e),
     }
     if errors.is_empty() {
@@ -540,6 +554,12 @@ impl Config {
         self.resolved_secret.as_ref()
     }
 
+    /// The registry's credentials, when `registry.username` and `password_file` are set.
+    pub fn registry_credentials(&self) -> Option<(String, Secret)> {
+        let user = self.registry.username.clone()?;
+        Some((user, self.resolved_registry_password.clone()?))
+    }
+
     /// Whether other nodes take part (controllers listed).
     pub fn is_multi_node(&self) -> bool {
         !self.cluster.controllers.is_empty()
@@ -628,6 +648,32 @@ impl Config {
             }
         }
 
+        match (&self.registry.username, &self.registry.password_file) {
+            (Some(user), Some(path)) => {
+                let ok = !user.is_empty()
+                    && user.len() <= 64
+                    && user
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if !ok {
+                    errors.push(expected(
+                        "registry.username",
+                        "1-64 of [A-Za-z0-9._-]",
+                        user,
+                    ));
+                }
+                check_host_path_field(&mut errors, "registry.password_file", path);
+            }
+            (Some(_), None) => errors.push(err(
+                "registry.password_file",
+                "registry.username needs registry.password_file",
+            )),
+            (None, Some(_)) => errors.push(err(
+                "registry.username",
+                "registry.password_file needs registry.username",
+            )),
+            (None, None) => {}
+        }
         if let Err(what) = validate::dns_subdomain(&self.registry.domain) {
             errors.push(expected("registry.domain", what, &self.registry.domain));
         }
@@ -726,33 +772,68 @@ impl Config {
             return Ok(None);
         };
         const FIELD: &str = "cluster.join_secret_file";
-        if crate::host::check_host_path(path).is_err() {
-            return Ok(None); // reported by check_fields
+        let Some(secret) = read_secret_file(host, FIELD, path, "a join secret")? else {
+            return Ok(None);
+        };
+        if let Err(what) = validate::join_secret(secret.expose()) {
+            return Err(err(FIELD, format!("{}: expected {what}", path.display())));
         }
-        let info = host
-            .metadata(path)
-            .map_err(|e| err(FIELD, e.to_string()))?
-            .ok_or_else(|| err(FIELD, format!("{} does not exist", path.display())))?;
-        if info.mode & 0o077 != 0 {
+        Ok(Some(secret))
+    }
+
+    fn read_registry_password(&self, host: &dyn Host) -> Result<Option<Secret>, FieldError> {
+        let (Some(_), Some(path)) = (&self.registry.username, &self.registry.password_file) else {
+            return Ok(None);
+        };
+        const FIELD: &str = "registry.password_file";
+        let Some(password) = read_secret_file(host, FIELD, path, "a registry password")? else {
+            return Ok(None);
+        };
+        // bcrypt uses at most 72 bytes; a longer password would be cut without a word.
+        if password.len() < 8 || password.len() > 71 {
             return Err(err(
                 FIELD,
                 format!(
-                    "{} has mode {:04o}: a join secret must not be readable or writable by group or others (chmod 600)",
+                    "{}: expected a password of 8 to 71 bytes, got {}",
                     path.display(),
-                    info.mode
+                    password.len()
                 ),
             ));
         }
-        let bytes = host
-            .read(path)
-            .map_err(|e| err(FIELD, e.to_string()))?
-            .unwrap_or_default();
-        let text = String::from_utf8(bytes)
-            .map_err(|_| err(FIELD, format!("{} is not UTF-8 text", path.display())))?;
-        let secret = text.trim_end_matches(['\n', '\r']).to_owned();
-        if let Err(what) = validate::join_secret(&secret) {
-            return Err(err(FIELD, format!("{}: expected {what}", path.display())));
-        }
-        Ok(Some(Secret::new(secret)))
+        Ok(Some(password))
     }
+}
+
+/// A secret from a file: absolute, private (no group or other access), UTF-8, one line.
+/// `Ok(None)` when the path itself is invalid (reported by the field checks).
+fn read_secret_file(
+    host: &dyn Host,
+    field: &str,
+    path: &Path,
+    what: &str,
+) -> Result<Option<Secret>, FieldError> {
+    if crate::host::check_host_path(path).is_err() {
+        return Ok(None);
+    }
+    let info = host
+        .metadata(path)
+        .map_err(|e| err(field, e.to_string()))?
+        .ok_or_else(|| err(field, format!("{} does not exist", path.display())))?;
+    if info.mode & 0o077 != 0 {
+        return Err(err(
+            field,
+            format!(
+                "{} has mode {:04o}: {what} must not be readable or writable by group or others (chmod 600)",
+                path.display(),
+                info.mode
+            ),
+        ));
+    }
+    let bytes = host
+        .read(path)
+        .map_err(|e| err(field, e.to_string()))?
+        .unwrap_or_default();
+    let text = String::from_utf8(bytes)
+        .map_err(|_| err(field, format!("{} is not UTF-8 text", path.display())))?;
+    Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r']))))
 }

@@ -111,8 +111,13 @@ fn containerd_pulls_seeded_images_through_the_mirror_and_runs_them() {
     .unwrap();
 
     let port = free_port();
+    node.write_mode(
+        "/etc/bootstrap/registry-password",
+        "e2e-registry-pw\n",
+        0o600,
+    );
     node.config(&format!(
-        "node: {{address: 127.0.0.1}}\nregistry: {{port: {port}}}\n"
+        "node: {{address: 127.0.0.1}}\nregistry: {{port: {port}, username: puller, password_file: /etc/bootstrap/registry-password}}\n"
     ));
     let run = node.run(&["up"]);
     run.assert_code(0);
@@ -120,6 +125,42 @@ fn containerd_pulls_seeded_images_through_the_mirror_and_runs_them() {
     // Seeded where the registry serves from, under the upstream path.
     assert!(node.exists("/var/lib/bootstrap/registry/docker/registry/v2/repositories/library/hello/_manifests/tags/1.0/current/link"));
     assert!(node.exists("/var/lib/bootstrap/registry/docker/registry/v2/repositories/acme/other/_manifests/tags/2/current/link"));
+
+    // The registry asks for credentials; containerd had them from hosts.toml (0600).
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &fs::metadata(node.path("/etc/containerd/certs.d/docker.io/hosts.toml"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "hosts.toml carries credentials");
+    let certs = tempfile::tempdir().unwrap();
+    fs::copy(
+        node.path("/etc/bootstrap/registry/ca.crt"),
+        certs.path().join("ca.crt"),
+    )
+    .unwrap();
+    let skopeo = |creds: Option<&str>| {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "skopeo", "inspect", "--cert-dir"])
+            .arg(certs.path());
+        if let Some(c) = creds {
+            cmd.args(["--creds", c]);
+        }
+        cmd.arg(format!("docker://127.0.0.1:{port}/library/hello:1.0"))
+            .output()
+            .unwrap()
+    };
+    let anonymous = skopeo(None);
+    assert!(
+        !anonymous.status.success(),
+        "the registry served an anonymous client"
+    );
+    let authed = skopeo(Some("puller:e2e-registry-pw"));
+    assert!(
+        authed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&authed.stderr)
+    );
 
     let ctr = |args: &[&str]| {
         let mut full = vec![

@@ -55,6 +55,8 @@ impl LocalRegistry {
 struct HostEntry {
     capabilities: [&'static str; 2],
     ca: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header: Option<BTreeMap<&'static str, String>>,
 }
 
 /// The local registry as `server` and as the one `[host]`, each with the CA. containerd
@@ -66,20 +68,38 @@ struct HostsToml {
     server: String,
     ca: String,
     capabilities: [&'static str; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header: Option<BTreeMap<&'static str, String>>,
     host: BTreeMap<String, HostEntry>,
 }
 
-/// `hosts.toml` making the local registry the only source for a registry name.
+/// containerd has no credentials setting in `hosts.toml`; a static `Authorization`
+/// header is how a mirror with basic auth is reached.
+fn auth_header(registry: &LocalRegistry) -> Option<BTreeMap<&'static str, String>> {
+    use base64::Engine;
+    let (user, password) = registry.auth.as_ref()?;
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", password.expose()));
+    Some(BTreeMap::from([(
+        "Authorization",
+        format!("Basic {token}"),
+    )]))
+}
+
+/// `hosts.toml` making the local registry the only source for a registry name. Holds the
+/// registry credentials when there are some: write it 0600 then.
 pub fn hosts_toml(registry: &LocalRegistry) -> String {
     let doc = HostsToml {
         server: registry.url(),
         ca: registry.ca_path.clone(),
         capabilities: ["pull", "resolve"],
+        header: auth_header(registry),
         host: BTreeMap::from([(
             registry.url(),
             HostEntry {
                 capabilities: ["pull", "resolve"],
                 ca: registry.ca_path.clone(),
+                header: auth_header(registry),
             },
         )]),
     };
@@ -270,6 +290,24 @@ mod tests {
         assert!(files
             .iter()
             .any(|(p, _)| p.ends_with("sea.hub:5000/hosts.toml")));
+    }
+
+    #[test]
+    fn credentials_travel_as_a_basic_auth_header() {
+        let mut reg = local();
+        reg.auth = Some(("pull".into(), crate::secret::Secret::new("s3cret-pw")));
+        let doc: toml::Value = toml::from_str(&hosts_toml(&reg)).unwrap();
+        // base64("pull:s3cret-pw")
+        let want = "Basic cHVsbDpzM2NyZXQtcHc=";
+        assert_eq!(doc["header"]["Authorization"].as_str(), Some(want));
+        assert_eq!(
+            doc["host"]["https://sea.hub:5000"]["header"]["Authorization"].as_str(),
+            Some(want)
+        );
+        assert!(toml::from_str::<toml::Value>(&hosts_toml(&local()))
+            .unwrap()
+            .get("header")
+            .is_none());
     }
 
     #[test]

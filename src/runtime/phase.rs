@@ -40,6 +40,8 @@ pub enum RuntimeError {
     RegistryConfig(#[from] super::registry::RegistryConfigError),
     #[error("registry unit: {0}")]
     Unit(#[from] super::registry::UnitError),
+    #[error("registry htpasswd: {0}")]
+    Htpasswd(#[from] super::registry::HtpasswdError),
     #[error(transparent)]
     Host(#[from] HostError),
 }
@@ -62,7 +64,7 @@ impl Inputs<'_> {
                 self.config.registry.domain, self.config.registry.port
             ),
             ca_path: mirrors::CA_PATH.to_owned(),
-            auth: None,
+            auth: self.config.registry_credentials(),
         }
     }
 
@@ -283,8 +285,40 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
         Contents::Public(names_text.clone().into_bytes()),
     ));
 
+    let (htpasswd, htpasswd_text) = match inputs.config.registry_credentials() {
+        Some((user, password)) => {
+            // bcrypt salts every hash: keep the line already there while it still
+            // matches, or every run would rewrite it and restart the registry.
+            let current = read(reg::HTPASSWD_FILE)?.filter(|line| {
+                line.trim_end().split_once(':').is_some_and(|(u, hash)| {
+                    u == user && bcrypt::verify(password.expose(), hash).unwrap_or(false)
+                })
+            });
+            let text = match current {
+                Some(line) => line,
+                None => format!(
+                    "{}\n",
+                    reg::htpasswd_line(&user, &password, reg::DEFAULT_BCRYPT_COST)?.expose()
+                ),
+            };
+            steps.push(write(
+                Phase::Registry,
+                "the registry asks for these credentials (registry.username)",
+                reg::HTPASSWD_FILE,
+                0o600,
+                Contents::Secret(crate::secret::Secret::new(text.clone())),
+            ));
+            let auth = reg::HtpasswdAuth {
+                realm: "bootstrap-registry".to_owned(),
+                path: PathBuf::from(reg::HTPASSWD_FILE),
+            };
+            (Some(auth), text)
+        }
+        None => (None, String::new()),
+    };
     let config = reg::RegistryConfig {
         port: inputs.config.registry.port,
+        htpasswd,
         ..reg::RegistryConfig::default()
     };
     let config_text = config.render()?;
@@ -341,6 +375,7 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
             unit_text.as_bytes(),
             server_cert.as_bytes(),
             names_text.as_bytes(),
+            htpasswd_text.as_bytes(),
         ],
     ));
     if let Some(ip) = inputs.node_address {
@@ -424,15 +459,7 @@ pub fn runtime_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
                     0o644,
                     Contents::Public(mirrors::k0s_dropin(version).into_bytes()),
                 ));
-                for (path, body) in mirrors::hosts_files(mirrors::K0S_CERTS_DIR, &registry) {
-                    steps.push(write(
-                        Phase::Runtime,
-                        "pull through the local registry",
-                        &path.to_string_lossy(),
-                        0o644,
-                        Contents::Public(body.into_bytes()),
-                    ));
-                }
+                hosts_steps(mirrors::K0S_CERTS_DIR, &registry, &mut steps);
             }
             // Workers run a kubelet; a lone controller runs one too (`--single`).
             let runs_kubelet = !inputs.role.is_controller() || !inputs.config.is_multi_node();
@@ -443,6 +470,24 @@ pub fn runtime_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
         DistroKind::Kubeadm => kubeadm_containerd(inputs, &registry, version, &mut steps)?,
     }
     Ok(steps)
+}
+
+/// The `hosts.toml` files under `certs_dir`; private when they carry credentials.
+fn hosts_steps(certs_dir: &str, registry: &LocalRegistry, steps: &mut Vec<Step>) {
+    for (path, body) in mirrors::hosts_files(certs_dir, registry) {
+        let (mode, contents) = if registry.auth.is_some() {
+            (0o600, Contents::Secret(crate::secret::Secret::new(body)))
+        } else {
+            (0o644, Contents::Public(body.into_bytes()))
+        };
+        steps.push(write(
+            Phase::Runtime,
+            "pull through the local registry",
+            &path.to_string_lossy(),
+            mode,
+            contents,
+        ));
+    }
 }
 
 /// Image archives copied where the distro imports them itself (k0s takes only plain tar).
@@ -554,15 +599,7 @@ fn kubeadm_containerd(
         Contents::Public(containerd::render_config(schema, &settings).into_bytes()),
     ));
     if inputs.config.registry.enabled {
-        for (path, body) in mirrors::hosts_files(containerd::CERTS_DIR, registry) {
-            steps.push(write(
-                Phase::Runtime,
-                "pull through the local registry",
-                &path.to_string_lossy(),
-                0o644,
-                Contents::Public(body.into_bytes()),
-            ));
-        }
+        hosts_steps(containerd::CERTS_DIR, registry, steps);
     }
     let unit = containerd::unit().render();
     steps.push(write(
