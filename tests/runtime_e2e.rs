@@ -233,4 +233,26 @@ fn containerd_pulls_seeded_images_through_the_mirror_and_runs_them() {
         !no_ca.status.success(),
         "pulled without the hosts dir: the CA check is not in force"
     );
+
+    // A second run changes nothing: certificates, htpasswd, units and seeding are in place.
+    let again = node.run(&["up"]);
+    again.assert_code(0);
+    assert!(again.stderr.contains("nothing to do"), "{}", again.stderr);
+
+    // A new image in the cluster image is seeded on the next run, and nothing else redone.
+    let third = TestImage::random(3, 1, 2048);
+    fs::write(
+        images.join("third.tar"),
+        tar(&docker_save(&[(&third, &["ghcr.io/acme/third:3"])])),
+    )
+    .unwrap();
+    let run = node.run(&["up"]);
+    run.assert_code(0);
+    assert!(node.exists("/var/lib/bootstrap/registry/docker/registry/v2/repositories/acme/third/_manifests/tags/3/current/link"));
+    assert!(run.stderr.contains("seed images"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("restart"),
+        "no restart for new images: {}",
+        run.stderr
+    );
 }

@@ -179,6 +179,7 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
             images_dir,
             registry_tree,
             storage,
+            ..
         } => {
             let storage = host.real_path(storage).map_err(fail)?;
             let seed_error = |e: crate::runtime::SeedError| {

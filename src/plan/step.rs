@@ -188,6 +188,9 @@ pub enum Action {
         #[serde(skip_serializing_if = "Option::is_none")]
         registry_tree: Option<PathBuf>,
         storage: PathBuf,
+        /// What the sources hold (names, sizes, mtimes), so a new cluster image is seeded
+        /// again while an unchanged one is not read twice.
+        sources: String,
     },
     /// Keeps exactly one line `IP NAMES # bootstrap` in `/etc/hosts`.
     HostsEntry {
@@ -343,6 +346,7 @@ impl fmt::Display for Action {
                 images_dir,
                 registry_tree,
                 storage,
+                ..
             } => {
                 let sources: Vec<String> = [images_dir, registry_tree]
                     .iter()

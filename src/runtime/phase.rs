@@ -147,6 +147,28 @@ const REGISTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The names the serving certificate was issued for, to tell when to issue a new one.
 const SERVER_NAMES_FILE: &str = "/etc/bootstrap/registry/server.names";
 
+/// A short digest of what the image sources hold: each file's name, size and mtime (the
+/// registry tree's repositories by name), without reading the data.
+fn sources_digest(
+    host: &dyn Host,
+    dirs: impl IntoIterator<Item = Option<PathBuf>>,
+) -> Result<String, HostError> {
+    let mut hasher = Sha256::new();
+    for dir in dirs.into_iter().flatten() {
+        let dir = dir.as_path();
+        hasher.update(dir.as_os_str().as_encoded_bytes());
+        for name in host.list_dir(dir)?.unwrap_or_default() {
+            let path = dir.join(&name);
+            let real = host.real_path(&path)?;
+            let stamp = std::fs::metadata(&real)
+                .map(|m| (m.len(), m.modified().ok()))
+                .unwrap_or((0, None));
+            hasher.update(format!("{name}\0{stamp:?}\n").as_bytes());
+        }
+    }
+    Ok(hex::encode(&hasher.finalize()[..8]))
+}
+
 /// A restart keyed by what the service reads, so a change of any of it restarts the
 /// service once, and an unchanged re-run does not.
 fn keyed_restart(phase: Phase, unit: &str, inputs: &[&[u8]]) -> Step {
@@ -353,6 +375,14 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
             Phase::Registry,
             "the cluster image's images, written straight into the registry's storage",
             Action::SeedImages {
+                sources: sources_digest(
+                    host,
+                    [
+                        images.clone(),
+                        tree.as_ref()
+                            .map(|t| t.join("docker/registry/v2/repositories")),
+                    ],
+                )?,
                 images_dir: images,
                 registry_tree: tree,
                 storage: PathBuf::from(reg::STORAGE_DIR),
