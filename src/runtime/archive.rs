@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 use super::seed::SeedError;
-use super::storage::{copy_hashing, io_error, CopyError, Digest, Layout, Staging};
+use super::storage::{hash_stream, io_error, Digest, Layout, Staging};
 
 /// The small files of docker-save and OCI layouts, read into memory.
 const METADATA_FILES: [&str; 4] = ["manifest.json", "index.json", "oci-layout", "repositories"];
@@ -16,21 +18,137 @@ const METADATA_FILES: [&str; 4] = ["manifest.json", "index.json", "oci-layout", 
 pub(crate) const METADATA_LIMIT: u64 = 16 * 1024 * 1024;
 /// Symlinks followed inside an archive before giving up on a loop.
 const MAX_LINK_HOPS: usize = 32;
+/// Buffer for reading a plain archive: tar headers come through it, file contents
+/// mostly bypass it.
 const READ_BUFFER: usize = 256 * 1024;
+/// Bytes decompressed ahead at a time, and how many such chunks may wait.
+const READ_CHUNK: usize = 1024 * 1024;
+const READ_AHEAD: usize = 4;
 
 pub(crate) use crate::rootfs::compression::{sniff, Compression};
 
-/// Opens a file decompressed as `compression` says.
+/// Opens a file decompressed as `compression` says. Decompression runs ahead on a
+/// thread of its own; a plain file is read on the caller's, straight into its buffers:
+/// reading costs little next to hashing, and a thread would add a copy of every byte.
 pub(crate) fn open_decompressed(
     path: &Path,
     compression: Compression,
 ) -> io::Result<Box<dyn Read>> {
-    let file = BufReader::with_capacity(READ_BUFFER, File::open(path)?);
-    let decoder = crate::rootfs::compression::decoder(compression, file)?;
+    let file = File::open(path)?;
     Ok(match compression {
-        Compression::None => decoder,
-        _ => Box::new(BufReader::with_capacity(READ_BUFFER, decoder)),
+        Compression::None => Box::new(BufReader::with_capacity(READ_BUFFER, file)),
+        _ => Box::new(ReadAhead::spawn(file, compression)),
     })
+}
+
+/// A file's decompressed bytes, read and decompressed on a thread of its own so that
+/// this work overlaps with the caller's hashing instead of taking turns with it (as
+/// `crate::rootfs`'s unpacking pipeline does). Memory stays bounded: at most
+/// [`READ_AHEAD`] chunks wait, and spent ones go back for reuse.
+pub(crate) struct ReadAhead {
+    /// `None` once dropped, which stops the thread at its next chunk.
+    chunks: Option<Receiver<io::Result<Vec<u8>>>>,
+    give_back: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    fn spawn(file: File, compression: Compression) -> ReadAhead {
+        let (send, chunks) = mpsc::sync_channel(READ_AHEAD);
+        let (give_back, spare) = mpsc::sync_channel(READ_AHEAD + 2);
+        let thread = std::thread::spawn(move || read_ahead(file, compression, send, spare));
+        ReadAhead {
+            chunks: Some(chunks),
+            give_back,
+            current: Vec::new(),
+            pos: 0,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// The read-ahead thread: sends chunks until the stream ends, fails (the error is sent
+/// on) or the reader goes away.
+fn read_ahead(
+    file: File,
+    compression: Compression,
+    send: SyncSender<io::Result<Vec<u8>>>,
+    spare: Receiver<Vec<u8>>,
+) {
+    // The decoder is made here: it cannot cross threads.
+    let raw = BufReader::with_capacity(READ_CHUNK, file);
+    let mut decoder = match crate::rootfs::compression::decoder(compression, raw) {
+        Ok(decoder) => decoder,
+        Err(e) => {
+            let _ = send.send(Err(e));
+            return;
+        }
+    };
+    loop {
+        let mut buf = spare.try_recv().unwrap_or_default();
+        match fill(&mut decoder, &mut buf) {
+            Ok(0) => return,
+            Ok(_) => {
+                if send.send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = send.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Reads up to [`READ_CHUNK`] bytes into `buf` (replacing what it held); 0 at the end.
+fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.resize(READ_CHUNK, 0);
+    let mut filled = 0;
+    while filled < READ_CHUNK {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(filled)
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.current.len() {
+            let spent = std::mem::take(&mut self.current);
+            if spent.capacity() > 0 {
+                let _ = self.give_back.try_send(spent);
+            }
+            self.pos = 0;
+            match self.chunks.as_ref().map(Receiver::recv) {
+                Some(Ok(Ok(buf))) => self.current = buf,
+                Some(Ok(Err(e))) => return Err(e),
+                // The thread ended: the stream is over.
+                Some(Err(_)) | None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Dropping the receiver ends a thread waiting to send; then it can be joined.
+        self.chunks = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// One file of an archive: what it hashed to, and where its bytes are now.
@@ -190,9 +308,8 @@ pub(crate) fn read_archive(
         };
         let file = match &named {
             Some(digest) if layout.has_blob(digest)? => {
-                let (digest, size) = copy_hashing(&mut entry, None).map_err(|e| match e {
-                    CopyError::Read(e) | CopyError::Write(e) => read_error(Some(&path), e),
-                })?;
+                let (digest, size) =
+                    hash_stream(&mut entry).map_err(|e| read_error(Some(&path), e))?;
                 ArchiveFile {
                     digest,
                     size,
@@ -200,7 +317,9 @@ pub(crate) fn read_archive(
                 }
             }
             _ => {
-                let staged = staging.stage_stream(&mut entry, |e| read_error(Some(&path), e))?;
+                let size = entry.size();
+                let staged =
+                    staging.stage_stream(&mut entry, size, |e| read_error(Some(&path), e))?;
                 ArchiveFile {
                     digest: staged.digest.clone(),
                     size: staged.size,
@@ -220,6 +339,8 @@ pub(crate) fn read_archive(
         }
         contents.files.insert(path, file);
     }
+    // What was staged is read back while planning.
+    staging.wait_for_writes()?;
     Ok(contents)
 }
 
@@ -235,5 +356,41 @@ mod tests {
             Some("manifest.json")
         );
         assert_eq!(normalize("a/../../etc"), None);
+    }
+
+    fn zstd_file(dir: &Path, bytes: &[u8]) -> PathBuf {
+        let path = dir.join("data.zst");
+        std::fs::write(&path, zstd::encode_all(bytes, 1).expect("compress")).expect("write");
+        path
+    }
+
+    #[test]
+    fn read_ahead_passes_the_stream_through_and_reports_corruption() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data: Vec<u8> = (0..5 * READ_CHUNK + 123).map(|i| (i % 253) as u8).collect();
+        let path = zstd_file(dir.path(), &data);
+        let mut out = Vec::new();
+        open_decompressed(&path, Compression::Zstd)
+            .expect("open")
+            .read_to_end(&mut out)
+            .expect("read");
+        assert!(out == data, "the stream comes through whole");
+
+        let compressed = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &compressed[..compressed.len() / 2]).expect("truncate");
+        let mut reader = open_decompressed(&path, Compression::Zstd).expect("open");
+        assert!(reader.read_to_end(&mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn read_ahead_stops_when_dropped_early() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Far more than the read-ahead holds, so the thread is waiting to send.
+        let data = vec![7u8; 4 * READ_AHEAD * READ_CHUNK];
+        let path = zstd_file(dir.path(), &data);
+        let mut reader = open_decompressed(&path, Compression::Zstd).expect("open");
+        let mut first = [0u8; 10];
+        reader.read_exact(&mut first).expect("read");
+        drop(reader); // joins the thread: this test hangs if it does not stop
     }
 }

@@ -16,9 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::archive::{self, ArchiveContents, ArchiveFile, Compression, METADATA_LIMIT};
 use super::image_ref::{ImageRef, ImageRefError};
 use super::manifest::{self, Descriptor, Manifest, MANIFEST_LIMIT};
-use super::storage::{
-    copy_hashing, io_error, BlobSource, Changes, CopyError, Digest, Layout, Staging,
-};
+use super::storage::{hash_stream, io_error, BlobSource, Changes, Digest, Layout, Staging};
 
 /// Indexes may nest (an index of indexes); deeper than this is a loop or an attack.
 const MAX_INDEX_DEPTH: usize = 4;
@@ -624,10 +622,8 @@ impl<'a> Planner<'a> {
             source,
         };
         let mut reader = archive::open_decompressed(&content, compression).map_err(read_error)?;
-        match copy_hashing(&mut reader, None) {
-            Ok((digest, _)) => Ok((media_type, digest)),
-            Err(CopyError::Read(e) | CopyError::Write(e)) => Err(read_error(e)),
-        }
+        let (digest, _) = hash_stream(&mut reader).map_err(read_error)?;
+        Ok((media_type, digest))
     }
 
     /// Links an image into the repository its name maps to, and tags it.

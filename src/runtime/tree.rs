@@ -128,7 +128,8 @@ impl Merge<'_> {
                 self.changes.blob(&digest, BlobSource::Staged(staged), size);
             }
         }
-        Ok(())
+        // Copies (across file systems) are read back while planning.
+        staging.wait_for_writes()
     }
 
     /// Repository folders are those holding `_manifests` or `_layers`; names nest
