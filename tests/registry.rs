@@ -62,33 +62,6 @@ fn require_registry() {
     }
 }
 
-/// Runs a command with output to files, killing it after `timeout`.
-fn run_bounded(command: &mut Command, work: &Path) -> (ExitStatus, String, String) {
-    let stdout_path = work.join("cmd.stdout");
-    let stderr_path = work.join("cmd.stderr");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("stdout file"))
-        .stderr(File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        match child.try_wait().expect("wait") {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{command:?} did not finish within {COMMAND_TIMEOUT:?}");
-            }
-            None => sleep(Duration::from_millis(50)),
-        }
-    };
-    let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-    (status, stdout, stderr)
-}
-
 // ---------------------------------------------------------------- golden files
 
 /// The configuration a controller gets with authentication on: every key bootstrap
@@ -260,7 +233,7 @@ impl Setup {
             .arg(self.path("no-auth.json"))
             .args(args)
             .arg(self.image(IMAGE));
-        let result = run_bounded(&mut command, self.work.path());
+        let result = common::run_bounded(&mut command, self.work.path(), COMMAND_TIMEOUT);
         // The registry must still be up, or a failure below would prove nothing.
         registry.assert_running();
         result

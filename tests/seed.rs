@@ -9,11 +9,13 @@
 #[path = "seed_support/archives.rs"]
 mod archives;
 
+mod common;
+
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -149,37 +151,6 @@ impl Drop for Registry {
     }
 }
 
-/// Runs a command with output to files, killing it after `timeout`.
-fn run_bounded(
-    command: &mut Command,
-    work: &Path,
-    timeout: Duration,
-) -> (ExitStatus, String, String) {
-    let stdout_path = work.join("cmd.stdout");
-    let stderr_path = work.join("cmd.stderr");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(File::create(&stdout_path).expect("stdout file"))
-        .stderr(File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait().expect("wait") {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{command:?} did not finish within {timeout:?}");
-            }
-            None => sleep(Duration::from_millis(50)),
-        }
-    };
-    let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
-    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
-    (status, stdout, stderr)
-}
-
 struct Skopeo {
     bin: PathBuf,
     work: PathBuf,
@@ -191,7 +162,8 @@ impl Skopeo {
     fn run(&self, args: &[&str], registry: &Registry) -> String {
         let mut command = Command::new(&self.bin);
         command.arg("--insecure-policy").args(args);
-        let (status, stdout, stderr) = run_bounded(&mut command, &self.work, SKOPEO_TIMEOUT);
+        let (status, stdout, stderr) =
+            common::run_bounded(&mut command, &self.work, SKOPEO_TIMEOUT);
         assert!(
             status.success(),
             "skopeo {args:?} failed ({status}):\n{stderr}\n--- registry log\n{}",

@@ -409,3 +409,34 @@ pub fn systemd_verify(name: &str, text: &str, binaries: &[(&str, &str)]) -> (boo
         format!("{}\n{stderr}", out.status),
     )
 }
+
+/// Runs a command with output to files, killing it after `timeout`.
+pub fn run_bounded(
+    command: &mut std::process::Command,
+    work: &Path,
+    timeout: std::time::Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let stdout_path = work.join("cmd.stdout");
+    let stderr_path = work.join("cmd.stderr");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().expect("wait") {
+            Some(status) => break status,
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{command:?} did not finish within {timeout:?}");
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    };
+    let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+    (status, stdout, stderr)
+}
