@@ -29,7 +29,7 @@ fn containerd_configs() {
         "containerd-config-v3.toml",
         &containerd::render_config(ConfigVersion::V3, &settings),
     );
-    golden("containerd.service", &containerd::unit().render());
+    golden("containerd.service", &containerd::unit().render().unwrap());
 }
 
 #[test]
@@ -53,7 +53,7 @@ fn containerd_unit_passes_systemd_analyze_verify() {
     let containerd = which("containerd");
     let (ok, output) = common::systemd_verify(
         "containerd.service",
-        &containerd::unit().render(),
+        &containerd::unit().render().unwrap(),
         &[("/usr/local/bin/containerd", &containerd)],
     );
     assert!(ok, "systemd-analyze verify containerd.service:\n{output}");

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::registry::{SystemdUnit, UnitSection};
+
 /// Where the kubeadm path puts containerd's pieces.
 pub const CONFIG_PATH: &str = "/etc/containerd/config.toml";
 pub const CERTS_DIR: &str = "/etc/containerd/certs.d";
@@ -258,74 +260,50 @@ pub fn render_config(version: ConfigVersion, s: &Settings) -> String {
     format!("{HEADER}{}", body.unwrap_or_default())
 }
 
-/// A systemd unit: sections of ordered `key=value` lines.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Unit {
-    pub sections: Vec<(String, Vec<(String, String)>)>,
-}
-
-impl Unit {
-    /// Adds a section.
-    pub fn section(mut self, name: &str, entries: &[(&str, &str)]) -> Unit {
-        self.sections.push((
-            name.to_owned(),
-            entries
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        ));
-        self
-    }
-
-    /// The unit file text.
-    pub fn render(&self) -> String {
-        let mut out = String::from(HEADER);
-        for (i, (name, entries)) in self.sections.iter().enumerate() {
-            if i > 0 {
-                out.push('\n');
-            }
-            out.push_str(&format!("[{name}]\n"));
-            for (k, v) in entries {
-                out.push_str(&format!("{k}={v}\n"));
-            }
-        }
-        out
-    }
-}
-
 /// `containerd.service` as upstream ships it, with the config path explicit.
-pub fn unit() -> Unit {
+pub fn unit() -> SystemdUnit {
+    let section = |name: &str, entries: &[(&str, &str)]| {
+        entries
+            .iter()
+            .fold(UnitSection::new(name), |section, (k, v)| {
+                section.set(*k, *v)
+            })
+    };
     let exec = format!("{BIN_DIR}/containerd --config {CONFIG_PATH}");
-    Unit::default()
-        .section(
-            "Unit",
-            &[
-                (
-                    "Description",
-                    "containerd container runtime (installed by bootstrap)",
-                ),
-                ("Documentation", "https://containerd.io"),
-                ("After", "network.target local-fs.target"),
-            ],
-        )
-        .section(
-            "Service",
-            &[
-                ("ExecStartPre", "-/sbin/modprobe overlay"),
-                ("ExecStart", &exec),
-                ("Type", "notify"),
-                ("Delegate", "yes"),
-                ("KillMode", "process"),
-                ("Restart", "always"),
-                ("RestartSec", "5"),
-                ("LimitNPROC", "infinity"),
-                ("LimitCORE", "infinity"),
-                ("LimitNOFILE", "infinity"),
-                ("TasksMax", "infinity"),
-                ("OOMScoreAdjust", "-999"),
-            ],
-        )
-        .section("Install", &[("WantedBy", "multi-user.target")])
+    SystemdUnit {
+        header: vec!["Written by bootstrap; `bootstrap reset` removes it.".to_owned()],
+        sections: vec![
+            section(
+                "Unit",
+                &[
+                    (
+                        "Description",
+                        "containerd container runtime (installed by bootstrap)",
+                    ),
+                    ("Documentation", "https://containerd.io"),
+                    ("After", "network.target local-fs.target"),
+                ],
+            ),
+            section(
+                "Service",
+                &[
+                    ("ExecStartPre", "-/sbin/modprobe overlay"),
+                    ("ExecStart", &exec),
+                    ("Type", "notify"),
+                    ("Delegate", "yes"),
+                    ("KillMode", "process"),
+                    ("Restart", "always"),
+                    ("RestartSec", "5"),
+                    ("LimitNPROC", "infinity"),
+                    ("LimitCORE", "infinity"),
+                    ("LimitNOFILE", "infinity"),
+                    ("TasksMax", "infinity"),
+                    ("OOMScoreAdjust", "-999"),
+                ],
+            ),
+            section("Install", &[("WantedBy", "multi-user.target")]),
+        ],
+    }
 }
 
 /// Binaries of the kubeadm path, from the image's `bin/`: (name in the image, host path).

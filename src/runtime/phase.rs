@@ -631,7 +631,7 @@ fn kubeadm_containerd(
     if inputs.config.registry.enabled {
         hosts_steps(containerd::CERTS_DIR, registry, steps);
     }
-    let unit = containerd::unit().render();
+    let unit = containerd::unit().render()?;
     steps.push(write(
         Phase::Runtime,
         "containerd as a system service",
