@@ -16,6 +16,7 @@ pub mod logging;
 pub mod parsed;
 pub mod plan;
 pub mod preflight;
+pub mod random;
 pub mod role;
 pub mod rootfs;
 pub mod runtime;

@@ -181,6 +181,56 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn symlink(&self, target: &Path, path: &Path) -> Result<(), HostError> {
+        check_host_path(path)?;
+        let mut files = self.files.lock().expect("fake lock");
+        if let Some(parent) = path.parent() {
+            Self::mkdirs(&mut files, parent);
+        }
+        files.insert(
+            path.to_path_buf(),
+            Entry {
+                kind: FileKind::Symlink,
+                mode: 0o777,
+                owner: Owner { uid: 0, gid: 0 },
+                contents: target.as_os_str().as_encoded_bytes().to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    fn read_link(&self, path: &Path) -> Result<Option<PathBuf>, HostError> {
+        check_host_path(path)?;
+        Ok(self
+            .files
+            .lock()
+            .expect("fake lock")
+            .get(path)
+            .filter(|e| e.kind == FileKind::Symlink)
+            .map(|e| PathBuf::from(String::from_utf8_lossy(&e.contents).into_owned())))
+    }
+
+    fn remove_all(&self, path: &Path) -> Result<(), HostError> {
+        check_host_path(path)?;
+        self.files
+            .lock()
+            .expect("fake lock")
+            .retain(|p, _| !p.starts_with(path));
+        Ok(())
+    }
+
+    fn remove_dir_if_empty(&self, path: &Path) -> Result<bool, HostError> {
+        check_host_path(path)?;
+        let mut files = self.files.lock().expect("fake lock");
+        let is_dir = files.get(path).is_some_and(|e| e.kind == FileKind::Dir);
+        let has_children = files.keys().any(|p| p.parent() == Some(path));
+        if is_dir && !has_children {
+            files.remove(path);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     fn run(&self, command: &CommandSpec) -> Result<CommandOutput, HostError> {
         self.commands
             .lock()

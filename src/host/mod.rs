@@ -8,6 +8,7 @@
 mod command;
 mod fake;
 mod rooted;
+pub mod system;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,18 @@ pub trait Host {
 
     /// Removes a file; succeeds when it is already gone.
     fn remove_file(&self, path: &Path) -> Result<(), HostError>;
+
+    /// Makes `path` a symlink to `target` (replacing a symlink already there, atomically).
+    fn symlink(&self, target: &Path, path: &Path) -> Result<(), HostError>;
+
+    /// Where a symlink points; `Ok(None)` when `path` is not a symlink.
+    fn read_link(&self, path: &Path) -> Result<Option<PathBuf>, HostError>;
+
+    /// Removes a file, symlink or whole folder tree; succeeds when nothing is there.
+    fn remove_all(&self, path: &Path) -> Result<(), HostError>;
+
+    /// Removes a folder if it is empty; `Ok(false)` when it is not (or not there).
+    fn remove_dir_if_empty(&self, path: &Path) -> Result<bool, HostError>;
 
     /// Runs a command to completion (or its timeout). A non-zero exit is returned in
     /// the output, not as an error; see [`Host::run_checked`].

@@ -228,6 +228,85 @@ impl Host for RootedHost {
         }
     }
 
+    fn symlink(&self, target: &Path, path: &Path) -> Result<(), HostError> {
+        let real = self.resolve(path)?;
+        let parent = real.parent().ok_or(HostError::BadPath {
+            path: path.to_path_buf(),
+            reason: "a symlink needs a parent folder",
+        })?;
+        fs::create_dir_all(parent).map_err(|e| HostError::io("create folder", path, e))?;
+        let file_name = real
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = parent.join(format!(".{file_name}.bootstrap-{}", std::process::id()));
+        let _ = fs::remove_file(&temp);
+        let result = std::os::unix::fs::symlink(target, &temp)
+            .and_then(|()| fs::rename(&temp, &real))
+            .and_then(|()| fsync_dir(parent));
+        if let Err(e) = result {
+            let _ = fs::remove_file(&temp);
+            return Err(HostError::io("symlink", path, e));
+        }
+        Ok(())
+    }
+
+    fn read_link(&self, path: &Path) -> Result<Option<PathBuf>, HostError> {
+        let real = self.resolve(path)?;
+        match fs::read_link(&real) {
+            Ok(target) => Ok(Some(target)),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::InvalidInput =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(HostError::io("read link", path, e)),
+        }
+    }
+
+    fn remove_all(&self, path: &Path) -> Result<(), HostError> {
+        let real = self.resolve(path)?;
+        if real == self.root {
+            return Err(HostError::BadPath {
+                path: path.to_path_buf(),
+                reason: "refusing to remove the root",
+            });
+        }
+        let result = match fs::symlink_metadata(&real) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => Err(e),
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&real),
+            Ok(_) => fs::remove_file(&real),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(HostError::io("remove", path, e)),
+        }
+    }
+
+    fn remove_dir_if_empty(&self, path: &Path) -> Result<bool, HostError> {
+        let real = self.resolve(path)?;
+        if real == self.root {
+            return Ok(false);
+        }
+        match fs::remove_dir(&real) {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound
+                        | io::ErrorKind::DirectoryNotEmpty
+                        | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(HostError::io("remove folder", path, e)),
+        }
+    }
+
     fn run(&self, spec: &CommandSpec) -> Result<CommandOutput, HostError> {
         let shown = spec.to_string();
         let mut child = self

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::check::{self, Status};
-use super::journal::{EntryStatus, Journal};
+use super::journal::{EntryStatus, Journal, Undo};
 use super::step::{Action, Phase, ServiceAction, Step};
 use super::Plan;
 use crate::host::{Host, HostError};
@@ -37,6 +37,13 @@ pub enum ApplyError {
         timeout: Duration,
         last: Option<String>,
     },
+    #[error("step {id}: stopped waiting until {probe}: {why}{}", last_error(.last))]
+    GaveUp {
+        id: String,
+        probe: String,
+        why: String,
+        last: Option<String>,
+    },
     #[error("step {id}: {source}")]
     Unpack {
         id: String,
@@ -59,6 +66,7 @@ impl ApplyError {
         match self {
             ApplyError::Step { id, .. }
             | ApplyError::Timeout { id, .. }
+            | ApplyError::GaveUp { id, .. }
             | ApplyError::Unpack { id, .. } => Some(id),
             ApplyError::Journal(_) => None,
         }
@@ -109,9 +117,13 @@ pub fn apply(
         journal.record(&step.id, &fingerprint, EntryStatus::Started, None);
         journal.save(host).map_err(ApplyError::Journal)?;
         log::info!("[{}/{total}] {}", index + 1, step.action);
+        let undo = undo_for(host, &step.action).map_err(|source| step_error(step, source))?;
         match run(host, step) {
             Ok(()) => {
                 journal.record(&step.id, &fingerprint, EntryStatus::Done, None);
+                if let Some(undo) = undo {
+                    journal.set_undo(&step.id, undo);
+                }
                 journal.save(host).map_err(ApplyError::Journal)?;
                 report.applied.push(step.id.clone());
             }
@@ -128,6 +140,59 @@ pub fn apply(
         }
     }
     Ok(report)
+}
+
+/// What `reset` must remove if this action goes ahead: looked at before it runs, so only
+/// what was not there already counts.
+fn undo_for(host: &dyn Host, action: &Action) -> Result<Option<Undo>, HostError> {
+    Ok(match action {
+        Action::WriteFile { path, .. }
+        | Action::InstallBinary { dest: path, .. }
+        | Action::CopyFile { dest: path, .. }
+        | Action::Symlink { path, .. } => {
+            if host.metadata(path)?.is_some() {
+                None
+            } else {
+                Some(Undo::File {
+                    path: path.clone(),
+                    dirs_from: highest_missing(host, path.parent())?,
+                })
+            }
+        }
+        Action::MakeDir { path, .. } => {
+            if host.metadata(path)?.is_some() {
+                None
+            } else {
+                Some(Undo::Dir {
+                    path: path.clone(),
+                    dirs_from: highest_missing(host, Some(path))?,
+                })
+            }
+        }
+        Action::HostsEntry { .. } => Some(Undo::HostsEntry),
+        Action::Service {
+            unit,
+            action: ServiceAction::Enable,
+        } => Some(Undo::Unit { name: unit.clone() }),
+        _ => None,
+    })
+}
+
+/// The highest folder of `dir`'s ancestry (itself included) that does not exist yet.
+fn highest_missing(
+    host: &dyn Host,
+    dir: Option<&Path>,
+) -> Result<Option<std::path::PathBuf>, HostError> {
+    let mut highest = None;
+    let mut current = dir;
+    while let Some(d) = current {
+        if d == Path::new("/") || host.metadata(d)?.is_some() {
+            break;
+        }
+        highest = Some(d.to_path_buf());
+        current = d.parent();
+    }
+    Ok(highest)
 }
 
 fn step_error(step: &Step, source: HostError) -> ApplyError {
@@ -156,7 +221,10 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
         Action::RunCommand { command, .. } => host.run_checked(command).map(drop).map_err(fail),
         Action::Service { unit, action } => {
             let mut args = vec![action.verb()];
-            if *action == ServiceAction::StartNoBlock {
+            if matches!(
+                action,
+                ServiceAction::StartNoBlock | ServiceAction::RestartNoBlock
+            ) {
                 args.push("--no-block");
             }
             args.push(unit);
@@ -166,9 +234,10 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
         }
         Action::WaitFor {
             probe,
+            fail_when,
             timeout,
             interval,
-        } => wait_for(host, step, probe, *timeout, *interval),
+        } => wait_for(host, step, probe, fail_when.as_ref(), *timeout, *interval),
         Action::CopyFile {
             source,
             dest,
@@ -213,6 +282,33 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
                 .map(|m| m.mode)
                 .unwrap_or(0o644);
             let updated = crate::runtime::etc_hosts::with_entry(&current, ip, names);
+            host.write_atomic(path, updated.as_bytes(), mode, None)
+                .map_err(fail)
+        }
+        Action::Symlink { path, target } => host.symlink(target, path).map_err(fail),
+        Action::Remove { path } => host.remove_all(path).map_err(fail),
+        Action::Unmount { under } => {
+            let mut real = Vec::new();
+            for path in under {
+                real.push(host.real_path(path).map_err(fail)?);
+            }
+            crate::host::system::unmount_under(&real).map_err(fail)
+        }
+        Action::KillProcesses { under } => {
+            let real = host.real_path(under).map_err(fail)?;
+            crate::host::system::kill_processes_under(&real).map_err(fail)
+        }
+        Action::RemoveHostsEntry { .. } => {
+            let path = std::path::Path::new("/etc/hosts");
+            let Some(current) = host.read_string(path).map_err(fail)? else {
+                return Ok(());
+            };
+            let mode = host
+                .metadata(path)
+                .map_err(fail)?
+                .map(|m| m.mode)
+                .unwrap_or(0o644);
+            let updated = crate::runtime::etc_hosts::without_entry(&current);
             host.write_atomic(path, updated.as_bytes(), mode, None)
                 .map_err(fail)
         }
@@ -305,10 +401,57 @@ fn copy_file(
     Ok(())
 }
 
+/// `Ok(None)` when the probe passes; otherwise why not, when the probe can tell (a
+/// command's stderr), so a timeout names the cause rather than just the probe.
+fn probe_with_cause(
+    host: &dyn Host,
+    probe: &super::Probe,
+) -> Result<Option<Option<String>>, HostError> {
+    if let super::Probe::CommandSucceeds { command } = probe {
+        let output = host.run(command)?;
+        if output.success() {
+            return Ok(None);
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let cause = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| format!("`{command}` {}: {}", output.status_text(), l.trim()))
+            .unwrap_or_else(|| format!("`{command}` {}", output.status_text()));
+        return Ok(Some(Some(cause)));
+    }
+    Ok(if check::probe(host, probe)? {
+        None
+    } else {
+        Some(None)
+    })
+}
+
+/// Applies steps without a journal (`reset`, `leave`): each is checked and run if not in
+/// place; the first failure stops.
+pub fn apply_unjournaled(host: &dyn Host, plan: &Plan) -> Result<ApplyReport, ApplyError> {
+    let mut report = ApplyReport::default();
+    let total = plan.len();
+    for (index, step) in plan.steps.iter().enumerate() {
+        let status = check::check(host, &step.action).map_err(|source| step_error(step, source))?;
+        if status == Status::Done {
+            log::debug!("[{}/{total}] in place: {}", index + 1, step.action);
+            report.in_place.push(step.id.clone());
+            continue;
+        }
+        log::info!("[{}/{total}] {}", index + 1, step.action);
+        run(host, step)?;
+        report.applied.push(step.id.clone());
+    }
+    Ok(report)
+}
+
 fn wait_for(
     host: &dyn Host,
     step: &Step,
     probe: &super::Probe,
+    fail_when: Option<&super::Probe>,
     timeout: Duration,
     interval: Duration,
 ) -> Result<(), ApplyError> {
@@ -319,12 +462,22 @@ fn wait_for(
         bar
     });
     let start = Instant::now();
-    let mut last = None;
+    let mut last;
     let result = loop {
-        match check::probe(host, probe) {
-            Ok(true) => break Ok(()),
-            Ok(false) => {}
+        match probe_with_cause(host, probe) {
+            Ok(None) => break Ok(()),
+            Ok(Some(cause)) => last = cause,
             Err(e) => last = Some(e.to_string()),
+        }
+        if let Some(fail) = fail_when {
+            if check::probe(host, fail).unwrap_or(false) {
+                break Err(ApplyError::GaveUp {
+                    id: step.id.clone(),
+                    probe: probe.to_string(),
+                    why: fail.to_string(),
+                    last: last.clone(),
+                });
+            }
         }
         if start.elapsed() >= timeout {
             break Err(ApplyError::Timeout {
@@ -450,6 +603,7 @@ mod tests {
             Phase::Init,
             "test",
             Action::WaitFor {
+                fail_when: None,
                 probe: Probe::FileExists {
                     path: "/run/ready".into(),
                 },

@@ -33,6 +33,7 @@ pub fn systemctl(args: &[&str]) -> CommandSpec {
 pub fn probe(host: &dyn Host, probe: &Probe) -> Result<bool, HostError> {
     Ok(match probe {
         Probe::FileExists { path } => host.exists(path)?,
+        Probe::Absent { path } => !host.exists(path)?,
         Probe::FileEquals { path, value } => host
             .read_string(path)?
             .is_some_and(|t| t.trim() == value.trim()),
@@ -85,6 +86,9 @@ pub fn probe(host: &dyn Host, probe: &Probe) -> Result<bool, HostError> {
         }
         Probe::ServiceActive { unit } => host
             .run(&systemctl(&["is-active", "--quiet", unit]))?
+            .success(),
+        Probe::ServiceFailed { unit } => host
+            .run(&systemctl(&["is-failed", "--quiet", unit]))?
             .success(),
     })
 }
@@ -169,7 +173,12 @@ pub fn check(host: &dyn Host, action: &Action) -> Result<Status, HostError> {
                     .trim()
                     == "masked",
             ),
-            ServiceAction::Restart => Status::Unknown,
+            ServiceAction::Disable => done(
+                !host
+                    .run(&systemctl(&["is-enabled", "--quiet", unit]))?
+                    .success(),
+            ),
+            ServiceAction::Restart | ServiceAction::RestartNoBlock => Status::Unknown,
         },
         Action::WaitFor { probe: p, .. } => done(probe(host, p).unwrap_or(false)),
         Action::CopyFile {
@@ -195,6 +204,25 @@ pub fn check(host: &dyn Host, action: &Action) -> Result<Status, HostError> {
             }
         }
         Action::SeedImages { .. } => Status::Unknown,
+        Action::Symlink { path, target } => {
+            done(host.read_link(path)?.as_deref() == Some(target.as_path()))
+        }
+        Action::Remove { path } => done(!host.exists(path)?),
+        Action::Unmount { under } => {
+            let mut real = Vec::new();
+            for path in under {
+                real.push(host.real_path(path)?);
+            }
+            done(crate::host::system::mounts_under(&real)?.is_empty())
+        }
+        Action::KillProcesses { under } => {
+            done(crate::host::system::processes_under(&host.real_path(under)?)?.is_empty())
+        }
+        Action::RemoveHostsEntry { .. } => done(
+            !host
+                .read_string(std::path::Path::new("/etc/hosts"))?
+                .is_some_and(|t| crate::runtime::etc_hosts::has_any(&t)),
+        ),
         Action::HostsEntry { ip, names } => done(
             host.read_string(std::path::Path::new("/etc/hosts"))?
                 .is_some_and(|t| crate::runtime::etc_hosts::has_entry(&t, ip, names)),

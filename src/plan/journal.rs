@@ -34,6 +34,32 @@ pub struct Entry {
     pub note: Option<String>,
     #[serde(default)]
     pub attempts: u32,
+    /// What `reset` must take away again, when this step created something.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<Undo>,
+}
+
+/// Something a step created on the host, recorded so `reset` can remove exactly that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Undo {
+    /// A file or symlink that was not there before; `dirs_from` is the highest folder
+    /// created along with it (removed again when empty).
+    File {
+        path: std::path::PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dirs_from: Option<std::path::PathBuf>,
+    },
+    /// A folder that was not there before (and the highest one created with it).
+    Dir {
+        path: std::path::PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dirs_from: Option<std::path::PathBuf>,
+    },
+    /// bootstrap's line in `/etc/hosts`.
+    HostsEntry,
+    /// A unit bootstrap enabled.
+    Unit { name: String },
 }
 
 /// All step records, in the order steps were first seen.
@@ -104,8 +130,28 @@ impl Journal {
                 at,
                 note,
                 attempts: u32::from(status == EntryStatus::Started),
+                undo: None,
             }),
         }
+    }
+
+    /// Notes what a step created; the first record wins (a later run that rewrites a file
+    /// bootstrap created must not make it look pre-existing).
+    pub fn set_undo(&mut self, id: &str, undo: Undo) {
+        if let Some(entry) = self.entries.iter_mut().find(|e| e.id == id) {
+            if entry.undo.is_none() {
+                entry.undo = Some(undo);
+            }
+        }
+    }
+
+    /// Everything recorded as created, newest first.
+    pub fn undo_list(&self) -> Vec<Undo> {
+        self.entries
+            .iter()
+            .rev()
+            .filter_map(|e| e.undo.clone())
+            .collect()
     }
 
     /// The first failed or unfinished step, if any.

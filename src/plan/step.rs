@@ -18,9 +18,14 @@ pub enum Phase {
     ClusterImage,
     Runtime,
     Registry,
+    /// The distro's binaries and units, the same on every node (what image baking does).
+    Install,
     Init,
     Join,
     PostInstall,
+    Upgrade,
+    Leave,
+    Reset,
 }
 
 impl fmt::Display for Phase {
@@ -30,9 +35,13 @@ impl fmt::Display for Phase {
             Phase::ClusterImage => "cluster image",
             Phase::Runtime => "container runtime",
             Phase::Registry => "registry",
+            Phase::Install => "distro install",
             Phase::Init => "cluster init",
             Phase::Join => "cluster join",
             Phase::PostInstall => "post-install",
+            Phase::Upgrade => "upgrade",
+            Phase::Leave => "leave",
+            Phase::Reset => "reset",
         })
     }
 }
@@ -96,7 +105,10 @@ pub enum ServiceAction {
     /// Start without waiting for `Type=notify` units (their readiness is probed after).
     StartNoBlock,
     Restart,
+    /// Restart without waiting for `Type=notify` units.
+    RestartNoBlock,
     Stop,
+    Disable,
     Mask,
 }
 
@@ -106,8 +118,9 @@ impl ServiceAction {
         match self {
             ServiceAction::Enable => "enable",
             ServiceAction::Start | ServiceAction::StartNoBlock => "start",
-            ServiceAction::Restart => "restart",
+            ServiceAction::Restart | ServiceAction::RestartNoBlock => "restart",
             ServiceAction::Stop => "stop",
+            ServiceAction::Disable => "disable",
             ServiceAction::Mask => "mask",
         }
     }
@@ -119,6 +132,8 @@ impl ServiceAction {
 pub enum Probe {
     /// Something exists at the path.
     FileExists { path: PathBuf },
+    /// Nothing exists at the path.
+    Absent { path: PathBuf },
     /// The file's trimmed text equals `value` (a sysctl under `/proc/sys`, say).
     FileEquals { path: PathBuf, value: String },
     /// A kernel module is loaded or built in.
@@ -131,6 +146,8 @@ pub enum Probe {
     CommandSucceeds { command: CommandSpec },
     /// `systemctl is-active` says active.
     ServiceActive { unit: String },
+    /// `systemctl is-failed` says failed.
+    ServiceFailed { unit: String },
     /// Something accepts connections on the unix socket.
     UnixSocket { path: PathBuf },
     /// An HTTPS server at `address` proves itself with a certificate for `server_name`
@@ -210,8 +227,32 @@ pub enum Action {
         /// The host architecture, for per-arch images.
         arch: String,
     },
+    /// Makes `path` a symlink to `target`.
+    Symlink {
+        path: PathBuf,
+        target: PathBuf,
+    },
+    /// Removes a file, symlink or folder tree.
+    Remove {
+        path: PathBuf,
+    },
+    /// Unmounts (lazily) every mount at or below these folders, deepest first.
+    Unmount {
+        under: Vec<PathBuf>,
+    },
+    /// Kills every process whose executable lies below this folder (containerd shims).
+    KillProcesses {
+        under: PathBuf,
+    },
+    /// Drops the `# bootstrap` line for these names from `/etc/hosts`.
+    RemoveHostsEntry {
+        names: Vec<String>,
+    },
     WaitFor {
         probe: Probe,
+        /// Stop waiting early, as failed, once this passes (the service has failed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fail_when: Option<Probe>,
         #[serde(with = "crate::duration_serde")]
         timeout: Duration,
         #[serde(with = "crate::duration_serde")]
@@ -267,6 +308,18 @@ impl Action {
             Action::CopyFile { dest, .. } => format!("copy:{}", dest.display()),
             Action::SeedImages { storage, .. } => format!("seed:{}", storage.display()),
             Action::HostsEntry { names, .. } => format!("hosts:{}", names.join(",")),
+            Action::Symlink { path, .. } => format!("symlink:{}", path.display()),
+            Action::Remove { path } => format!("remove:{}", path.display()),
+            Action::Unmount { under } => format!(
+                "unmount:{}",
+                under
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Action::KillProcesses { under } => format!("kill:{}", under.display()),
+            Action::RemoveHostsEntry { names } => format!("unhosts:{}", names.join(",")),
         }
     }
 }
@@ -275,6 +328,7 @@ impl fmt::Display for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Probe::FileExists { path } => write!(f, "{} exists", path.display()),
+            Probe::Absent { path } => write!(f, "{} is gone", path.display()),
             Probe::FileEquals { path, value } => write!(f, "{} = {value}", path.display()),
             Probe::ModuleLoaded { name } => write!(f, "module {name} loaded"),
             Probe::NoActiveSwap => f.write_str("no active swap"),
@@ -284,6 +338,7 @@ impl fmt::Display for Probe {
             }
             Probe::CommandSucceeds { command } => write!(f, "`{command}` succeeds"),
             Probe::ServiceActive { unit } => write!(f, "{unit} active"),
+            Probe::ServiceFailed { unit } => write!(f, "{unit} failed"),
             Probe::UnixSocket { path } => write!(f, "{} accepts connections", path.display()),
             Probe::Https {
                 address,
@@ -328,6 +383,9 @@ impl fmt::Display for Action {
             Action::RunCommand { command, .. } => write!(f, "run `{command}`"),
             Action::Service { unit, action } => match action {
                 ServiceAction::StartNoBlock => write!(f, "systemctl start --no-block {unit}"),
+                ServiceAction::RestartNoBlock => {
+                    write!(f, "systemctl restart --no-block {unit}")
+                }
                 other => write!(f, "systemctl {} {unit}", other.verb()),
             },
             Action::CopyFile {
@@ -381,6 +439,29 @@ impl fmt::Display for Action {
                     None => "no digest to verify".to_owned(),
                 }
             ),
+            Action::Symlink { path, target } => {
+                write!(f, "link {} -> {}", path.display(), target.display())
+            }
+            Action::Remove { path } => write!(f, "remove {}", path.display()),
+            Action::Unmount { under } => write!(
+                f,
+                "unmount everything under {}",
+                under
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Action::KillProcesses { under } => {
+                write!(f, "kill processes running from {}", under.display())
+            }
+            Action::RemoveHostsEntry { names } => {
+                write!(
+                    f,
+                    "drop the `{} # bootstrap` line from /etc/hosts",
+                    names.join(" ")
+                )
+            }
             Action::WaitFor { probe, timeout, .. } => write!(
                 f,
                 "wait until {probe} (at most {})",

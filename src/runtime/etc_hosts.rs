@@ -22,6 +22,11 @@ pub fn has_entry(text: &str, ip: &str, names: &[String]) -> bool {
     ours.len() == 1 && ours[0].trim_end() == want
 }
 
+/// Whether `text` has any line of ours.
+pub fn has_any(text: &str) -> bool {
+    text.lines().any(is_ours)
+}
+
 /// `text` with our line set (replacing any earlier one in place, else appended).
 pub fn with_entry(text: &str, ip: &str, names: &[String]) -> String {
     let want = line(ip, names);

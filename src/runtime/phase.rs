@@ -417,6 +417,7 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
             Phase::Registry,
             "images are pulled from it next",
             Action::WaitFor {
+                fail_when: None,
                 probe: Probe::Https {
                     address,
                     server_name: inputs.config.registry.domain.clone(),
@@ -654,6 +655,7 @@ fn kubeadm_containerd(
         Phase::Runtime,
         "kubeadm needs the CRI socket answering",
         Action::WaitFor {
+            fail_when: None,
             probe: Probe::UnixSocket {
                 path: PathBuf::from(containerd::SOCKET),
             },
