@@ -99,13 +99,24 @@ pub enum Output {
 pub enum Command {
     /// Converge this node: preflight, host preparation, cluster image, runtime,
     /// registry, distro init or join
-    Up,
+    Up(UpArgs),
     /// Print what `up` would do; change nothing
     Plan(PlanArgs),
     /// Role, distro, progress, services and last error of this node
     Status(OutputArgs),
     /// Run the host checks only
     Preflight(OutputArgs),
+    /// Join material for other nodes (on a running controller)
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Take this node out of the cluster (drain, delete the node and its etcd
+    /// member), then reset it
+    Leave(LeaveArgs),
+    /// Undo what bootstrap installed on this node: the distro's teardown, then
+    /// every file, unit and /etc/hosts line in bootstrap's journal
+    Reset(ResetArgs),
+    /// Move this node to a newer cluster image (version-skew rules checked first)
+    Upgrade(UpgradeArgs),
     /// Cluster-image tools (paths here are paths on this machine, not under
     /// --root)
     #[command(subcommand)]
@@ -137,6 +148,69 @@ pub enum RootfsCommand {
         #[arg(long, value_name = "SIZE")]
         max_size: Option<String>,
     },
+}
+
+/// `up` options.
+#[derive(Debug, Clone, Default, Args)]
+pub struct UpArgs {
+    /// `install`: only put binaries, units and the cluster image in place (image
+    /// baking, with --root): no role, no service started, nothing node-specific
+    #[arg(long, value_enum, default_value_t = Stage::All)]
+    pub stage: Stage,
+}
+
+/// How much of `up` to run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Stage {
+    /// Everything: the node ends up in the cluster
+    #[default]
+    All,
+    /// What is the same on every node, for baking into a VM image
+    Install,
+}
+
+/// `bootstrap token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint join material for the role given with `--role worker|controller` and
+    /// print it (JSON, secrets included) on stdout; put it on the joining node at
+    /// /var/lib/bootstrap/join/material.json (mode 0600)
+    Create {
+        /// How long the token works [default: join.token_ttl]
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+    },
+}
+
+/// `leave` options.
+#[derive(Debug, Clone, Args)]
+pub struct LeaveArgs {
+    /// Kubeconfig allowed to drain and delete this node [default: the admin
+    /// kubeconfig on controllers, the kubelet's elsewhere]
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Bound on draining the node
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub drain_timeout: String,
+}
+
+/// `reset` options.
+#[derive(Debug, Clone, Args)]
+pub struct ResetArgs {
+    /// Also remove the unpacked cluster image (rootfs.dir and its versions)
+    #[arg(long)]
+    pub purge: bool,
+}
+
+/// `upgrade` options.
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeArgs {
+    /// The new cluster image: a folder or an archive (.tar, .tar.gz, .tar.zst)
+    #[arg(long = "rootfs", value_name = "DIR|ARCHIVE")]
+    pub image: PathBuf,
+    /// Expected SHA-256 of the archive [default: from ARCHIVE.sha256 if present]
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
 }
 
 /// `plan` options.

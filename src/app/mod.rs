@@ -1,11 +1,15 @@
 //! The commands: each loads what it needs through one [`Session`] and returns a typed
 //! [`Error`] that `main` maps to an exit code.
 
+mod leave;
 mod plan_cmd;
 mod preflight_cmd;
+mod reset;
 mod rootfs_cmd;
 mod status;
+mod token_cmd;
 mod up;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +50,8 @@ pub enum Error {
     Facts(#[from] FactsError),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::phase::RuntimeError),
+    #[error(transparent)]
+    Distro(#[from] crate::distro::DistroError),
     #[error("preflight failed:\n{}", list_failures(.0))]
     Preflight(Vec<CheckResult>),
     #[error(transparent)]
@@ -102,11 +108,16 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
-        None | Some(Command::Up) => up::run(&cli),
+        None => up::run(&cli, &crate::cli::UpArgs::default()),
+        Some(Command::Up(args)) => up::run(&cli, args),
         Some(Command::Plan(args)) => plan_cmd::run(&cli, args),
         Some(Command::Status(args)) => status::run(&cli, args),
         Some(Command::Preflight(args)) => preflight_cmd::run(&cli, args),
         Some(Command::Rootfs(command)) => rootfs_cmd::run(command),
+        Some(Command::Token(command)) => token_cmd::run(&cli, command),
+        Some(Command::Leave(args)) => leave::run(&cli, args),
+        Some(Command::Reset(args)) => reset::run(&cli, args),
+        Some(Command::Upgrade(args)) => upgrade::run(&cli, args),
     }
 }
 
@@ -118,6 +129,8 @@ pub(crate) struct Session {
     pub image: ClusterImage,
     /// The image was read from `rootfs.archive`, not yet unpacked.
     pub from_archive: bool,
+    /// `upgrade` is moving this node ahead of the version its join material names.
+    pub upgrading: bool,
 }
 
 /// The host rooted at `--root`, which must be an existing folder.
@@ -162,6 +175,7 @@ impl Session {
         let (image, from_archive) = open_image(&host, &config, &facts.arch)?;
         Ok(Session {
             from_archive,
+            upgrading: false,
             host,
             config,
             facts,
@@ -201,6 +215,7 @@ impl Session {
         .flatten()
         .any(|n| matches!(n, ipnet::IpNet::V6(_)));
         let mut plan = Plan::default();
+        let material = self.join_material(role)?;
         for step in hostprep::steps(&self.facts, &requirements, ipv6) {
             plan.push(step);
         }
@@ -221,10 +236,159 @@ impl Session {
             for step in crate::runtime::phase::runtime_steps(&inputs)? {
                 plan.push(step);
             }
+            let ctx = self.distro_context(role, material.as_ref());
+            let driver = crate::distro::driver(self.image.distro);
+            for step in driver.install_steps(&ctx)? {
+                plan.push(step);
+            }
+            if role.role.joins() && material.is_none() {
+                log::warn!(
+                    "the join steps are planned once join material is at {}",
+                    crate::distro::MATERIAL_FILE
+                );
+                return Ok(plan);
+            }
+            if let Some(ca) = material.as_ref().and_then(|m| m.registry_ca.as_ref()) {
+                if !inputs.runs_registry() && self.config.registry.enabled {
+                    plan.push(crate::plan::Step::new(
+                        crate::plan::Phase::Join,
+                        "pulls through the local registry trust its CA",
+                        crate::plan::Action::WriteFile {
+                            path: PathBuf::from(crate::runtime::mirrors::CA_PATH),
+                            mode: 0o644,
+                            owner: None,
+                            contents: crate::plan::Contents::Public(ca.clone().into_bytes()),
+                        },
+                    ));
+                }
+            }
+            for step in driver.cluster_steps(&ctx)? {
+                plan.push(step);
+            }
+            for step in driver.post_install_steps(&ctx)? {
+                plan.push(step);
+            }
         } else {
             log::info!("the runtime steps are planned once the cluster image is unpacked; run `up` again after it, or let this `up` go on");
         }
         Ok(plan)
+    }
+
+    /// What `up --stage install` puts in place: the steps of every node that neither
+    /// depend on the role nor start anything — configuration files of the host, the
+    /// cluster image, binaries, links and unit files.
+    pub(crate) fn install_plan(&self) -> Result<Plan, Error> {
+        use crate::plan::Action;
+        let bakeable = |step: &crate::plan::Step| match &step.action {
+            Action::InstallBinary { .. } | Action::Symlink { .. } => true,
+            Action::WriteFile { path, .. } => {
+                step.phase == crate::plan::Phase::HostPrep
+                    || path.starts_with("/etc/systemd/system")
+            }
+            _ => false,
+        };
+        let decision = RoleDecision {
+            role: crate::role::Role::InitController,
+            reason: "image baking: no role yet".into(),
+            decided_at: None,
+        };
+        let requirements = self.image.distro.requirements(true);
+        let mut plan = Plan::default();
+        for step in hostprep::steps(&self.facts, &requirements, false) {
+            if bakeable(&step) {
+                plan.push(step);
+            }
+        }
+        if let Some(step) = self.unpack_step() {
+            plan.push(step);
+        }
+        if self.from_archive {
+            return Ok(plan);
+        }
+        let inputs = crate::runtime::phase::Inputs {
+            host: &self.host,
+            config: &self.config,
+            image: &self.image,
+            role: decision.role,
+            node_address: self.node_address(),
+        };
+        let mut candidates = Vec::new();
+        if self.config.registry.enabled {
+            candidates.extend(crate::runtime::phase::registry_steps(&inputs)?);
+        }
+        candidates.extend(crate::runtime::phase::runtime_steps(&inputs)?);
+        let ctx = self.distro_context(&decision, None);
+        candidates.extend(crate::distro::driver(self.image.distro).install_steps(&ctx)?);
+        for step in candidates {
+            if bakeable(&step) {
+                plan.push(step);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The driver's view of this node.
+    pub(crate) fn distro_context<'a>(
+        &'a self,
+        role: &RoleDecision,
+        material: Option<&'a crate::distro::JoinMaterial>,
+    ) -> crate::distro::Context<'a> {
+        crate::distro::Context {
+            host: &self.host,
+            config: &self.config,
+            image: &self.image,
+            role: role.role,
+            node_name: self.node_name(),
+            node_address: self.node_address(),
+            material,
+        }
+    }
+
+    /// A joiner's material, checked against this node: same distro, a version the
+    /// cluster accepts, material for this node's role.
+    pub(crate) fn join_material(
+        &self,
+        role: &RoleDecision,
+    ) -> Result<Option<crate::distro::JoinMaterial>, Error> {
+        use crate::distro::{skew, DistroError, JoinRole, MATERIAL_FILE};
+        if !role.role.joins() {
+            return Ok(None);
+        }
+        let Some(material) =
+            crate::distro::JoinMaterial::load(&self.host).map_err(DistroError::from)?
+        else {
+            return Ok(None);
+        };
+        let wanted = if role.role.is_controller() {
+            JoinRole::Controller
+        } else {
+            JoinRole::Worker
+        };
+        if material.role != wanted {
+            return Err(DistroError::Mismatch {
+                path: MATERIAL_FILE,
+                reason: format!(
+                    "it is for a {}, but this node joins as a {wanted}",
+                    material.role
+                ),
+            }
+            .into());
+        }
+        if self.upgrading {
+            return Ok(Some(material));
+        }
+        skew::check_join(
+            self.image.distro,
+            &self.image.metadata.version,
+            material.distro,
+            &material.version,
+            role.role.is_controller(),
+        )
+        .map_err(|e| DistroError::Mismatch {
+            path: MATERIAL_FILE,
+            reason: e.0,
+        })?;
+        Ok(Some(material))
     }
 
     /// Unpacking `rootfs.archive` into `rootfs.dir`, when an archive is configured.
@@ -292,9 +456,17 @@ fn open_image(
         &archive_real,
         &dest_real,
         digest.as_ref().map(|d| d.0.as_str()),
-    )
-    .filter(|version| unpack::points_at(&dest_real, version));
-    if unpacked.is_some() {
+    );
+    if let Some(version) = unpacked {
+        if !unpack::points_at(&dest_real, &version) {
+            // `bootstrap upgrade` moved the node to a newer image since this archive
+            // was unpacked; unpacking it again would be a downgrade.
+            log::info!(
+                "rootfs.archive {} was unpacked before and has been superseded (bootstrap upgrade); using the image at {}",
+                archive.display(),
+                dir.display()
+            );
+        }
         return Ok((ClusterImage::open(host, dir, arch)?, false));
     }
     let (listing, _) = crate::rootfs::inspect::list_archive(&archive_real)?;

@@ -4,12 +4,10 @@ use serde::Serialize;
 
 use super::{print_json, Error, Session};
 use crate::cli::{Cli, Output, PlanArgs};
+use crate::host::Host;
 use crate::plan::{check, Status, Step};
 use crate::preflight::Report;
 use crate::role::{self, RoleDecision};
-
-/// Said wherever a plan is shown, until the later phases exist.
-pub(super) const NOT_YET: &str = "note: this build prepares the host, the cluster image, the local registry and the container runtime; distro init/join are not implemented yet";
 
 #[derive(Serialize)]
 struct PlannedStep<'a> {
@@ -61,10 +59,21 @@ pub(super) fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Error> {
     let decision = role::resolve(&session.host, &session.config, &session.facts, false)?;
     let report = session.preflight(&decision, &cli.overrides.ignore_preflight)?;
     let plan = session.plan(&decision)?;
+    // Steps the host cannot judge (a restart, a reload) count as in place when the journal
+    // has them done with the same fingerprint, exactly as `up` decides.
+    let journal = crate::plan::journal::Journal::load(&session.host)?;
     let statuses = plan
         .steps
         .iter()
-        .map(|s| check::check(&session.host, &s.action))
+        .map(|s| {
+            check::check(&session.host, &s.action).map(|status| {
+                if status == Status::Unknown && journal.is_done(&s.id, &s.fingerprint()) {
+                    Status::Done
+                } else {
+                    status
+                }
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let node = NodeOutput {
         name: session.node_name(),
@@ -109,7 +118,16 @@ pub(super) fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Error> {
             if session.from_archive {
                 println!("note: the runtime and registry steps are planned from the image's files, once `up` has unpacked it");
             }
-            println!("{NOT_YET}");
+            if decision.role.joins()
+                && !session
+                    .host
+                    .exists(std::path::Path::new(crate::distro::MATERIAL_FILE))?
+            {
+                println!(
+                    "note: the join steps are planned once join material is at {} (`bootstrap token create` on a controller)",
+                    crate::distro::MATERIAL_FILE
+                );
+            }
         }
     }
     Ok(())

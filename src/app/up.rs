@@ -3,13 +3,16 @@
 use std::path::Path;
 
 use super::{real_path, Error, Session};
-use crate::cli::Cli;
+use crate::cli::{Cli, Stage, UpArgs};
 use crate::host::Host;
 use crate::plan::{apply, journal::Journal};
 use crate::state::{self, DoneMarker, FailedMarker};
 use crate::{lock, role};
 
-pub(super) fn run(cli: &Cli) -> Result<(), Error> {
+pub(super) fn run(cli: &Cli, args: &UpArgs) -> Result<(), Error> {
+    if args.stage == Stage::Install {
+        return install_stage(cli);
+    }
     // Nothing is written until config, facts, image and role are known to be good.
     let session = Session::open(cli)?;
     role::resolve(&session.host, &session.config, &session.facts, false)?;
@@ -65,6 +68,18 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
         return Err(Error::Preflight(failures));
     }
 
+    if decision.role.joins() && session.join_material(&decision)?.is_none() {
+        return Err(crate::distro::DistroError::NoMaterial {
+            path: crate::distro::MATERIAL_FILE,
+            role: if decision.role.is_controller() {
+                crate::distro::JoinRole::Controller
+            } else {
+                crate::distro::JoinRole::Worker
+            },
+        }
+        .into());
+    }
+
     let mut journal = Journal::load(host)?;
     if let Some(entry) = journal.unfinished() {
         log::info!("resuming: step {} did not finish last time", entry.id);
@@ -100,7 +115,6 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
     if session.config.cluster_api_sentinel && !host.exists(Path::new(state::CAPI_SENTINEL))? {
         host.write_atomic(Path::new(state::CAPI_SENTINEL), b"success", 0o644, None)?;
     }
-    log::warn!("{}", super::plan_cmd::NOT_YET);
     if report.applied.is_empty() {
         log::info!(
             "node {} is up; nothing to do: all {} steps already in place",
@@ -115,6 +129,31 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
             report.in_place.len()
         );
     }
+    Ok(())
+}
+
+/// `up --stage install`: what every node of this image needs, put in place without a role,
+/// a started service or anything node-specific (image baking).
+fn install_stage(cli: &Cli) -> Result<(), Error> {
+    let session = Session::open(cli)?;
+    state::ensure_dir(&session.host)?;
+    let _lock = lock::acquire(
+        &real_path(&session.host, state::LOCK_FILE),
+        session.config.lock_wait,
+        &format!("pid {} (bootstrap up --stage install)", std::process::id()),
+    )?;
+    let mut journal = Journal::load(&session.host)?;
+    let mut report = apply(&session.host, &session.install_plan()?, &mut journal)?;
+    if session.from_archive {
+        let unpacked = Session::open(cli)?;
+        let second = apply(&session.host, &unpacked.install_plan()?, &mut journal)?;
+        report.applied.extend(second.applied);
+    }
+    log::info!(
+        "installed into {}: {} steps applied; the first boot's `bootstrap up` does the node-specific rest",
+        session.host.root().display(),
+        report.applied.len()
+    );
     Ok(())
 }
 

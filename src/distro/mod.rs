@@ -1,8 +1,308 @@
-//! The three Kubernetes distributions and what each asks of a host.
+//! The three Kubernetes distributions: what each asks of a host, and one [`Distro`]
+//! driver per distribution that turns config, facts, the cluster image and join material
+//! into plan steps for every phase (install, init or join, post-install, upgrade, leave,
+//! reset).
+
+pub mod k0s;
+pub mod k3s;
+pub mod kubeadm;
+pub mod material;
+pub mod skew;
+mod steps;
 
 use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use crate::config::Config;
+use crate::host::{CommandSpec, FileKind, Host, HostError};
+use crate::plan::Step;
+use crate::role::Role;
+use crate::rootfs::ClusterImage;
+pub use material::{JoinMaterial, JoinRole, MATERIAL_FILE};
+
+/// Why a distro's steps could not be planned, or its join material not minted.
+#[derive(Debug, thiserror::Error)]
+pub enum DistroError {
+    #[error("cluster image {image}: {what} is missing ({why})")]
+    MissingInImage {
+        image: String,
+        what: String,
+        why: String,
+    },
+    #[error("{field}: {message}")]
+    Config { field: String, message: String },
+    #[error("no join material at {path}: this node joins an existing cluster. Create it on a running controller with `bootstrap token create --role {role} > material.json` and put it at {path} (mode 0600)")]
+    NoMaterial { path: &'static str, role: JoinRole },
+    #[error("join material {path}: {reason}")]
+    Mismatch { path: &'static str, reason: String },
+    #[error(transparent)]
+    Material(#[from] material::MaterialError),
+    #[error("{what}: {reason}")]
+    Cluster { what: String, reason: String },
+    #[error("cannot choose a secret: {0}")]
+    Random(#[source] std::io::Error),
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+/// Everything a driver plans from.
+pub struct Context<'a> {
+    pub host: &'a dyn Host,
+    pub config: &'a Config,
+    pub image: &'a ClusterImage,
+    pub role: Role,
+    pub node_name: String,
+    pub node_address: Option<IpAddr>,
+    /// A joiner's material (absent on the first controller, or not fetched yet).
+    pub material: Option<&'a JoinMaterial>,
+}
+
+/// The API server port all three distros use.
+pub const API_PORT: u16 = 6443;
+
+/// How long a distro may take to come up after it was started.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Where operators look for a kubeconfig on a controller.
+pub const OPERATOR_KUBECONFIG: &str = "/root/.kube/config";
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 address removed).
+pub fn endpoint_host(endpoint: &str) -> String {
+    let host = match endpoint.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.is_empty() => h,
+        _ => endpoint,
+    };
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
+}
+
+impl Context<'_> {
+    /// The API endpoint (`host:port`): `cluster.endpoint`, else the first controller, else
+    /// this node.
+    pub fn endpoint(&self) -> String {
+        if let Some(endpoint) = &self.config.cluster.endpoint {
+            return endpoint.clone();
+        }
+        if let Some(material) = self.material {
+            return material.endpoint.clone();
+        }
+        if let Some(first) = self.config.cluster.controllers.first() {
+            return host_port(first, API_PORT);
+        }
+        match self.node_address {
+            Some(ip) => host_port(&ip.to_string(), API_PORT),
+            None => host_port("127.0.0.1", API_PORT),
+        }
+    }
+
+    /// Names and addresses the API server certificate must carry.
+    pub fn sans(&self) -> Vec<String> {
+        let mut out = vec![endpoint_host(&self.endpoint())];
+        if let Some(ip) = self.node_address {
+            out.push(ip.to_string());
+        }
+        out.extend(self.config.cluster.controllers.iter().cloned());
+        out.push(self.node_name.clone());
+        let mut seen = std::collections::BTreeSet::new();
+        out.retain(|s| !s.is_empty() && seen.insert(s.clone()));
+        out
+    }
+
+    /// The distro version of the cluster image (`v1.31.4+k3s1`).
+    pub fn version(&self) -> &str {
+        &self.image.metadata.version
+    }
+
+    /// The plain Kubernetes version (`v1.31.4`).
+    pub fn kube_version(&self) -> String {
+        let text = self
+            .image
+            .metadata
+            .kube_version
+            .as_deref()
+            .unwrap_or(&self.image.metadata.version);
+        match kube_version(text) {
+            Some((a, b, c)) => format!("v{a}.{b}.{c}"),
+            None => text.to_owned(),
+        }
+    }
+
+    /// A binary of the cluster image, which must be there.
+    pub fn bin(&self, name: &str) -> Result<PathBuf, DistroError> {
+        let dir = self.image.host_subdir(self.host, "bin")?;
+        let path = dir.join(name);
+        if self
+            .host
+            .stat(&path)?
+            .is_some_and(|m| m.kind == FileKind::File)
+        {
+            Ok(path)
+        } else {
+            Err(DistroError::MissingInImage {
+                image: self.image.dir.display().to_string(),
+                what: format!("bin/{name}"),
+                why: format!("{} needs it", self.image.distro),
+            })
+        }
+    }
+
+    /// The manifests the cluster image asks to apply (`manifests/*.yaml|yml|json`).
+    pub fn manifests(&self) -> Result<Vec<(String, PathBuf)>, DistroError> {
+        let dir = self.image.host_subdir(self.host, "manifests")?;
+        let mut out = Vec::new();
+        for name in self.host.list_dir(&dir)?.unwrap_or_default() {
+            let path = dir.join(&name);
+            let is_manifest = [".yaml", ".yml", ".json"].iter().any(|s| name.ends_with(s));
+            if is_manifest
+                && self
+                    .host
+                    .stat(&path)?
+                    .is_some_and(|m| m.kind == FileKind::File)
+            {
+                out.push((name, path));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether this is a one-node cluster (no controllers listed).
+    pub fn single_node(&self) -> bool {
+        !self.config.is_multi_node()
+    }
+
+    /// The join material, required on a joining node.
+    pub fn material(&self) -> Result<&JoinMaterial, DistroError> {
+        self.material.ok_or(DistroError::NoMaterial {
+            path: MATERIAL_FILE,
+            role: if self.role.is_controller() {
+                JoinRole::Controller
+            } else {
+                JoinRole::Worker
+            },
+        })
+    }
+
+    /// Pod and service CIDRs as configured.
+    pub fn cidrs(&self) -> (Option<String>, Option<String>) {
+        (
+            self.config.cluster.pod_cidr.map(|n| n.to_string()),
+            self.config.cluster.service_cidr.map(|n| n.to_string()),
+        )
+    }
+}
+
+/// One distribution's driver.
+pub trait Distro {
+    fn kind(&self) -> DistroKind;
+
+    /// Binaries and units, the same on every node (what baking an image installs).
+    fn install_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError>;
+
+    /// Init on the first controller, join everywhere else; ends when the node is ready.
+    fn cluster_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError>;
+
+    /// After init: manifests, the operator's kubeconfig.
+    fn post_install_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError>;
+
+    /// Join material for another node, minted on this (running) controller.
+    fn mint(
+        &self,
+        ctx: &Context<'_>,
+        role: JoinRole,
+        ttl: std::time::Duration,
+    ) -> Result<JoinMaterial, DistroError>;
+
+    /// The admin kubeconfig on a controller.
+    fn admin_kubeconfig(&self) -> &'static str;
+
+    /// The kubeconfig this node's kubelet uses.
+    fn node_kubeconfig(&self, role: Role) -> &'static str;
+
+    /// `kubectl --kubeconfig KUBECONFIG`, the distro's way.
+    fn kubectl(&self, kubeconfig: &str) -> CommandSpec;
+
+    /// The names of the cluster's controllers (to refuse removing the last one).
+    fn controllers(&self, host: &dyn Host, kubeconfig: &str) -> Result<Vec<String>, DistroError> {
+        let command = self.kubectl(kubeconfig).args([
+            "get",
+            "nodes",
+            "-l",
+            "node-role.kubernetes.io/control-plane",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        let output = host.run_checked(&command)?;
+        Ok(output
+            .stdout_text()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// What leaving takes beyond drain and delete (an etcd member the distro does not
+    /// remove by itself).
+    fn leave_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError>;
+
+    /// The distro's own teardown: services stopped, shims killed, mounts and state gone.
+    fn teardown_steps(&self) -> Vec<Step>;
+
+    /// Folders the distro's own folders live in, removed by reset once empty.
+    fn parent_dirs(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Moving this node to the cluster image in `ctx` (the new one).
+    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError>;
+}
+
+/// The driver for a distribution.
+pub fn driver(kind: DistroKind) -> &'static dyn Distro {
+    match kind {
+        DistroKind::K3s => &k3s::K3s,
+        DistroKind::K0s => &k0s::K0s,
+        DistroKind::Kubeadm => &kubeadm::Kubeadm,
+    }
+}
+
+/// A path inside `dir` for a manifest of the image, prefixed so reset can tell ours.
+pub(crate) fn manifest_dest(dir: &str, name: &str) -> PathBuf {
+    Path::new(dir).join(format!("bootstrap-{name}"))
+}
+
+/// `a` deep-merged with `b` (maps merge key by key, anything else in `b` wins).
+pub fn merge_json(a: &mut serde_json::Value, b: &serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (key, value) in b {
+                match a.get_mut(key) {
+                    Some(existing) => merge_json(existing, value),
+                    None => {
+                        a.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+/// Go's duration text for a TTL (`1h0m0s`), which every distro CLI parses.
+pub fn go_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    format!("{}h{}m{}s", secs / 3600, (secs % 3600) / 60, secs % 60)
+}
 
 /// Which distribution a cluster image carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,6 +419,124 @@ pub fn kube_version(text: &str) -> Option<(u32, u32, u32)> {
     let minor = parts.next()??;
     let patch = parts.next().flatten().unwrap_or(0);
     Some((major, minor, patch))
+}
+
+/// `/root/.kube/config` pointing at the distro's admin kubeconfig, unless the operator
+/// already has one there.
+pub(crate) fn operator_kubeconfig(
+    ctx: &Context<'_>,
+    admin: &str,
+) -> Result<Vec<Step>, DistroError> {
+    let target = steps::relative_target(OPERATOR_KUBECONFIG, admin);
+    let path = Path::new(OPERATOR_KUBECONFIG);
+    let ours = ctx.host.read_link(path)?.as_deref() == Some(Path::new(&target));
+    if !ours && ctx.host.exists(path)? {
+        log::info!("{OPERATOR_KUBECONFIG} exists; not replacing it with a link to {admin}");
+        return Ok(Vec::new());
+    }
+    Ok(vec![steps::symlink(
+        crate::plan::Phase::PostInstall,
+        "kubectl on this controller finds the admin kubeconfig where operators expect it",
+        OPERATOR_KUBECONFIG,
+        &target,
+    )])
+}
+
+/// Post-install for distros that deploy manifests from a folder: the image's manifests
+/// copied there on the first controller, the operator's kubeconfig on every controller.
+pub(crate) fn auto_deploy_post_install(
+    ctx: &Context<'_>,
+    dir: &str,
+    reason: &str,
+    admin: &str,
+) -> Result<Vec<Step>, DistroError> {
+    let mut out = Vec::new();
+    if !ctx.role.is_controller() {
+        return Ok(out);
+    }
+    if ctx.role == Role::InitController {
+        for (name, source) in ctx.manifests()? {
+            out.push(Step::new(
+                crate::plan::Phase::PostInstall,
+                reason,
+                crate::plan::Action::CopyFile {
+                    source,
+                    dest: manifest_dest(dir, &name),
+                    mode: 0o600,
+                    decompress: false,
+                },
+            ));
+        }
+    }
+    out.extend(operator_kubeconfig(ctx, admin)?);
+    Ok(out)
+}
+
+/// Now plus `ttl`, as RFC 3339.
+pub(crate) fn expiry(ttl: std::time::Duration) -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now() + ttl).to_string()
+}
+
+/// Join material around a minted token: endpoint, versions and cluster facts from this
+/// controller, and the registry CA when this node has one.
+pub(crate) fn material(
+    ctx: &Context<'_>,
+    role: JoinRole,
+    token: crate::secret::Secret,
+    expires_at: Option<String>,
+) -> Result<JoinMaterial, DistroError> {
+    let (pod_cidr, service_cidr) = ctx.cidrs();
+    let registry_ca = ctx
+        .host
+        .read_string(Path::new(crate::runtime::mirrors::CA_PATH))?;
+    Ok(JoinMaterial {
+        distro: ctx.image.distro,
+        version: ctx.version().to_owned(),
+        role,
+        endpoint: ctx.endpoint(),
+        token,
+        ca_cert_hash: None,
+        certificate_key: None,
+        expires_at,
+        pod_cidr,
+        service_cidr,
+        registry_ca,
+    })
+}
+
+/// Teardown every distro shares: containerd shims killed, mounts under the data folders
+/// unmounted, CNI interfaces deleted (on a live node only: they are not under a root).
+pub(crate) fn teardown_common(
+    shim_dir: &str,
+    mount_dirs: &[&str],
+    interfaces: &[&str],
+) -> Vec<Step> {
+    use crate::plan::{Action, Phase};
+    let mut out = vec![
+        Step::new(
+            Phase::Reset,
+            "containerd shims outlive the service (KillMode=process)",
+            Action::KillProcesses {
+                under: PathBuf::from(shim_dir),
+            },
+        ),
+        Step::new(
+            Phase::Reset,
+            "pod volumes and network namespaces are mounted under the data folders",
+            Action::Unmount {
+                under: mount_dirs.iter().map(PathBuf::from).collect(),
+            },
+        ),
+    ];
+    for name in interfaces {
+        out.push(steps::run(
+            Phase::Reset,
+            "the pod network's interfaces would linger until reboot",
+            CommandSpec::new("ip").args(["link", "delete", name]),
+            Some(steps::absent(&format!("/sys/class/net/{name}"))),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -291,7 +291,7 @@ fn sanitize(version: &str) -> String {
 
 /// Points `dest` at `version_dir` with one atomic rename. A real folder at `dest` (an image
 /// baked in place) is first moved into the versions folder, so it is kept, not replaced.
-fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(), UnpackError> {
+pub fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(), UnpackError> {
     let parent = dest.parent().unwrap_or(Path::new("/"));
     let versions = versions_dir(dest);
     match fs::symlink_metadata(dest) {
@@ -312,6 +312,7 @@ fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(), U
                 dest.display(),
                 kept.display()
             );
+            fs::create_dir_all(&versions).map_err(io_err("create folder", &versions))?;
             fs::rename(dest, &kept).map_err(io_err("move", dest))?;
         }
         Ok(_) => {

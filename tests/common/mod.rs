@@ -73,6 +73,7 @@ impl Node {
         );
         node.write("/etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n");
         fs::create_dir_all(node.path("/run/systemd/system")).unwrap();
+        fs::create_dir_all(node.path("/etc/systemd/system")).unwrap();
         node.image("k3s", "v1.31.4+k3s1");
         node
     }
@@ -85,10 +86,16 @@ impl Node {
             "k0s" => &["k0s"],
             _ => &["kubeadm", "kubelet", "kubectl"],
         };
+        // The kube stand-in (tests/standins/kube-standin), named and versioned like the
+        // real binary; its logic is found through STANDIN_LIB (see `command`).
+        let launcher = fs::read_to_string(standins().join("kube-standin")).unwrap();
         for bin in binaries {
+            let text = launcher
+                .replace("@NAME@", bin)
+                .replace("@VERSION@", version);
             self.write_mode(
                 &format!("/var/lib/bootstrap/rootfs/bin/{bin}"),
-                "#!/bin/sh\n",
+                &text,
                 0o755,
             );
         }
@@ -164,6 +171,12 @@ impl Node {
         self
     }
 
+    /// Where the kube stand-ins keep this node's cluster (unless STANDIN_CLUSTER points
+    /// several nodes at one).
+    pub fn standin_cluster(&self) -> PathBuf {
+        self.root().join(".standin-cluster")
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join(".standin.log")
     }
@@ -199,7 +212,8 @@ impl Node {
         );
         cmd.env("PATH", path)
             .env("STANDIN_ROOT", self.root())
-            .env("STANDIN_LOG", self.log_path());
+            .env("STANDIN_LOG", self.log_path())
+            .env("STANDIN_LIB", standins());
         if !is_root() {
             cmd.arg("--ignore-preflight").arg("root");
         }

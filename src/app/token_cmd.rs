@@ -1,0 +1,64 @@
+//! `bootstrap token create`: join material minted on this controller, printed once.
+
+use super::{Error, Session};
+use crate::cli::{Cli, TokenCommand};
+use crate::config::RoleSetting;
+use crate::distro::JoinRole;
+use crate::{lock, role, state};
+
+pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
+    let TokenCommand::Create { ttl } = command;
+    // `--role` is the global flag; here it names the role of the node to join.
+    let join_role = match cli.overrides.role {
+        Some(RoleSetting::Worker) => JoinRole::Worker,
+        Some(RoleSetting::Controller) => JoinRole::Controller,
+        _ => {
+            return Err(Error::Usage(
+                "token create: say which role the new node joins as: --role worker or --role controller".into(),
+            ))
+        }
+    };
+    let join_role = &join_role;
+    let session = Session::open(cli)?;
+    let ttl = match ttl {
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| Error::Usage(format!("--ttl {text:?}: {e} (e.g. 30m, 2h)")))?,
+        None => session.config.join.token_ttl,
+    };
+    if ttl.is_zero() {
+        return Err(Error::Usage(
+            "--ttl 0: tokens that never expire are not handed out".into(),
+        ));
+    }
+    let decision = role::load(&session.host)?.ok_or_else(|| {
+        Error::Failed(
+            "this node has not been set up (no role recorded); run `bootstrap up` first".into(),
+        )
+    })?;
+    if !decision.role.is_controller() {
+        return Err(Error::Failed(format!(
+            "this node is a {}; join material comes from a controller",
+            decision.role
+        )));
+    }
+    let _lock = lock::acquire(
+        &super::real_path(&session.host, state::LOCK_FILE),
+        session.config.lock_wait,
+        &format!("pid {} (bootstrap token create)", std::process::id()),
+    )?;
+    let ctx = session.distro_context(&decision, None);
+    let material = crate::distro::driver(session.image.distro).mint(&ctx, *join_role, ttl)?;
+    log::info!(
+        "join material for a {join_role} of this {} {} cluster, endpoint {}{}",
+        material.distro,
+        material.version,
+        material.endpoint,
+        material
+            .expires_at
+            .as_ref()
+            .map(|t| format!(", valid until {t}"))
+            .unwrap_or_default()
+    );
+    print!("{}", material.to_file_text());
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! `bootstrap upgrade --rootfs DIR|ARCHIVE`: version skew checked first, the new cluster
+//! image put in place (the previous one kept for rollback), the distro's upgrade steps,
+//! then `up`'s plan against the new image.
+
+use std::path::Path;
+
+use super::{Error, Session};
+use crate::cli::{Cli, UpgradeArgs};
+use crate::distro::skew::{self, UpgradeKind};
+use crate::host::Host;
+use crate::plan::{apply, journal::Journal, Plan};
+use crate::rootfs::{unpack, ClusterImage};
+use crate::state::{self, DoneMarker};
+use crate::{lock, role};
+
+pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
+    let session = Session::open(cli)?;
+    let host = &session.host;
+    let decision = role::load(host)?.ok_or_else(|| {
+        Error::Failed(
+            "this node has not been set up (no role recorded); run `bootstrap up` first".into(),
+        )
+    })?;
+    let done: DoneMarker = state::read_json(host, state::DONE_FILE).ok_or_else(|| {
+        Error::Failed(format!(
+            "{} is missing: `bootstrap up` has not finished on this node; finish it before upgrading",
+            state::DONE_FILE
+        ))
+    })?;
+    let _lock = lock::acquire(
+        &super::real_path(host, state::LOCK_FILE),
+        session.config.lock_wait,
+        &format!("pid {} (bootstrap upgrade)", std::process::id()),
+    )?;
+
+    let source = host.real_path(&args.image)?;
+    let arch = session.facts.arch.clone();
+    let (target, is_archive) = if source.is_dir() {
+        (ClusterImage::open(host, &args.image, &arch)?, false)
+    } else if source.is_file() {
+        let (listing, _) = crate::rootfs::inspect::list_archive(&source)?;
+        (ClusterImage::read(&listing, &arch)?, true)
+    } else {
+        return Err(Error::Usage(format!(
+            "--rootfs {}: neither a cluster-image folder nor an archive",
+            args.image.display()
+        )));
+    };
+
+    let driver = crate::distro::driver(session.image.distro);
+    let controller_versions = if decision.role.is_controller() {
+        None
+    } else {
+        Some(control_plane_versions(
+            host,
+            driver,
+            driver.node_kubeconfig(decision.role),
+        )?)
+    };
+    let kind = skew::check_upgrade(
+        session.image.distro,
+        &done.distro_version,
+        target.distro,
+        &target.metadata.version,
+        controller_versions.as_deref(),
+    )
+    .map_err(|e| Error::Failed(format!("upgrade refused: {e}")))?;
+    if kind == UpgradeKind::Same {
+        log::info!(
+            "this node already runs {} {}; nothing to upgrade",
+            target.distro,
+            target.metadata.version
+        );
+        return Ok(());
+    }
+    log::info!(
+        "upgrading {} from {} to {} ({})",
+        target.distro,
+        done.distro_version,
+        target.metadata.version,
+        if kind == UpgradeKind::Minor {
+            "next minor"
+        } else {
+            "patch"
+        }
+    );
+
+    let dest = host.real_path(&session.config.rootfs.dir)?;
+    let previous = std::fs::canonicalize(&dest).ok();
+    if is_archive {
+        let digest = unpack::expected_digest(&source, args.sha256.as_deref())?;
+        let options = unpack::UnpackOptions {
+            sha256: digest.as_ref().map(|d| d.0.clone()),
+            sha256_source: digest.map(|d| d.1),
+            max_size: None,
+            host_arch: arch.clone(),
+        };
+        unpack::unpack(&source, &dest, &options)?;
+    } else {
+        unpack::switch_link(&dest, &source, &arch)?;
+    }
+    if let Some(previous) = previous {
+        log::info!(
+            "the previous cluster image is kept at {} (for a rollback)",
+            previous.display()
+        );
+    }
+
+    let mut upgraded = Session::open(cli)?;
+    upgraded.upgrading = true;
+    let material = upgraded.join_material(&decision)?;
+    let ctx = upgraded.distro_context(&decision, material.as_ref());
+    let mut plan = Plan::default();
+    for step in driver.upgrade_steps(&ctx)? {
+        plan.push(step);
+    }
+    for step in upgraded.plan(&decision)?.steps {
+        plan.push(step);
+    }
+    let mut journal = Journal::load(host)?;
+    let report = apply(host, &plan, &mut journal)?;
+    state::write_json(
+        host,
+        state::DONE_FILE,
+        &DoneMarker {
+            at: state::now_rfc3339(),
+            distro_version: target.metadata.version.clone(),
+            steps: plan.len(),
+            ..done
+        },
+    )?;
+    host.remove_file(Path::new(state::FAILED_FILE))?;
+    log::info!(
+        "node {} now runs {} {}: {} steps applied",
+        upgraded.node_name(),
+        target.distro,
+        target.metadata.version,
+        report.applied.len()
+    );
+    Ok(())
+}
+
+/// The control plane's version, as the API server reports it through `kubeconfig`.
+fn control_plane_versions(
+    host: &dyn Host,
+    driver: &dyn crate::distro::Distro,
+    kubeconfig: &str,
+) -> Result<Vec<String>, Error> {
+    let command = driver.kubectl(kubeconfig).args(["version", "-o", "json"]);
+    let output = host.run(&command)?;
+    let refused = |why: String| {
+        Error::Failed(format!(
+            "upgrade refused: cannot learn the control plane's version to check that this worker stays behind it: {why}"
+        ))
+    };
+    if !output.success() {
+        return Err(refused(format!(
+            "`{command}` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| refused(format!("`{command}` printed no JSON: {e}")))?;
+    let version = doc["serverVersion"]["gitVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| refused(format!("`{command}` names no server version")))?;
+    Ok(vec![version.to_owned()])
+}

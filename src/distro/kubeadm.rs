@@ -1,0 +1,727 @@
+//! kubeadm: kubeadm, kubelet and kubectl with the kubelet unit and its `10-kubeadm.conf`
+//! drop-in; Init/Cluster/Join/KubeletConfiguration in the API version the Kubernetes
+//! version needs; token and certificate key chosen up front, only ever in 0600 files.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::steps::{self, keyed};
+use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole};
+use crate::host::CommandSpec;
+use crate::plan::{Phase, ServiceAction, Step};
+use crate::role::Role;
+use crate::secret::Secret;
+
+pub const KUBEADM: &str = "/usr/local/bin/kubeadm";
+pub const KUBELET: &str = "/usr/local/bin/kubelet";
+pub const KUBECTL: &str = "/usr/local/bin/kubectl";
+pub const KUBELET_UNIT: &str = "kubelet.service";
+pub const KUBELET_UNIT_PATH: &str = "/etc/systemd/system/kubelet.service";
+pub const KUBELET_DROPIN: &str = "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf";
+pub const STATE_DIR: &str = "/var/lib/bootstrap/kubeadm";
+pub const INIT_CONFIG: &str = "/var/lib/bootstrap/kubeadm/init.yaml";
+pub const JOIN_CONFIG: &str = "/var/lib/bootstrap/kubeadm/join.yaml";
+pub const UPLOAD_CONFIG: &str = "/var/lib/bootstrap/kubeadm/upload-certs.yaml";
+/// The token and certificate key this cluster was initialised with (0600).
+pub const SECRETS: &str = "/var/lib/bootstrap/kubeadm/secrets.json";
+/// When the control-plane certificates were last uploaded (RFC 3339).
+pub const CERTS_UPLOADED: &str = "/var/lib/bootstrap/kubeadm/certs-uploaded";
+pub const ADMIN_KUBECONFIG: &str = "/etc/kubernetes/admin.conf";
+pub const KUBELET_KUBECONFIG: &str = "/etc/kubernetes/kubelet.conf";
+pub const CA_CERT: &str = "/etc/kubernetes/pki/ca.crt";
+pub const CRI_SOCKET: &str = "unix:///var/run/containerd/containerd.sock";
+/// kubeadm deletes the uploaded certificates after 2 h; a controller joining on a key
+/// uploaded longer ago than this gets a fresh upload first.
+const CERTS_REUPLOAD_AFTER: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+const KUBEADM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// The kinds `distro.kubeadm` may carry, each merged into the document of that kind.
+pub const KINDS: [&str; 5] = [
+    "InitConfiguration",
+    "ClusterConfiguration",
+    "JoinConfiguration",
+    "KubeletConfiguration",
+    "KubeProxyConfiguration",
+];
+
+pub struct Kubeadm;
+
+/// The secrets chosen before `kubeadm init`.
+#[derive(Serialize, Deserialize)]
+struct Secrets {
+    token: String,
+    certificate_key: String,
+}
+
+/// `kubeadm.k8s.io/v1beta4` from Kubernetes 1.31, `v1beta3` before.
+pub fn api_version(ctx: &Context<'_>) -> &'static str {
+    match super::kube_version(&ctx.kube_version()) {
+        Some((1, minor, _)) if minor < 31 => "kubeadm.k8s.io/v1beta3",
+        _ => "kubeadm.k8s.io/v1beta4",
+    }
+}
+
+fn is_v1beta4(ctx: &Context<'_>) -> bool {
+    api_version(ctx).ends_with("v1beta4")
+}
+
+/// `{name: value}` in v1beta3, a list of `{name, value}` in v1beta4.
+fn args(ctx: &Context<'_>, pairs: &[(&str, String)]) -> Value {
+    if is_v1beta4(ctx) {
+        Value::Array(
+            pairs
+                .iter()
+                .map(|(n, v)| json!({"name": n, "value": v}))
+                .collect(),
+        )
+    } else {
+        Value::Object(
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), json!(v)))
+                .collect(),
+        )
+    }
+}
+
+/// `key[=value]:Effect` as kubeadm's taint object.
+fn taint(text: &str) -> Value {
+    let (kv, effect) = text.rsplit_once(':').unwrap_or((text, "NoSchedule"));
+    match kv.split_once('=') {
+        Some((key, value)) => json!({"key": key, "value": value, "effect": effect}),
+        None => json!({"key": kv, "effect": effect}),
+    }
+}
+
+fn node_registration(ctx: &Context<'_>) -> Value {
+    let mut kubelet_args = Vec::new();
+    if let Some(ip) = ctx.node_address {
+        kubelet_args.push(("node-ip", ip.to_string()));
+    }
+    let labels: Vec<String> = ctx
+        .config
+        .node
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !labels.is_empty() {
+        kubelet_args.push(("node-labels", labels.join(",")));
+    }
+    let mut taints: Vec<Value> = ctx.config.node.taints.iter().map(|t| taint(t)).collect();
+    // A lone controller must run workloads; on a bigger cluster controllers keep
+    // kubeadm's usual NoSchedule taint.
+    if ctx.role.is_controller() && !ctx.single_node() {
+        taints.insert(
+            0,
+            json!({"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}),
+        );
+    }
+    json!({
+        "name": ctx.node_name,
+        "criSocket": CRI_SOCKET,
+        "taints": taints,
+        "kubeletExtraArgs": args(ctx, &kubelet_args),
+        // Images come through the local registry mirror, or were imported; never from
+        // the Internet (containerd's hosts.toml has no upstream fallback).
+        "imagePullPolicy": "IfNotPresent",
+    })
+}
+
+fn user_docs<'a>(
+    ctx: &Context<'a>,
+) -> Result<&'a std::collections::BTreeMap<String, Value>, DistroError> {
+    for key in ctx.config.distro.kubeadm.keys() {
+        if !KINDS.contains(&key.as_str()) {
+            return Err(DistroError::Config {
+                field: format!("distro.kubeadm.{key}"),
+                message: format!("not a kubeadm kind; expected one of {}", KINDS.join(", ")),
+            });
+        }
+    }
+    Ok(&ctx.config.distro.kubeadm)
+}
+
+/// Each document merged with `distro.kubeadm.<kind>`, joined as a multi-document file
+/// of JSON objects (valid YAML, unambiguous types).
+fn render_docs(ctx: &Context<'_>, mut docs: Vec<Value>) -> Result<String, DistroError> {
+    let user = user_docs(ctx)?;
+    let present: Vec<String> = docs
+        .iter()
+        .filter_map(|d| d["kind"].as_str().map(str::to_owned))
+        .collect();
+    if present.iter().any(|k| k == "ClusterConfiguration")
+        && user.contains_key("KubeProxyConfiguration")
+    {
+        docs.push(json!({
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+        }));
+    }
+    let mut out = String::new();
+    for mut doc in docs {
+        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+        if let Some(extra) = user.get(&kind) {
+            if !extra.is_object() {
+                return Err(DistroError::Config {
+                    field: format!("distro.kubeadm.{kind}"),
+                    message: "expected a map of fields".into(),
+                });
+            }
+            super::merge_json(&mut doc, extra);
+        }
+        out.push_str("---\n");
+        out.push_str(&serde_json::to_string_pretty(&doc).unwrap_or_default());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn secrets(ctx: &Context<'_>) -> Result<Secrets, DistroError> {
+    if let Some(text) = ctx.host.read_string(Path::new(SECRETS))? {
+        if let Ok(existing) = serde_json::from_str::<Secrets>(&text) {
+            return Ok(existing);
+        }
+        log::warn!("{SECRETS} is unreadable; choosing a new token and certificate key");
+    }
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let id = crate::random::from_alphabet(6, alphabet).map_err(DistroError::Random)?;
+    let secret = crate::random::from_alphabet(16, alphabet).map_err(DistroError::Random)?;
+    Ok(Secrets {
+        token: format!("{id}.{secret}"),
+        certificate_key: crate::random::hex(32).map_err(DistroError::Random)?,
+    })
+}
+
+/// The init configuration: InitConfiguration (pre-chosen token and certificate key),
+/// ClusterConfiguration (pinned version, endpoint, SANs, subnets), KubeletConfiguration.
+fn render_init(ctx: &Context<'_>, secrets: &Secrets) -> Result<String, DistroError> {
+    let api = api_version(ctx);
+    let mut init = json!({
+        "apiVersion": api,
+        "kind": "InitConfiguration",
+        "bootstrapTokens": [{
+            "token": secrets.token,
+            "ttl": super::go_duration(ctx.config.join.token_ttl),
+            "usages": ["signing", "authentication"],
+            "groups": ["system:bootstrappers:kubeadm:default-node-token"],
+            "description": "bootstrap: the first joins",
+        }],
+        "nodeRegistration": node_registration(ctx),
+        "certificateKey": secrets.certificate_key,
+    });
+    if let Some(ip) = ctx.node_address {
+        init["localAPIEndpoint"] =
+            json!({"advertiseAddress": ip.to_string(), "bindPort": super::API_PORT});
+    }
+    let mut networking = serde_json::Map::new();
+    let (pod, service) = ctx.cidrs();
+    if let Some(pod) = pod {
+        networking.insert("podSubnet".into(), json!(pod));
+    }
+    if let Some(service) = service {
+        networking.insert("serviceSubnet".into(), json!(service));
+    }
+    let cluster = json!({
+        "apiVersion": api,
+        "kind": "ClusterConfiguration",
+        // Pinned: without it kubeadm asks the Internet for "stable-1".
+        "kubernetesVersion": ctx.kube_version(),
+        // Set at init, or the control plane can never grow.
+        "controlPlaneEndpoint": ctx.endpoint(),
+        "networking": Value::Object(networking),
+        "apiServer": {"certSANs": ctx.sans()},
+    });
+    let kubelet = json!({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        // Matches containerd's SystemdCgroup = true.
+        "cgroupDriver": "systemd",
+        "failSwapOn": true,
+        "containerRuntimeEndpoint": CRI_SOCKET,
+    });
+    render_docs(ctx, vec![init, cluster, kubelet])
+}
+
+fn render_join(ctx: &Context<'_>, material: &JoinMaterial) -> Result<String, DistroError> {
+    let hash = material
+        .ca_cert_hash
+        .clone()
+        .ok_or_else(|| DistroError::Mismatch {
+            path: super::MATERIAL_FILE,
+            reason: "kubeadm material has no ca_cert_hash".into(),
+        })?;
+    let mut join = json!({
+        "apiVersion": api_version(ctx),
+        "kind": "JoinConfiguration",
+        "discovery": {
+            "bootstrapToken": {
+                "token": material.token.expose(),
+                "apiServerEndpoint": material.endpoint,
+                // Pinned: never unsafeSkipCAVerification.
+                "caCertHashes": [hash],
+            },
+        },
+        "nodeRegistration": node_registration(ctx),
+    });
+    if ctx.role.is_controller() {
+        let key = material
+            .certificate_key
+            .as_ref()
+            .ok_or_else(|| DistroError::Mismatch {
+                path: super::MATERIAL_FILE,
+                reason: "a controller join needs the certificate key".into(),
+            })?;
+        let mut control_plane = json!({"certificateKey": key.expose()});
+        if let Some(ip) = ctx.node_address {
+            control_plane["localAPIEndpoint"] =
+                json!({"advertiseAddress": ip.to_string(), "bindPort": super::API_PORT});
+        }
+        join["controlPlane"] = control_plane;
+    }
+    render_docs(ctx, vec![join])
+}
+
+/// `kubelet.service` as the Kubernetes packages ship it, for our binary path.
+pub fn kubelet_unit() -> String {
+    format!(
+        "# Written by bootstrap (as the Kubernetes packages ship it); `bootstrap reset` removes it.\n\
+[Unit]\n\
+Description=kubelet: The Kubernetes Node Agent\n\
+Wants=network-online.target\n\
+After=network-online.target\n\
+\n\
+[Service]\n\
+ExecStart={KUBELET}\n\
+Restart=always\n\
+StartLimitInterval=0\n\
+RestartSec=10\n\
+\n\
+[Install]\n\
+WantedBy=multi-user.target\n"
+    )
+}
+
+/// The `10-kubeadm.conf` drop-in: kubeadm's kubeconfigs, config and flags file.
+pub fn kubelet_dropin() -> String {
+    format!(
+        "# Written by bootstrap (kubeadm's drop-in); `bootstrap reset` removes it.\n\
+[Service]\n\
+Environment=\"KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf\"\n\
+Environment=\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml\"\n\
+EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env\n\
+EnvironmentFile=-/etc/default/kubelet\n\
+ExecStart=\n\
+ExecStart={KUBELET} $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS\n"
+    )
+}
+
+/// `sha256:` + hex SHA-256 of the CA certificate's DER SubjectPublicKeyInfo, as kubeadm
+/// pins it.
+pub fn ca_cert_hash(pem: &[u8]) -> Result<String, String> {
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(spki))))
+}
+
+fn readiness(ctx: &Context<'_>, phase: Phase) -> Step {
+    if ctx.role.is_controller() {
+        steps::until_readyz(phase, Kubeadm.kubectl(ADMIN_KUBECONFIG), KUBELET_UNIT)
+    } else {
+        steps::until_ready(
+            phase,
+            "the kubelet runs with its cluster credentials",
+            steps::active(KUBELET_UNIT),
+            KUBELET_UNIT,
+        )
+    }
+}
+
+impl Distro for Kubeadm {
+    fn kind(&self) -> DistroKind {
+        DistroKind::Kubeadm
+    }
+
+    fn install_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
+        let unit = kubelet_unit();
+        let dropin = kubelet_dropin();
+        Ok(vec![
+            steps::install(
+                Phase::Install,
+                "kubeadm sets the node up",
+                ctx.bin("kubeadm")?,
+                KUBEADM,
+            ),
+            steps::install(
+                Phase::Install,
+                "the node agent",
+                ctx.bin("kubelet")?,
+                KUBELET,
+            ),
+            steps::install(
+                Phase::Install,
+                "for operators and manifests",
+                ctx.bin("kubectl")?,
+                KUBECTL,
+            ),
+            steps::write(
+                Phase::Install,
+                "kubeadm manages neither kubelet nor its unit",
+                KUBELET_UNIT_PATH,
+                0o644,
+                unit.clone().into_bytes(),
+            ),
+            steps::write(
+                Phase::Install,
+                "kubelet runs with what kubeadm writes",
+                KUBELET_DROPIN,
+                0o644,
+                dropin.clone().into_bytes(),
+            ),
+            crate::runtime::phase::daemon_reload(Phase::Install, &[&unit, &dropin]),
+            // kubeadm's preflight wants kubelet enabled; it crash-loops until init/join.
+            steps::service(
+                Phase::Install,
+                "kubelet starts at every boot",
+                KUBELET_UNIT,
+                ServiceAction::Enable,
+            ),
+        ])
+    }
+
+    fn cluster_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
+        let mut out = Vec::new();
+        if ctx.role == Role::InitController {
+            let secrets = secrets(ctx)?;
+            let secrets_text = serde_json::to_string(&secrets).unwrap_or_default();
+            let init = render_init(ctx, &secrets)?;
+            out.push(steps::write_secret(
+                Phase::Init,
+                "the token and certificate key, chosen before init so joins can be planned",
+                SECRETS,
+                Secret::new(secrets_text),
+            ));
+            out.push(steps::write_secret(
+                Phase::Init,
+                "kubeadm reads token and key from this 0600 file, never from argv",
+                INIT_CONFIG,
+                Secret::new(init),
+            ));
+            out.push(steps::run(
+                Phase::Init,
+                "initialise the control plane and upload its certificates for other controllers",
+                CommandSpec::new(KUBEADM)
+                    .args([
+                        "init",
+                        "--config",
+                        INIT_CONFIG,
+                        "--upload-certs",
+                        "--skip-token-print",
+                        "--skip-certificate-key-print",
+                    ])
+                    .timeout(KUBEADM_TIMEOUT),
+                Some(steps::file_exists(ADMIN_KUBECONFIG)),
+            ));
+            out.push(readiness(ctx, Phase::Init));
+        } else {
+            let material = ctx.material()?;
+            out.push(steps::write_secret(
+                Phase::Join,
+                "kubeadm reads token and key from this 0600 file, never from argv",
+                JOIN_CONFIG,
+                Secret::new(render_join(ctx, material)?),
+            ));
+            out.push(steps::run(
+                Phase::Join,
+                if ctx.role.is_controller() {
+                    "join the control plane"
+                } else {
+                    "join as a worker"
+                },
+                CommandSpec::new(KUBEADM)
+                    .args(["join", "--config", JOIN_CONFIG])
+                    .timeout(KUBEADM_TIMEOUT),
+                Some(steps::file_exists(KUBELET_KUBECONFIG)),
+            ));
+            out.push(readiness(ctx, Phase::Join));
+        }
+        Ok(out)
+    }
+
+    fn post_install_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
+        let mut out = Vec::new();
+        if !ctx.role.is_controller() {
+            return Ok(out);
+        }
+        if ctx.role == Role::InitController {
+            for (_, path) in ctx.manifests()? {
+                let contents = ctx.host.read(&path)?.unwrap_or_default();
+                out.push(keyed(
+                    steps::run(
+                        Phase::PostInstall,
+                        "the cluster image's manifests",
+                        self.kubectl(ADMIN_KUBECONFIG)
+                            .args(["apply", "-f"])
+                            .arg(path.display().to_string()),
+                        None,
+                    ),
+                    &[&contents],
+                ));
+            }
+        }
+        out.extend(super::operator_kubeconfig(ctx, ADMIN_KUBECONFIG)?);
+        Ok(out)
+    }
+
+    fn mint(
+        &self,
+        ctx: &Context<'_>,
+        role: JoinRole,
+        ttl: std::time::Duration,
+    ) -> Result<JoinMaterial, DistroError> {
+        let created = ctx.host.run_checked(&CommandSpec::new(KUBEADM).args([
+            "token".to_owned(),
+            "create".to_owned(),
+            "--ttl".to_owned(),
+            super::go_duration(ttl),
+            "--description".to_owned(),
+            "bootstrap join".to_owned(),
+        ]))?;
+        let token = created.stdout_text().trim().to_owned();
+        if !is_bootstrap_token(&token) {
+            return Err(DistroError::Cluster {
+                what: "kubeadm token create".into(),
+                reason: "printed no bootstrap token".into(),
+            });
+        }
+        let pem = ctx
+            .host
+            .read(Path::new(CA_CERT))?
+            .ok_or_else(|| DistroError::Cluster {
+                what: CA_CERT.into(),
+                reason: "missing: kubeadm has not initialised this controller".into(),
+            })?;
+        let hash = ca_cert_hash(&pem).map_err(|reason| DistroError::Cluster {
+            what: CA_CERT.into(),
+            reason,
+        })?;
+        let mut material =
+            super::material(ctx, role, Secret::new(token), Some(super::expiry(ttl)))?;
+        material.ca_cert_hash = Some(hash);
+        if role == JoinRole::Controller {
+            material.certificate_key = Some(certificate_key_for_join(ctx)?);
+        }
+        Ok(material)
+    }
+
+    fn admin_kubeconfig(&self) -> &'static str {
+        ADMIN_KUBECONFIG
+    }
+
+    fn node_kubeconfig(&self, _role: Role) -> &'static str {
+        KUBELET_KUBECONFIG
+    }
+
+    fn kubectl(&self, kubeconfig: &str) -> CommandSpec {
+        CommandSpec::new(KUBECTL).args(["--kubeconfig", kubeconfig])
+    }
+
+    fn leave_steps(&self, _ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
+        // `kubeadm reset` removes a control plane's stacked etcd member itself.
+        Ok(Vec::new())
+    }
+
+    fn teardown_steps(&self) -> Vec<Step> {
+        let mut out = vec![steps::run(
+            Phase::Reset,
+            "kubeadm's own reset: static pods, etcd member, certificates, kubelet state",
+            CommandSpec::new(KUBEADM)
+                .args(["reset", "--force", "--cri-socket", CRI_SOCKET])
+                .timeout(KUBEADM_TIMEOUT),
+            Some(steps::absent(KUBELET_KUBECONFIG)),
+        )];
+        out.push(steps::service(
+            Phase::Reset,
+            "kubelet stops",
+            KUBELET_UNIT,
+            ServiceAction::Stop,
+        ));
+        out.extend(super::teardown_common(
+            "/usr/local/bin/containerd-shim-runc-v2",
+            &[
+                "/var/lib/kubelet",
+                "/run/containerd",
+                "/var/lib/containerd",
+                "/run/netns",
+            ],
+            &[
+                "cni0",
+                "flannel.1",
+                "kube-ipvs0",
+                "cilium_host",
+                "vxlan.calico",
+            ],
+        ));
+        // What kubeadm reset leaves behind (distros.md §3.4).
+        for path in [
+            "/etc/kubernetes",
+            "/var/lib/kubelet",
+            "/var/lib/etcd",
+            "/etc/cni/net.d",
+            "/var/lib/cni",
+            "/var/lib/containerd",
+            "/run/containerd",
+            STATE_DIR,
+        ] {
+            out.push(steps::remove(
+                Phase::Reset,
+                "state kubeadm reset leaves behind",
+                path,
+            ));
+        }
+        out
+    }
+
+    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
+        let target = ctx.kube_version();
+        let upgrade = if ctx.role == Role::InitController {
+            CommandSpec::new(KUBEADM).args(["upgrade", "apply", target.as_str(), "--yes"])
+        } else {
+            CommandSpec::new(KUBEADM).args(["upgrade", "node"])
+        };
+        Ok(vec![
+            steps::install(
+                Phase::Upgrade,
+                "kubeadm first: it upgrades the control plane",
+                ctx.bin("kubeadm")?,
+                KUBEADM,
+            ),
+            keyed(
+                steps::run(
+                    Phase::Upgrade,
+                    if ctx.role == Role::InitController {
+                        "upgrade the control plane (first controller)"
+                    } else {
+                        "upgrade this node's kubeadm-managed parts"
+                    },
+                    upgrade.timeout(KUBEADM_TIMEOUT),
+                    None,
+                ),
+                &[target.as_bytes()],
+            ),
+            steps::install(
+                Phase::Upgrade,
+                "then the node agent",
+                ctx.bin("kubelet")?,
+                KUBELET,
+            ),
+            steps::install(Phase::Upgrade, "and kubectl", ctx.bin("kubectl")?, KUBECTL),
+            keyed(
+                steps::service(
+                    Phase::Upgrade,
+                    "kubelet restarts on the new binary",
+                    KUBELET_UNIT,
+                    ServiceAction::Restart,
+                ),
+                &[target.as_bytes()],
+            ),
+            readiness(ctx, Phase::Upgrade),
+        ])
+    }
+}
+
+/// `[a-z0-9]{6}.[a-z0-9]{16}`, kubeadm's token format.
+pub fn is_bootstrap_token(token: &str) -> bool {
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    matches!(token.split_once('.'), Some((id, secret)) if ok(id, 6) && ok(secret, 16))
+}
+
+/// The certificate key for a controller join; the certificates are uploaded again first
+/// when the last upload is old enough that kubeadm may delete them before the join.
+fn certificate_key_for_join(ctx: &Context<'_>) -> Result<Secret, DistroError> {
+    let secrets = secrets(ctx)?;
+    let last_upload = match ctx.host.read_string(Path::new(CERTS_UPLOADED))? {
+        Some(text) => humantime::parse_rfc3339(text.trim()).ok(),
+        // Uploaded by `kubeadm init --upload-certs`, when admin.conf was written.
+        None => std::fs::metadata(ctx.host.real_path(Path::new(ADMIN_KUBECONFIG))?)
+            .and_then(|m| m.modified())
+            .ok(),
+    };
+    let fresh = last_upload
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < CERTS_REUPLOAD_AFTER);
+    let uploaded_with_this_key = ctx.host.exists(Path::new(SECRETS))?;
+    if !fresh || !uploaded_with_this_key {
+        let config = render_docs(
+            ctx,
+            vec![
+                json!({
+                    "apiVersion": api_version(ctx),
+                    "kind": "InitConfiguration",
+                    "certificateKey": secrets.certificate_key,
+                    "nodeRegistration": {"criSocket": CRI_SOCKET},
+                }),
+                json!({
+                    "apiVersion": api_version(ctx),
+                    "kind": "ClusterConfiguration",
+                    "kubernetesVersion": ctx.kube_version(),
+                    "controlPlaneEndpoint": ctx.endpoint(),
+                }),
+            ],
+        )?;
+        ctx.host
+            .write_atomic(Path::new(UPLOAD_CONFIG), config.as_bytes(), 0o600, None)?;
+        if !uploaded_with_this_key {
+            let text = serde_json::to_string(&secrets).unwrap_or_default();
+            ctx.host
+                .write_atomic(Path::new(SECRETS), text.as_bytes(), 0o600, None)?;
+        }
+        log::info!("uploading the control-plane certificates again (kubeadm keeps them 2 h)");
+        ctx.host.run_checked(
+            &CommandSpec::new(KUBEADM)
+                .args([
+                    "init",
+                    "phase",
+                    "upload-certs",
+                    "--upload-certs",
+                    "--config",
+                    UPLOAD_CONFIG,
+                ])
+                .timeout(KUBEADM_TIMEOUT),
+        )?;
+        ctx.host.write_atomic(
+            Path::new(CERTS_UPLOADED),
+            crate::state::now_rfc3339().as_bytes(),
+            0o600,
+            None,
+        )?;
+    }
+    Ok(Secret::new(secrets.certificate_key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_parse_like_kubectl() {
+        assert_eq!(
+            taint("dedicated=gpu:NoSchedule"),
+            json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"})
+        );
+        assert_eq!(
+            taint("maintenance:NoExecute"),
+            json!({"key": "maintenance", "effect": "NoExecute"})
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! Small builders for the steps every driver uses.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::host::CommandSpec;
+use crate::plan::{Action, Contents, Phase, Probe, ServiceAction, Step};
+use crate::secret::Secret;
+
+pub fn write(phase: Phase, reason: &str, path: &str, mode: u32, bytes: Vec<u8>) -> Step {
+    Step::new(
+        phase,
+        reason,
+        Action::WriteFile {
+            path: PathBuf::from(path),
+            mode,
+            owner: None,
+            contents: Contents::Public(bytes),
+        },
+    )
+}
+
+pub fn write_secret(phase: Phase, reason: &str, path: &str, secret: Secret) -> Step {
+    Step::new(
+        phase,
+        reason,
+        Action::WriteFile {
+            path: PathBuf::from(path),
+            mode: 0o600,
+            owner: None,
+            contents: Contents::Secret(secret),
+        },
+    )
+}
+
+pub fn install(phase: Phase, reason: &str, source: PathBuf, dest: &str) -> Step {
+    Step::new(
+        phase,
+        reason,
+        Action::InstallBinary {
+            source,
+            dest: PathBuf::from(dest),
+            mode: 0o755,
+        },
+    )
+}
+
+pub fn symlink(phase: Phase, reason: &str, path: &str, target: &str) -> Step {
+    Step::new(
+        phase,
+        reason,
+        Action::Symlink {
+            path: PathBuf::from(path),
+            target: PathBuf::from(target),
+        },
+    )
+}
+
+pub fn service(phase: Phase, reason: &str, unit: &str, action: ServiceAction) -> Step {
+    Step::new(
+        phase,
+        reason,
+        Action::Service {
+            unit: unit.to_owned(),
+            action,
+        },
+    )
+}
+
+pub fn run(phase: Phase, reason: &str, command: CommandSpec, done_when: Option<Probe>) -> Step {
+    Step::new(phase, reason, Action::RunCommand { command, done_when })
+}
+
+pub fn remove(phase: Phase, reason: &str, path: &str) -> Step {
+    Step::new(
+        phase,
+        reason,
+        Action::Remove {
+            path: PathBuf::from(path),
+        },
+    )
+}
+
+pub fn wait(
+    phase: Phase,
+    reason: &str,
+    probe: Probe,
+    fail_when: Option<Probe>,
+    timeout: Duration,
+) -> Step {
+    Step::new(
+        phase,
+        reason,
+        Action::WaitFor {
+            probe,
+            fail_when,
+            timeout,
+            interval: Duration::from_secs(2),
+        },
+    )
+}
+
+/// A bounded wait for the distro to come up that gives up at once when `unit` fails.
+pub fn until_ready(phase: Phase, reason: &str, probe: Probe, unit: &str) -> Step {
+    wait(
+        phase,
+        reason,
+        probe,
+        Some(failed(unit)),
+        super::READY_TIMEOUT,
+    )
+}
+
+/// Waits until the API server answers `/readyz` through `kubectl`.
+pub fn until_readyz(phase: Phase, kubectl: CommandSpec, unit: &str) -> Step {
+    until_ready(
+        phase,
+        "the API server answers /readyz",
+        Probe::CommandSucceeds {
+            command: kubectl.args(["get", "--raw", "/readyz"]),
+        },
+        unit,
+    )
+}
+
+/// A step that runs once per distinct `inputs`: its id carries their digest, so a change
+/// runs it again and an unchanged re-run finds it journaled.
+pub fn keyed(mut step: Step, inputs: &[&[u8]]) -> Step {
+    let mut hasher = Sha256::new();
+    for bytes in inputs {
+        hasher.update(Sha256::digest(bytes));
+    }
+    step.id = format!("{}@{}", step.id, hex::encode(&hasher.finalize()[..6]));
+    step
+}
+
+pub fn file_exists(path: &str) -> Probe {
+    Probe::FileExists {
+        path: PathBuf::from(path),
+    }
+}
+
+pub fn absent(path: &str) -> Probe {
+    Probe::Absent {
+        path: PathBuf::from(path),
+    }
+}
+
+pub fn active(unit: &str) -> Probe {
+    Probe::ServiceActive {
+        unit: unit.to_owned(),
+    }
+}
+
+pub fn failed(unit: &str) -> Probe {
+    Probe::ServiceFailed {
+        unit: unit.to_owned(),
+    }
+}
+
+/// A path relative to `from`'s folder that leads to `to` (both absolute host paths), so
+/// a symlink works the same under `--root` as on the node.
+pub fn relative_target(from: &str, to: &str) -> String {
+    let from_dir: Vec<_> = Path::new(from)
+        .parent()
+        .map(|p| p.components().skip(1).collect())
+        .unwrap_or_default();
+    let to_parts: Vec<_> = Path::new(to).components().skip(1).collect();
+    let common = from_dir
+        .iter()
+        .zip(&to_parts)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut out = PathBuf::new();
+    for _ in common..from_dir.len() {
+        out.push("..");
+    }
+    for part in &to_parts[common..] {
+        out.push(part);
+    }
+    out.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_targets() {
+        assert_eq!(
+            relative_target("/root/.kube/config", "/etc/rancher/k3s/k3s.yaml"),
+            "../../etc/rancher/k3s/k3s.yaml"
+        );
+        assert_eq!(
+            relative_target("/usr/local/bin/kubectl", "/usr/local/bin/k3s"),
+            "k3s"
+        );
+    }
+}
