@@ -21,6 +21,11 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 [ -x /bin/busybox ] && file -L /bin/busybox | grep -q static || missing+=(busybox-static)
 command -v unshare >/dev/null || missing+=(util-linux)
 python3 -c 'import tomllib' 2>/dev/null || missing+=(python3)
+command -v cloud-init >/dev/null || missing+=(cloud-init)
+command -v dpkg-deb >/dev/null || missing+=(dpkg)
+command -v zstd >/dev/null || missing+=(zstd)
+command -v man >/dev/null || missing+=(man-db)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
@@ -58,3 +63,5 @@ cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+
+if [ "$(id -u)" -eq 0 ]; then echo "== .deb: build, dpkg -i, check, dpkg -r"; scripts/test-deb.sh; else echo "== .deb: SKIPPED (scripts/test-deb.sh needs root for dpkg -i)"; fi
