@@ -109,6 +109,9 @@ pub enum Command {
     /// Join material for other nodes (on a running controller)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The join service: hands join material to nodes that prove they hold the join
+    /// secret (run on controllers by bootstrap-join.service)
+    Serve(ServeArgs),
     /// Take this node out of the cluster (drain, delete the node and its etcd
     /// member), then reset it
     Leave(LeaveArgs),
@@ -180,6 +183,14 @@ pub enum TokenCommand {
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
     },
+}
+
+/// `serve` options.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on [default: 0.0.0.0:join.port]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
 }
 
 /// `leave` options.

@@ -11,6 +11,7 @@ pub mod duration_serde;
 pub mod facts;
 pub mod host;
 pub mod hostprep;
+pub mod join;
 pub mod lock;
 pub mod logging;
 pub mod parsed;

@@ -246,14 +246,19 @@ fn three_nodes_join_and_leave(case: &Case) {
     );
     a.run(&["up"]).assert_code(0);
 
-    // A joiner without material says where it must be, and changes nothing.
-    let run = w.run(&["up"]);
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains("/var/lib/bootstrap/join/material.json"),
-        "{}",
-        run.all()
+    // A joiner whose controllers' join service does not answer gives up at join.timeout
+    // with exit 4 and the cause (here: nothing listens on loopback port 9).
+    let run = w.run_with_env(
+        &["up"],
+        &[
+            ("BOOTSTRAP_CLUSTER__CONTROLLERS", "[127.0.0.2]"),
+            ("BOOTSTRAP_JOIN__PORT", "9"),
+            ("BOOTSTRAP_JOIN__TIMEOUT", "2s"),
+        ],
     );
+    run.assert_code(4);
+    assert!(run.stderr.contains("unreachable"), "{}", run.all());
+    assert!(!w.exists("/var/lib/bootstrap/join-started"));
 
     hand_material(&a, &w, "worker");
     let run = w.run(&["up"]);

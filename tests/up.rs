@@ -308,34 +308,37 @@ fn cluster_api_sentinel_only_on_success() {
 
 #[test]
 fn the_role_is_persisted_and_a_joined_node_never_initialises() {
-    let node = Node::new();
+    // No join service answers on these loopback addresses: the worker gives up quickly.
+    let node = Node::new()
+        .env("BOOTSTRAP_JOIN__TIMEOUT", "1s")
+        .env("BOOTSTRAP_JOIN__PORT", "9");
     node.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
     node.config(
-        "cluster:\n  controllers: [10.255.0.1, 10.255.0.2]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+        "cluster:\n  controllers: [127.0.0.2, 127.0.0.3]\n  join_secret_file: /etc/bootstrap/join-secret\n",
     );
-    // A worker without join material stops before changing the host, but its role is
-    // decided and kept.
+    // A worker that gets no join material stops (exit 4) before changing the host, but
+    // its role is decided and kept.
     let run = node.run(&["up"]);
-    run.assert_code(1);
-    assert!(run.stderr.contains("no join material"), "{}", run.stderr);
+    run.assert_code(4);
+    assert!(run.stderr.contains("unreachable"), "{}", run.stderr);
     let role = node.read("/var/lib/bootstrap/role.json").unwrap();
     assert!(role.contains("\"worker\""), "{role}");
     // The config now names this host first: it would initialise a second cluster.
     node.config(
-        "cluster:\n  controllers: [node-1, 10.255.0.1]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+        "cluster:\n  controllers: [node-1, 127.0.0.2]\n  join_secret_file: /etc/bootstrap/join-secret\n",
     );
     let run = node.run(&["up"]);
     run.assert_code(2);
     assert!(run.stderr.contains("never initialise"), "{}", run.stderr);
     let plan = node.run(&["plan"]);
     plan.assert_code(2);
-    // Back to the old settings: no role conflict (only the material is still missing).
+    // Back to the old settings: no role conflict (only the join service is still missing).
     node.config(
-        "cluster:\n  controllers: [10.255.0.1, 10.255.0.2]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+        "cluster:\n  controllers: [127.0.0.2, 127.0.0.3]\n  join_secret_file: /etc/bootstrap/join-secret\n",
     );
     let run = node.run(&["up"]);
-    run.assert_code(1);
-    assert!(run.stderr.contains("no join material"), "{}", run.stderr);
+    run.assert_code(4);
+    assert!(run.stderr.contains("unreachable"), "{}", run.stderr);
 }
 
 #[test]
@@ -378,7 +381,10 @@ fn the_secret_never_leaks() {
 
 #[test]
 fn the_secret_file_is_not_copied_or_shown() {
-    let node = Node::new();
+    // No join service answers on these loopback addresses: the worker gives up quickly.
+    let node = Node::new()
+        .env("BOOTSTRAP_JOIN__TIMEOUT", "1s")
+        .env("BOOTSTRAP_JOIN__PORT", "9");
     node.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
     node.config(
         "cluster:\n  controllers: [127.0.0.1]\n  join_secret_file: /etc/bootstrap/join-secret\n",

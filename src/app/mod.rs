@@ -6,6 +6,7 @@ mod plan_cmd;
 mod preflight_cmd;
 mod reset;
 mod rootfs_cmd;
+mod serve_cmd;
 mod status;
 mod token_cmd;
 mod up;
@@ -60,6 +61,8 @@ pub enum Error {
     Apply(Box<ApplyError>),
     #[error(transparent)]
     Host(#[from] HostError),
+    #[error("{0}")]
+    PeerTimeout(String),
 }
 
 impl From<crate::rootfs::unpack::UnpackError> for Error {
@@ -91,6 +94,7 @@ impl Error {
             Error::Role(RoleError::Host(_)) => exit::FAILED,
             Error::Role(_) => exit::USAGE,
             Error::Preflight(_) => exit::PREFLIGHT,
+            Error::PeerTimeout(_) => exit::PEER_TIMEOUT,
             _ => exit::FAILED,
         }
     }
@@ -115,6 +119,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Some(Command::Preflight(args)) => preflight_cmd::run(&cli, args),
         Some(Command::Rootfs(command)) => rootfs_cmd::run(command),
         Some(Command::Token(command)) => token_cmd::run(&cli, command),
+        Some(Command::Serve(args)) => serve_cmd::run(&cli, args),
         Some(Command::Leave(args)) => leave::run(&cli, args),
         Some(Command::Reset(args)) => reset::run(&cli, args),
         Some(Command::Upgrade(args)) => upgrade::run(&cli, args),
@@ -268,6 +273,11 @@ impl Session {
             for step in driver.post_install_steps(&ctx)? {
                 plan.push(step);
             }
+            if role.role.is_controller() && self.config.join_secret().is_some() {
+                for step in self.join_service_steps()? {
+                    plan.push(step);
+                }
+            }
         } else {
             log::info!("the runtime steps are planned once the cluster image is unpacked; run `up` again after it, or let this `up` go on");
         }
@@ -325,6 +335,23 @@ impl Session {
             }
         }
         Ok(plan)
+    }
+
+    /// `bootstrap-join.service`, running the image's bootstrap if it ships one, else the
+    /// binary running now.
+    fn join_service_steps(&self) -> Result<Vec<crate::plan::Step>, Error> {
+        let bin_dir = self.image.host_subdir(&self.host, "bin")?;
+        let shipped = bin_dir.join("bootstrap");
+        let image_binary = self
+            .host
+            .stat(&shipped)?
+            .is_some_and(|m| m.kind == crate::host::FileKind::File)
+            .then_some(shipped);
+        let running = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "/usr/bin/bootstrap".to_owned());
+        crate::join::service_steps(image_binary, &running)
+            .map_err(|e| crate::runtime::phase::RuntimeError::from(e).into())
     }
 
     /// The driver's view of this node.

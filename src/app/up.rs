@@ -68,6 +68,11 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
         return Err(Error::Preflight(failures));
     }
 
+    let fetched = if decision.role.joins() {
+        fetch_material(session, &decision)?
+    } else {
+        false
+    };
     if decision.role.joins() && session.join_material(&decision)?.is_none() {
         return Err(crate::distro::DistroError::NoMaterial {
             path: crate::distro::MATERIAL_FILE,
@@ -94,6 +99,10 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
         let second = apply(host, &plan, &mut journal)?;
         report.applied.extend(second.applied);
         report.in_place = second.in_place;
+    }
+
+    if fetched && decision.role == crate::role::Role::JoinController {
+        release_lease(session);
     }
 
     let marker_present = host.exists(Path::new(state::DONE_FILE))?;
@@ -155,6 +164,79 @@ fn install_stage(cli: &Cli) -> Result<(), Error> {
         report.applied.len()
     );
     Ok(())
+}
+
+/// Fetches join material from the controllers' join service when this joiner has none
+/// (or only expired material and has not joined yet). `Ok(true)` when it fetched.
+fn fetch_material(session: &Session, decision: &role::RoleDecision) -> Result<bool, Error> {
+    use crate::distro::{JoinMaterial, JoinRole, MATERIAL_FILE};
+    let host = &session.host;
+    let existing = JoinMaterial::load(host).map_err(crate::distro::DistroError::from)?;
+    let joined = host.exists(Path::new(state::DONE_FILE))?;
+    let usable = existing.as_ref().is_some_and(|m| {
+        joined
+            || m.expires_at
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .is_none_or(|t| t > std::time::SystemTime::now())
+    });
+    if usable {
+        return Ok(false);
+    }
+    let (Some(secret), false) = (
+        session.config.join_secret(),
+        session.config.cluster.controllers.is_empty(),
+    ) else {
+        // Nothing to ask with: the caller reports the missing material.
+        return Ok(false);
+    };
+    let role = if decision.role.is_controller() {
+        JoinRole::Controller
+    } else {
+        JoinRole::Worker
+    };
+    let fetch = crate::join::Fetch {
+        targets: crate::join::targets(
+            &session.config.cluster.controllers,
+            session.config.join.port,
+        ),
+        node: session.node_name(),
+        role,
+        credential: None,
+        timeout: session.config.join.timeout,
+        backoff: crate::join::Backoff::default(),
+    };
+    log::info!(
+        "asking the controllers for join material as a {role} ({}; at most {})",
+        fetch.targets.join(", "),
+        humantime::format_duration(fetch.timeout)
+    );
+    let keys = crate::join::JoinKeys::from_secret(secret);
+    let material = crate::join::client::fetch(&keys, &fetch)
+        .map_err(|gave_up| Error::PeerTimeout(format!("join: {gave_up}")))?;
+    host.create_dir_all(Path::new("/var/lib/bootstrap/join"), 0o700)?;
+    host.write_atomic(
+        Path::new(MATERIAL_FILE),
+        material.to_file_text().as_bytes(),
+        0o600,
+        None,
+    )?;
+    Ok(true)
+}
+
+/// Tells the first controller this controller has joined, so the next may.
+fn release_lease(session: &Session) {
+    let Some(secret) = session.config.join_secret() else {
+        return;
+    };
+    let keys = crate::join::JoinKeys::from_secret(secret);
+    let targets = crate::join::targets(
+        &session.config.cluster.controllers,
+        session.config.join.port,
+    );
+    if let Err(cause) = crate::join::client::release(&keys, &targets, &session.node_name()) {
+        log::warn!("could not release the control-plane join lease ({cause}); it lapses by itself");
+    }
 }
 
 fn record_failure(host: &dyn Host, error: &Error) {

@@ -13,7 +13,7 @@ use crate::secret::Secret;
 pub const MATERIAL_FILE: &str = "/var/lib/bootstrap/join/material.json";
 
 /// The role a node joins as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JoinRole {
     Worker,

@@ -228,6 +228,15 @@ impl Node {
         to_run(self.command(args).output().expect("run bootstrap"))
     }
 
+    /// One run with extra environment.
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        to_run(cmd.output().expect("run bootstrap"))
+    }
+
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.command(args)
             .stdout(Stdio::piped())

@@ -1,0 +1,268 @@
+//! The joiner's side: ask the controllers in turn for join material, with exponential
+//! backoff and full jitter until a deadline, logging why each try failed.
+
+use std::fmt;
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use super::keys::JoinKeys;
+use super::proto::{self, Request, RequestKind, Response, Status};
+use crate::distro::{JoinMaterial, JoinRole};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const IO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why one try failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// No TCP connection (down, not listening yet, no route).
+    Unreachable(String),
+    /// TLS failed, or the server did not prove the join secret.
+    Tls(String),
+    /// The server refused our credentials or request.
+    Refused(String),
+    /// The cluster is not initialised yet, or cannot mint.
+    NotReady(String),
+    /// Another controller is joining.
+    Busy(String),
+    /// A broken or unauthenticated answer.
+    Protocol(String),
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Unreachable(m) => write!(f, "unreachable: {m}"),
+            Cause::Tls(m) => write!(f, "TLS: {m}"),
+            Cause::Refused(m) => write!(f, "refused credentials: {m}"),
+            Cause::NotReady(m) => write!(f, "controller not initialised yet: {m}"),
+            Cause::Busy(m) => write!(f, "admission busy: {m}"),
+            Cause::Protocol(m) => write!(f, "bad answer: {m}"),
+        }
+    }
+}
+
+/// Backoff between rounds over all controllers: a random delay up to
+/// `min(cap, base * 2^round)` ("full jitter").
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before round `round + 1`.
+    pub fn delay(&self, round: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32.checked_shl(round.min(20)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        let mut byte = [0u8; 8];
+        let fraction = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut byte))
+            .map(|()| u64::from_le_bytes(byte) as f64 / u64::MAX as f64)
+            .unwrap_or(0.5);
+        ceiling.mul_f64(fraction)
+    }
+}
+
+/// Gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GaveUp {
+    pub attempts: u32,
+    pub waited: Duration,
+    pub last: Cause,
+}
+
+impl fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no join material after {} tries in {}; last cause: {}",
+            self.attempts,
+            humantime::format_duration(Duration::from_secs(self.waited.as_secs())),
+            self.last
+        )
+    }
+}
+
+/// One request to one controller.
+pub fn ask(address: &str, keys: &JoinKeys, request: &Request) -> Result<Response, Cause> {
+    let addr = address
+        .to_socket_addrs()
+        .map_err(|e| Cause::Unreachable(format!("{address}: {e}")))?
+        .next()
+        .ok_or_else(|| Cause::Unreachable(format!("{address}: no address")))?;
+    let mut sock = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| Cause::Unreachable(format!("{address}: {e}")))?;
+    let _ = sock.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = sock.set_write_timeout(Some(IO_TIMEOUT));
+    let config = super::tls::client_config(keys.pin()).map_err(Cause::Tls)?;
+    let mut conn = rustls::ClientConnection::new(config, super::tls::server_name())
+        .map_err(|e| Cause::Tls(e.to_string()))?;
+    // Finish the handshake first: nothing is sent before the server has proved its key.
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)
+            .map_err(|e| Cause::Tls(format!("{address}: {}", tls_reason(&e))))?;
+    }
+    let binding = conn
+        .export_keying_material(vec![0u8; 32], proto::EXPORTER_LABEL, None)
+        .map_err(|e| Cause::Tls(e.to_string()))?;
+    let body = serde_json::to_vec(request).map_err(|e| Cause::Protocol(e.to_string()))?;
+    let tag = proto::tag(keys.mac_key(), proto::REQUEST_LABEL, &binding, &body);
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    proto::write_frame(&mut tls, &body, tag.as_ref())
+        .map_err(|e| Cause::Unreachable(format!("{address}: sending: {e}")))?;
+    let _ = tls.flush();
+    let (reply, reply_tag) = proto::read_frame(&mut tls)
+        .map_err(|e| Cause::Unreachable(format!("{address}: reading the answer: {e}")))?;
+    let response: Response =
+        serde_json::from_slice(&reply).map_err(|e| Cause::Protocol(format!("{address}: {e}")))?;
+    let authentic = proto::verify(
+        keys.mac_key(),
+        proto::RESPONSE_LABEL,
+        &binding,
+        &reply,
+        &reply_tag,
+    );
+    match (response.status, authentic) {
+        (Status::Refused, _) => Err(Cause::Refused(format!("{address}: {}", response.message))),
+        (_, false) => Err(Cause::Protocol(format!(
+            "{address}: the answer is not authenticated by the join secret"
+        ))),
+        (Status::NotReady, true) => {
+            Err(Cause::NotReady(format!("{address}: {}", response.message)))
+        }
+        (Status::Busy, true) => Err(Cause::Busy(format!("{address}: {}", response.message))),
+        (Status::Ok, true) => Ok(response),
+    }
+}
+
+fn tls_reason(e: &std::io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::General(m)) => m.clone(),
+        Some(other) => other.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// What to ask, of whom, for how long.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// `host:port` of each controller, in order.
+    pub targets: Vec<String>,
+    pub node: String,
+    pub role: JoinRole,
+    pub credential: Option<String>,
+    pub timeout: Duration,
+    pub backoff: Backoff,
+}
+
+/// Join material from the first controller that gives it, retrying until the timeout.
+pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
+    let start = Instant::now();
+    let request = Request {
+        version: 1,
+        kind: RequestKind::Join,
+        role: fetch.role,
+        node: fetch.node.clone(),
+        credential: fetch.credential.clone(),
+    };
+    let mut attempts = 0;
+    let mut round = 0;
+    let mut last = Cause::Unreachable("no controller to ask".into());
+    loop {
+        for target in &fetch.targets {
+            attempts += 1;
+            match ask(target, keys, &request) {
+                Ok(response) => {
+                    let text = response.material.unwrap_or_default();
+                    match JoinMaterial::parse(&text, &format!("the answer of {target}")) {
+                        Ok(material) => {
+                            log::info!("join material from {target} (try {attempts})");
+                            return Ok(material);
+                        }
+                        Err(e) => last = Cause::Protocol(e.to_string()),
+                    }
+                }
+                Err(cause) => last = cause,
+            }
+            log::warn!("join: try {attempts} failed: {last}");
+            if start.elapsed() >= fetch.timeout {
+                break;
+            }
+        }
+        let left = fetch.timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(GaveUp {
+                attempts,
+                waited: start.elapsed(),
+                last,
+            });
+        }
+        let delay = fetch.backoff.delay(round).min(left);
+        log::info!(
+            "join: asking again in {:.1} s ({} s left of join.timeout)",
+            delay.as_secs_f64(),
+            left.as_secs()
+        );
+        std::thread::sleep(delay);
+        round += 1;
+    }
+}
+
+/// Gives a controller's admission lease back (best effort, a few tries).
+pub fn release(keys: &JoinKeys, targets: &[String], node: &str) -> Result<(), Cause> {
+    let request = Request {
+        version: 1,
+        kind: RequestKind::Release,
+        role: JoinRole::Controller,
+        node: node.to_owned(),
+        credential: None,
+    };
+    let mut last = Cause::Unreachable("no controller to tell".into());
+    for _ in 0..3 {
+        for target in targets {
+            match ask(target, keys, &request) {
+                Ok(_) => return Ok(()),
+                Err(cause) => last = cause,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(800),
+        };
+        for round in 0..40 {
+            let d = b.delay(round);
+            assert!(d <= Duration::from_millis(800), "{d:?}");
+        }
+        assert!(b.delay(0) <= Duration::from_millis(100));
+        let spread: std::collections::BTreeSet<u128> =
+            (0..20).map(|_| b.delay(5).as_micros()).collect();
+        assert!(spread.len() > 1, "no jitter");
+    }
+}

@@ -1,0 +1,124 @@
+//! The join service and its client: authenticated join material from any controller, with
+//! trust coming from the pre-shared join secret (see docs/join-protocol.md).
+
+pub mod admission;
+pub mod client;
+pub mod keys;
+pub mod proto;
+pub mod server;
+pub mod tls;
+
+pub use client::{Backoff, Cause, Fetch, GaveUp};
+pub use keys::JoinKeys;
+
+/// Where the first controller keeps the control-plane admission lease.
+pub const LEASE_FILE: &str = "/var/lib/bootstrap/join/lease.json";
+/// The join service's unit.
+pub const UNIT: &str = "bootstrap-join.service";
+
+/// `host:port` of each controller's join service, in `cluster.controllers` order.
+pub fn targets(controllers: &[String], port: u16) -> Vec<String> {
+    controllers
+        .iter()
+        .map(|c| {
+            if c.contains(':') && !c.starts_with('[') {
+                format!("[{c}]:{port}")
+            } else {
+                format!("{c}:{port}")
+            }
+        })
+        .collect()
+}
+
+/// `bootstrap-join.service`: `bootstrap serve`, restarted when it dies.
+pub fn unit_text(binary: &str) -> Result<String, crate::runtime::registry::UnitError> {
+    use crate::runtime::registry::{SystemdUnit, UnitSection};
+    SystemdUnit {
+        header: vec!["Written by bootstrap; `bootstrap reset` removes it.".to_owned()],
+        sections: vec![
+            UnitSection::new("Unit")
+                .set(
+                    "Description",
+                    "bootstrap join service (join material for new nodes)",
+                )
+                .set("Wants", "network-online.target")
+                .set("After", "network-online.target"),
+            UnitSection::new("Service")
+                .set("ExecStart", format!("{binary} serve"))
+                .set("Restart", "always")
+                .set("RestartSec", "5")
+                // It mints with the distro's own tools, as root; what it needs of the
+                // file system is the distro's and bootstrap's state.
+                .set("PrivateTmp", "yes")
+                .set("ProtectHome", "yes"),
+            UnitSection::new("Install").set("WantedBy", "multi-user.target"),
+        ],
+    }
+    .render()
+}
+
+/// Steps that install and start the join service on a controller.
+pub fn service_steps(
+    image_binary: Option<std::path::PathBuf>,
+    fallback_binary: &str,
+) -> Result<Vec<crate::plan::Step>, crate::runtime::registry::UnitError> {
+    use crate::plan::{Action, Contents, Phase, ServiceAction, Step};
+    const INSTALLED: &str = "/usr/local/bin/bootstrap";
+    let mut steps = Vec::new();
+    let binary = match image_binary {
+        Some(source) => {
+            steps.push(Step::new(
+                Phase::PostInstall,
+                "the join service runs the cluster image's bootstrap",
+                Action::InstallBinary {
+                    source,
+                    dest: std::path::PathBuf::from(INSTALLED),
+                    mode: 0o755,
+                },
+            ));
+            INSTALLED.to_owned()
+        }
+        None => fallback_binary.to_owned(),
+    };
+    let unit = unit_text(&binary)?;
+    let path = format!("/etc/systemd/system/{UNIT}");
+    steps.push(Step::new(
+        Phase::PostInstall,
+        "controllers hand join material to new nodes",
+        Action::WriteFile {
+            path: std::path::PathBuf::from(&path),
+            mode: 0o644,
+            owner: None,
+            contents: Contents::Public(unit.clone().into_bytes()),
+        },
+    ));
+    steps.push(crate::runtime::phase::daemon_reload(
+        Phase::PostInstall,
+        &[&unit],
+    ));
+    for action in [ServiceAction::Enable, ServiceAction::Start] {
+        steps.push(Step::new(
+            Phase::PostInstall,
+            "the join service runs now and at every boot",
+            Action::Service {
+                unit: UNIT.to_owned(),
+                action,
+            },
+        ));
+    }
+    let mut restart = Step::new(
+        Phase::PostInstall,
+        "a changed unit takes effect",
+        Action::Service {
+            unit: UNIT.to_owned(),
+            action: ServiceAction::RestartNoBlock,
+        },
+    );
+    use sha2::Digest;
+    restart.id = format!(
+        "restart:{UNIT}@{}",
+        hex::encode(&sha2::Sha256::digest(unit.as_bytes())[..6])
+    );
+    steps.push(restart);
+    Ok(steps)
+}

@@ -1,0 +1,352 @@
+//! `bootstrap serve`: hands join material to callers that prove they hold the join
+//! secret. A fixed pool of worker threads, a cap on connections per peer, a deadline per
+//! connection and a cap on message size keep slow or hostile clients from starving it;
+//! minted material is reused while more than half its life remains; controller joins are
+//! admitted one at a time.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::admission::Admission;
+use super::keys::JoinKeys;
+use super::proto::{self, Request, RequestKind, Response, Status};
+use crate::distro::{JoinMaterial, JoinRole};
+
+/// Worker threads serving connections.
+pub const WORKERS: usize = 64;
+/// Connections one peer address may have open at once.
+pub const MAX_PER_PEER: usize = 32;
+/// Everything about one connection (handshake, request, response) must fit in this.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Makes join material on this controller.
+pub trait Minter: Send + Sync {
+    /// Fresh material for `role` with a token living `ttl`; `Err` says why the cluster
+    /// cannot mint yet.
+    fn mint(&self, role: JoinRole, ttl: Duration) -> Result<JoinMaterial, String>;
+}
+
+/// Why a manual credential key was or was not found.
+pub trait Credentials: Send + Sync {
+    /// The request key and allowed role of the manual credential `id`, if it is live.
+    fn lookup(&self, id: &str) -> Option<(ring::hmac::Key, JoinRole)>;
+}
+
+/// No manual credentials.
+pub struct NoCredentials;
+
+impl Credentials for NoCredentials {
+    fn lookup(&self, _id: &str) -> Option<(ring::hmac::Key, JoinRole)> {
+        None
+    }
+}
+
+/// The service's shared state.
+pub struct Service {
+    keys: JoinKeys,
+    tls: Arc<rustls::ServerConfig>,
+    minter: Box<dyn Minter>,
+    credentials: Box<dyn Credentials>,
+    /// `Some` on the node that admits controller joins (the first controller).
+    admission: Option<Mutex<Admission>>,
+    ttl: Duration,
+    cache: Mutex<HashMap<JoinRole, JoinMaterial>>,
+    /// One mint at a time: concurrent joiners wait for the one mint and share it.
+    minting: Mutex<()>,
+    peers: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Service {
+    pub fn new(
+        keys: JoinKeys,
+        minter: Box<dyn Minter>,
+        credentials: Box<dyn Credentials>,
+        admission: Option<Admission>,
+        ttl: Duration,
+    ) -> Result<Service, String> {
+        Ok(Service {
+            tls: super::tls::server_config(&keys)?,
+            keys,
+            minter,
+            credentials,
+            admission: admission.map(Mutex::new),
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+            minting: Mutex::new(()),
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Material for `role`, reused while more than half its life remains.
+    fn material(&self, role: JoinRole) -> Result<JoinMaterial, String> {
+        let _one_at_a_time = lock(&self.minting);
+        if let Some(cached) = lock(&self.cache).get(&role) {
+            if more_than_half_left(cached, self.ttl) {
+                return Ok(cached.clone());
+            }
+        }
+        let fresh = self.minter.mint(role, self.ttl)?;
+        lock(&self.cache).insert(role, fresh.clone());
+        Ok(fresh)
+    }
+
+    fn answer(&self, request: &Request, peer: SocketAddr) -> Response {
+        let reply = |status, message: String| Response {
+            status,
+            message,
+            material: None,
+        };
+        if request.version != 1 {
+            return reply(
+                Status::Refused,
+                format!(
+                    "protocol version {} is not spoken here (1 is)",
+                    request.version
+                ),
+            );
+        }
+        if request.role == JoinRole::Controller || request.kind == RequestKind::Release {
+            let Some(admission) = &self.admission else {
+                return reply(
+                    Status::Busy,
+                    "controller joins are admitted by the first controller; try it".into(),
+                );
+            };
+            let mut admission = lock(admission);
+            if request.kind == RequestKind::Release {
+                admission.release(&request.node);
+                log::info!(
+                    "{} ({peer}) has joined the control plane; lease released",
+                    request.node
+                );
+                return reply(Status::Ok, "released".into());
+            }
+            if let Err(busy) = admission.acquire(&request.node) {
+                log::info!("{} ({peer}) waits: {busy}", request.node);
+                return reply(Status::Busy, busy);
+            }
+        }
+        match self.material(request.role) {
+            Ok(material) => {
+                log::info!(
+                    "join material for {} ({peer}) as a {}",
+                    request.node,
+                    request.role
+                );
+                Response {
+                    status: Status::Ok,
+                    message: "ok".into(),
+                    material: Some(material.to_file_text()),
+                }
+            }
+            Err(why) => {
+                if request.role == JoinRole::Controller {
+                    if let Some(admission) = &self.admission {
+                        lock(admission).release(&request.node);
+                    }
+                }
+                log::info!("{} ({peer}): not ready: {why}", request.node);
+                reply(Status::NotReady, why)
+            }
+        }
+    }
+
+    /// Serves one connection to its end (or its deadline).
+    fn handle(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
+        let mut conn =
+            rustls::ServerConnection::new(self.tls.clone()).map_err(|e| e.to_string())?;
+        let mut sock = DeadlineStream::new(stream, CONNECTION_DEADLINE);
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        let (body, tag) = proto::read_frame(&mut tls).map_err(|e| e.to_string())?;
+        let binding = exporter(tls.conn)?;
+        let request: Option<Request> = serde_json::from_slice(&body).ok();
+        let key = match request.as_ref().and_then(|r| r.credential.as_deref()) {
+            None => Some((self.keys.mac_key().clone(), None)),
+            Some(id) => self
+                .credentials
+                .lookup(id)
+                .map(|(key, role)| (key, Some(role))),
+        };
+        let authentic = key.as_ref().is_some_and(|(key, _)| {
+            proto::verify(key, proto::REQUEST_LABEL, &binding, &body, &tag)
+        });
+        let response = match (&request, authentic) {
+            (Some(request), true) => {
+                let allowed_role = key.as_ref().and_then(|(_, role)| *role);
+                if allowed_role.is_some_and(|r| r != request.role) {
+                    Response {
+                        status: Status::Refused,
+                        message: "this credential is for another role".into(),
+                        material: None,
+                    }
+                } else {
+                    self.answer(request, peer)
+                }
+            }
+            _ => {
+                log::warn!("{peer}: request refused: not authenticated by the join secret");
+                Response {
+                    status: Status::Refused,
+                    message: "not authenticated: the request does not prove the join secret".into(),
+                    material: None,
+                }
+            }
+        };
+        let body = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
+        // A caller that has not proved the secret gets no tag: it learns nothing it
+        // could use against the key.
+        let reply_key = if authentic { key.map(|(k, _)| k) } else { None };
+        let tag = match &reply_key {
+            Some(k) => proto::tag(k, proto::RESPONSE_LABEL, &binding, &body)
+                .as_ref()
+                .to_vec(),
+            None => vec![0u8; 32],
+        };
+        proto::write_frame(&mut tls, &body, &tag).map_err(|e| e.to_string())?;
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+        Ok(())
+    }
+
+    fn admit_peer(&self, ip: IpAddr) -> bool {
+        let mut peers = lock(&self.peers);
+        let count = peers.entry(ip).or_insert(0);
+        if *count >= MAX_PER_PEER {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn leave_peer(&self, ip: IpAddr) {
+        let mut peers = lock(&self.peers);
+        if let Some(count) = peers.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                peers.remove(&ip);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The session's exported keying material, which binds messages to this connection.
+fn exporter(conn: &rustls::ServerConnection) -> Result<Vec<u8>, String> {
+    conn.export_keying_material(vec![0u8; 32], proto::EXPORTER_LABEL, None)
+        .map_err(|e| e.to_string())
+}
+
+fn more_than_half_left(material: &JoinMaterial, ttl: Duration) -> bool {
+    let Some(expires) = &material.expires_at else {
+        return true;
+    };
+    let Ok(expires) = humantime::parse_rfc3339(expires) else {
+        return false;
+    };
+    expires
+        .duration_since(SystemTime::now())
+        .is_ok_and(|left| left > ttl / 2)
+}
+
+/// A socket whose every read and write must finish before one deadline.
+pub struct DeadlineStream {
+    inner: TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineStream {
+    pub fn new(inner: TcpStream, budget: Duration) -> Self {
+        DeadlineStream {
+            inner,
+            deadline: Instant::now() + budget,
+        }
+    }
+
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection deadline passed",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.inner.set_read_timeout(Some(left))?;
+        self.inner.read(buf)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.inner.set_write_timeout(Some(left))?;
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Accepts connections until `stop` is set (checked between connections), serving them
+/// on [`WORKERS`] threads.
+pub fn serve(
+    listener: TcpListener,
+    service: Arc<Service>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<()> {
+    let (tx, rx) = mpsc::sync_channel::<(TcpStream, SocketAddr)>(WORKERS * 4);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let rx = rx.clone();
+        let service = service.clone();
+        workers.push(std::thread::spawn(move || loop {
+            let next = lock(&rx).recv();
+            let Ok((stream, peer)) = next else { break };
+            if let Err(e) = service.handle(stream, peer) {
+                log::debug!("{peer}: {e}");
+            }
+            service.leave_peer(peer.ip());
+        }));
+    }
+    listener.set_nonblocking(true)?;
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                stream.set_nonblocking(false)?;
+                let _ = stream.set_nodelay(true);
+                if !service.admit_peer(peer.ip()) {
+                    log::warn!("{peer}: too many connections from this address; closed");
+                    continue;
+                }
+                if tx.send((stream, peer)).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => log::warn!("accept: {e}"),
+        }
+    }
+    drop(tx);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    Ok(())
+}
