@@ -160,6 +160,10 @@ pub struct UpArgs {
     /// baking, with --root): no role, no service started, nothing node-specific
     #[arg(long, value_enum, default_value_t = Stage::All)]
     pub stage: Stage,
+    /// Join with a line from `bootstrap token create` on a controller, read from
+    /// FILE (`-`: standard input) — never from argv, which other users can read
+    #[arg(long, value_name = "FILE")]
+    pub join: Option<PathBuf>,
 }
 
 /// How much of `up` to run.
@@ -175,10 +179,15 @@ pub enum Stage {
 /// `bootstrap token …`
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Mint join material for the role given with `--role worker|controller` and
-    /// print it (JSON, secrets included) on stdout; put it on the joining node at
-    /// /var/lib/bootstrap/join/material.json (mode 0600)
+    /// For the role given with `--role worker|controller`: print a join line (this
+    /// join service's address and pin and a short-lived credential) for
+    /// `bootstrap up --join FILE` on the new node, or with --material the join
+    /// material itself
     Create {
+        /// Print the join material itself (JSON, to place at
+        /// /var/lib/bootstrap/join/material.json) instead of a join line
+        #[arg(long)]
+        material: bool,
         /// How long the token works [default: join.token_ttl]
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,

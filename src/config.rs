@@ -286,6 +286,8 @@ pub struct Sources {
     pub env: Vec<(String, String)>,
     /// The flag layer.
     pub flags: FlagLayer,
+    /// A manual join line stands in for the join secret on this node.
+    pub manual_join: bool,
 }
 
 /// A YAML file as a figment provider named after its path.
@@ -324,6 +326,9 @@ pub fn load(host: &dyn Host, sources: &Sources) -> Result<Config, ConfigError> {
 
     let mut config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
     let mut errors = config.check_fields();
+    if sources.manual_join {
+        errors.retain(|e| e.field != "cluster.join_secret_file");
+    }
     match config.read_secret(host) {
         Ok(secret) => config.resolved_secret = secret,
         Err(e) => errors.push(e),

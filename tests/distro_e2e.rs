@@ -117,7 +117,7 @@ fn members(cluster: &Path) -> BTreeSet<String> {
 
 /// Mints material on `controller` and puts it on `joiner` (0600), as an operator would.
 fn hand_material(controller: &Node, joiner: &Node, role: &str) {
-    let run = controller.run(&["token", "create", "--role", role]);
+    let run = controller.run(&["token", "create", "--role", role, "--material"]);
     run.assert_code(0);
     assert!(run.stdout.contains("\"token\""), "{}", run.all());
     // The secret went to stdout only, never to the log.

@@ -97,6 +97,7 @@ fn render(runtime: &str, version: &str, role: Role, config: &str) -> String {
             file: None,
             env: Vec::new(),
             flags: Default::default(),
+            manual_join: false,
         },
     )
     .expect("config");
@@ -265,6 +266,7 @@ fn settings_bootstrap_owns_are_refused_with_the_field() {
                 file: None,
                 env: Vec::new(),
                 flags: Default::default(),
+                manual_join: false,
             },
         )
         .unwrap();

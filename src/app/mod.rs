@@ -151,10 +151,27 @@ pub(crate) fn open_host(cli: &Cli) -> Result<RootedHost, Error> {
 
 /// Loads configuration (all layers) for this command line.
 pub(crate) fn load_config(cli: &Cli, host: &dyn Host) -> Result<Config, Error> {
+    let mut flags = cli.overrides.to_layer();
+    let line = join_line(cli)?;
+    if let Some(line) = &line {
+        // The line names the controller to ask; it stands in for cluster.controllers
+        // and the join secret on this node.
+        let (host, port) = crate::validate::endpoint(&line.address)
+            .map_err(|what| Error::Usage(format!("--join: {what}")))?;
+        let cluster = flags
+            .entry("cluster".to_owned())
+            .or_insert_with(|| serde_json::json!({}));
+        cluster["controllers"] = serde_json::json!([host]);
+        let join = flags
+            .entry("join".to_owned())
+            .or_insert_with(|| serde_json::json!({}));
+        join["port"] = serde_json::json!(port);
+    }
     let sources = config::Sources {
         file: cli.config.clone(),
         env: std::env::vars().collect(),
-        flags: cli.overrides.to_layer(),
+        flags,
+        manual_join: line.is_some(),
     };
     let config = config::load(host, &sources)?;
     for (i, name) in cli.overrides.ignore_preflight.iter().enumerate() {
@@ -167,6 +184,28 @@ pub(crate) fn load_config(cli: &Cli, host: &dyn Host) -> Result<Config, Error> {
         }
     }
     Ok(config)
+}
+
+/// The join line of `up --join FILE`, read and parsed.
+pub(crate) fn join_line(cli: &Cli) -> Result<Option<crate::join::manual::JoinLine>, Error> {
+    let Some(Command::Up(crate::cli::UpArgs {
+        join: Some(path), ..
+    })) = &cli.command
+    else {
+        return Ok(None);
+    };
+    let text = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| Error::Usage(format!("--join -: cannot read standard input: {e}")))?;
+        text
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("--join {}: {e}", path.display())))?
+    };
+    crate::join::manual::JoinLine::parse(&text)
+        .map(Some)
+        .map_err(|why| Error::Usage(format!("--join {}: {why}", path.display())))
 }
 
 impl Session {

@@ -80,7 +80,11 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
     let service = server::Service::new(
         keys,
         Box::new(minter),
-        Box::new(server::NoCredentials),
+        Box::new(crate::join::manual::CredentialStore {
+            file: session
+                .host
+                .real_path(std::path::Path::new(crate::join::manual::CREDENTIALS_FILE))?,
+        }),
         admission,
         session.config.join.token_ttl,
     )

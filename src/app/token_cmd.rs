@@ -7,7 +7,7 @@ use crate::distro::JoinRole;
 use crate::{lock, role, state};
 
 pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
-    let TokenCommand::Create { ttl } = command;
+    let TokenCommand::Create { ttl, material } = command;
     // `--role` is the global flag; here it names the role of the node to join.
     let join_role = match cli.overrides.role {
         Some(RoleSetting::Worker) => JoinRole::Worker,
@@ -46,6 +46,9 @@ pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
         session.config.lock_wait,
         &format!("pid {} (bootstrap token create)", std::process::id()),
     )?;
+    if !*material {
+        return print_line(&session, *join_role, ttl);
+    }
     let ctx = session.distro_context(&decision, None);
     let material = crate::distro::driver(session.image.distro).mint(&ctx, *join_role, ttl)?;
     log::info!(
@@ -60,5 +63,40 @@ pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
             .unwrap_or_default()
     );
     print!("{}", material.to_file_text());
+    Ok(())
+}
+
+/// A join line: this controller's join service, the pin of its key (derived from the join
+/// secret) and a new credential for one role, valid for `ttl`.
+fn print_line(session: &Session, role: JoinRole, ttl: std::time::Duration) -> Result<(), Error> {
+    use crate::host::Host;
+    let secret = session.config.join_secret().ok_or_else(|| {
+        Error::Usage(
+            "token create: a join line needs the join service, which needs cluster.join_secret_file; use --material to print the join material instead".into(),
+        )
+    })?;
+    let address = session.node_address().ok_or_else(|| {
+        Error::Failed("token create: this controller's address is unknown; set node.address".into())
+    })?;
+    let store = crate::join::manual::CredentialStore {
+        file: session
+            .host
+            .real_path(std::path::Path::new(crate::join::manual::CREDENTIALS_FILE))?,
+    };
+    let (id, credential) = store
+        .add(role, ttl)
+        .map_err(|e| Error::Failed(format!("token create: cannot keep the credential: {e}")))?;
+    let line = crate::join::manual::JoinLine {
+        address: crate::join::targets(&[address.to_string()], session.config.join.port).remove(0),
+        role,
+        pin: crate::join::JoinKeys::from_secret(secret).pin(),
+        id,
+        secret: credential,
+    };
+    log::info!(
+        "a join line for a {role}, valid for {}; on the new node: bootstrap up --role {role} --join FILE (the line in FILE, or --join - on standard input)",
+        humantime::format_duration(ttl)
+    );
+    println!("{}", line.text());
     Ok(())
 }

@@ -69,7 +69,7 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
     }
 
     let fetched = if decision.role.joins() {
-        fetch_material(session, &decision)?
+        fetch_material(cli, session, &decision)?
     } else {
         false
     };
@@ -102,7 +102,7 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
     }
 
     if fetched && decision.role == crate::role::Role::JoinController {
-        release_lease(session);
+        release_lease(cli, session);
     }
 
     let marker_present = host.exists(Path::new(state::DONE_FILE))?;
@@ -168,7 +168,11 @@ fn install_stage(cli: &Cli) -> Result<(), Error> {
 
 /// Fetches join material from the controllers' join service when this joiner has none
 /// (or only expired material and has not joined yet). `Ok(true)` when it fetched.
-fn fetch_material(session: &Session, decision: &role::RoleDecision) -> Result<bool, Error> {
+fn fetch_material(
+    cli: &Cli,
+    session: &Session,
+    decision: &role::RoleDecision,
+) -> Result<bool, Error> {
     use crate::distro::{JoinMaterial, JoinRole, MATERIAL_FILE};
     let host = &session.host;
     let existing = JoinMaterial::load(host).map_err(crate::distro::DistroError::from)?;
@@ -183,26 +187,42 @@ fn fetch_material(session: &Session, decision: &role::RoleDecision) -> Result<bo
     if usable {
         return Ok(false);
     }
-    let (Some(secret), false) = (
-        session.config.join_secret(),
-        session.config.cluster.controllers.is_empty(),
-    ) else {
-        // Nothing to ask with: the caller reports the missing material.
-        return Ok(false);
-    };
     let role = if decision.role.is_controller() {
         JoinRole::Controller
     } else {
         JoinRole::Worker
     };
-    let fetch = crate::join::Fetch {
-        targets: crate::join::targets(
-            &session.config.cluster.controllers,
-            session.config.join.port,
+    let line = super::join_line(cli)?;
+    let (keys, targets, credential) = match (&line, session.config.join_secret()) {
+        (Some(line), _) => {
+            if line.role != role {
+                return Err(Error::Usage(format!(
+                    "--join: the line is for a {}, but this node joins as a {role}",
+                    line.role
+                )));
+            }
+            (
+                line.keys(),
+                vec![line.address.clone()],
+                Some(line.id.clone()),
+            )
+        }
+        (None, Some(secret)) if !session.config.cluster.controllers.is_empty() => (
+            crate::join::JoinKeys::from_secret(secret),
+            crate::join::targets(
+                &session.config.cluster.controllers,
+                session.config.join.port,
+            ),
+            None,
         ),
+        // Nothing to ask with: the caller reports the missing material.
+        _ => return Ok(false),
+    };
+    let fetch = crate::join::Fetch {
+        targets,
         node: session.node_name(),
         role,
-        credential: None,
+        credential,
         timeout: session.config.join.timeout,
         backoff: crate::join::Backoff::default(),
     };
@@ -211,7 +231,6 @@ fn fetch_material(session: &Session, decision: &role::RoleDecision) -> Result<bo
         fetch.targets.join(", "),
         humantime::format_duration(fetch.timeout)
     );
-    let keys = crate::join::JoinKeys::from_secret(secret);
     let material = crate::join::client::fetch(&keys, &fetch)
         .map_err(|gave_up| Error::PeerTimeout(format!("join: {gave_up}")))?;
     host.create_dir_all(Path::new("/var/lib/bootstrap/join"), 0o700)?;
@@ -225,16 +244,27 @@ fn fetch_material(session: &Session, decision: &role::RoleDecision) -> Result<bo
 }
 
 /// Tells the first controller this controller has joined, so the next may.
-fn release_lease(session: &Session) {
-    let Some(secret) = session.config.join_secret() else {
-        return;
+fn release_lease(cli: &Cli, session: &Session) {
+    let line = super::join_line(cli).ok().flatten();
+    let (keys, targets, credential) = match (&line, session.config.join_secret()) {
+        (Some(line), _) => (
+            line.keys(),
+            vec![line.address.clone()],
+            Some(line.id.clone()),
+        ),
+        (None, Some(secret)) => (
+            crate::join::JoinKeys::from_secret(secret),
+            crate::join::targets(
+                &session.config.cluster.controllers,
+                session.config.join.port,
+            ),
+            None,
+        ),
+        (None, None) => return,
     };
-    let keys = crate::join::JoinKeys::from_secret(secret);
-    let targets = crate::join::targets(
-        &session.config.cluster.controllers,
-        session.config.join.port,
-    );
-    if let Err(cause) = crate::join::client::release(&keys, &targets, &session.node_name()) {
+    if let Err(cause) =
+        crate::join::client::release(&keys, &targets, &session.node_name(), credential)
+    {
         log::warn!("could not release the control-plane join lease ({cause}); it lapses by itself");
     }
 }

@@ -225,13 +225,18 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
 }
 
 /// Gives a controller's admission lease back (best effort, a few tries).
-pub fn release(keys: &JoinKeys, targets: &[String], node: &str) -> Result<(), Cause> {
+pub fn release(
+    keys: &JoinKeys,
+    targets: &[String],
+    node: &str,
+    credential: Option<String>,
+) -> Result<(), Cause> {
     let request = Request {
         version: 1,
         kind: RequestKind::Release,
         role: JoinRole::Controller,
         node: node.to_owned(),
-        credential: None,
+        credential,
     };
     let mut last = Cause::Unreachable("no controller to tell".into());
     for _ in 0..3 {

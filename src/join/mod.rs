@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod client;
 pub mod keys;
+pub mod manual;
 pub mod proto;
 pub mod server;
 pub mod tls;

@@ -1,0 +1,201 @@
+//! Manual joins (bare metal): a controller prints one line — its join service's address,
+//! the pin of its key and a short-lived credential for one role — and the new node joins
+//! with it instead of the cluster's join secret.
+//!
+//! `bootstrap-join://ADDR:PORT/?role=worker&pin=<sha256 hex>&credential=<id>.<secret>`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::keys::{credential_key, JoinKeys};
+use crate::distro::JoinRole;
+use crate::secret::Secret;
+
+/// Where a controller keeps the credentials it handed out (0600).
+pub const CREDENTIALS_FILE: &str = "/var/lib/bootstrap/join/credentials.json";
+const SCHEME: &str = "bootstrap-join://";
+
+/// A parsed join line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinLine {
+    pub address: String,
+    pub role: JoinRole,
+    pub pin: [u8; 32],
+    pub id: String,
+    pub secret: Secret,
+}
+
+impl JoinLine {
+    /// The line's text (it holds a secret: print it, never log it).
+    pub fn text(&self) -> String {
+        format!(
+            "{SCHEME}{}/?role={}&pin={}&credential={}.{}",
+            self.address,
+            self.role,
+            hex::encode(self.pin),
+            self.id,
+            self.secret.expose()
+        )
+    }
+
+    /// Parses a line; the error says which part is wrong (never echoing the secret).
+    pub fn parse(text: &str) -> Result<JoinLine, String> {
+        let rest = text
+            .trim()
+            .strip_prefix(SCHEME)
+            .ok_or_else(|| format!("a join line starts with {SCHEME}"))?;
+        let (address, query) = rest
+            .split_once("/?")
+            .ok_or("a join line is ADDR:PORT/?role=…&pin=…&credential=…")?;
+        if crate::validate::endpoint(address).is_err() {
+            return Err(format!("{address:?} is not an address:port"));
+        }
+        let mut role = None;
+        let mut pin = None;
+        let mut credential = None;
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some(("role", "worker")) => role = Some(JoinRole::Worker),
+                Some(("role", "controller")) => role = Some(JoinRole::Controller),
+                Some(("pin", hex_pin)) => {
+                    let bytes = hex::decode(hex_pin).map_err(|_| "pin is not hex")?;
+                    pin = Some(
+                        <[u8; 32]>::try_from(bytes.as_slice())
+                            .map_err(|_| "pin is not a SHA-256 digest")?,
+                    );
+                }
+                Some(("credential", value)) => credential = Some(value.to_owned()),
+                _ => return Err("unknown part in the join line".into()),
+            }
+        }
+        let (id, secret) = credential
+            .as_deref()
+            .and_then(|c| c.split_once('.'))
+            .filter(|(id, secret)| !id.is_empty() && secret.len() >= 32)
+            .ok_or("the credential is missing or malformed")?;
+        Ok(JoinLine {
+            address: address.to_owned(),
+            role: role.ok_or("role=worker or role=controller is missing")?,
+            pin: pin.ok_or("pin is missing")?,
+            id: id.to_owned(),
+            secret: Secret::new(secret),
+        })
+    }
+
+    /// The keys a joiner uses with this line.
+    pub fn keys(&self) -> JoinKeys {
+        JoinKeys::from_credential(self.pin, &self.secret)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    secret: String,
+    role: JoinRole,
+    /// Seconds since the Unix epoch.
+    expires: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The credentials a controller handed out, in a 0600 file (a real path).
+pub struct CredentialStore {
+    pub file: PathBuf,
+}
+
+impl CredentialStore {
+    fn read(&self) -> BTreeMap<String, Stored> {
+        std::fs::read(&self.file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// A new credential for `role` living `ttl`; expired ones are dropped on the way.
+    pub fn add(&self, role: JoinRole, ttl: Duration) -> std::io::Result<(String, Secret)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut all = self.read();
+        let now = now();
+        all.retain(|_, c| c.expires > now);
+        let id = crate::random::hex(4)?;
+        let secret = crate::random::hex(24)?;
+        all.insert(
+            id.clone(),
+            Stored {
+                secret: secret.clone(),
+                role,
+                expires: now + ttl.as_secs(),
+            },
+        );
+        if let Some(dir) = self.file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let temp = self.file.with_extension("tmp");
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        std::io::Write::write_all(&mut out, &serde_json::to_vec(&all)?)?;
+        out.sync_all()?;
+        std::fs::rename(&temp, &self.file)?;
+        Ok((id, Secret::new(secret)))
+    }
+}
+
+impl super::server::Credentials for CredentialStore {
+    fn lookup(&self, id: &str) -> Option<(ring::hmac::Key, JoinRole)> {
+        let stored = self.read().remove(id)?;
+        (stored.expires > now()).then(|| (credential_key(&Secret::new(stored.secret)), stored.role))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::join::server::Credentials;
+
+    #[test]
+    fn lines_round_trip_and_bad_ones_say_why() {
+        let line = JoinLine {
+            address: "10.0.0.10:7443".into(),
+            role: JoinRole::Worker,
+            pin: [7u8; 32],
+            id: "abcd1234".into(),
+            secret: Secret::new("f".repeat(48)),
+        };
+        assert_eq!(JoinLine::parse(&line.text()).unwrap(), line);
+        let e = JoinLine::parse("https://x").unwrap_err();
+        assert!(e.contains("bootstrap-join://"), "{e}");
+        let short = line.text().replace(&"f".repeat(48), "ff");
+        let e = JoinLine::parse(&short).unwrap_err();
+        assert!(e.contains("credential") && !e.contains("ff"), "{e}");
+    }
+
+    #[test]
+    fn stored_credentials_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CredentialStore {
+            file: dir.path().join("c.json"),
+        };
+        let (id, _) = store
+            .add(JoinRole::Worker, Duration::from_secs(600))
+            .unwrap();
+        assert_eq!(store.lookup(&id).map(|(_, r)| r), Some(JoinRole::Worker));
+        let (old, _) = store.add(JoinRole::Worker, Duration::from_secs(0)).unwrap();
+        assert!(store.lookup(&old).is_none());
+        assert!(store.lookup("nope").is_none());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&store.file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,187 @@
+//! The join service end to end on loopback: a k3s controller's `bootstrap serve`, workers
+//! that fetch their material with the join secret or with a manual join line, and the
+//! refusals (wrong secret, tampered line) exiting 4 with their cause.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::Node;
+
+const SECRET: &str = "6f1c2a9e8b7d4c3f2e1a0b9c8d7e6f5a4b3c2d1e";
+const CONTROLLER: &str = "127.0.0.6";
+
+/// Kills the join service when the test ends, however it ends.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn node(cluster: &std::path::Path, name: &str, config: &str) -> Node {
+    let node = Node::new().env("STANDIN_CLUSTER", &cluster.display().to_string());
+    node.write("/proc/sys/kernel/hostname", &format!("{name}\n"));
+    node.config(config);
+    node
+}
+
+/// A k3s controller that is up, with its join service answering on `port`.
+fn controller(cluster: &std::path::Path, port: u16) -> (Node, Serve) {
+    let a = node(
+        cluster,
+        "node-a",
+        &format!(
+            "node: {{name: node-a, address: {CONTROLLER}}}\npreflight: {{ignore: [address]}}\ncluster:\n  controllers: [{CONTROLLER}]\n  join_secret_file: /etc/bootstrap/join-secret\njoin: {{port: {port}}}\n"
+        ),
+    );
+    a.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
+    a.run(&["up"]).assert_code(0);
+    let child = a
+        .command(&["serve", "--listen", &format!("{CONTROLLER}:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let serve = Serve(child);
+    // Bounded wait until it listens.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect((CONTROLLER, port)).is_err() {
+        assert!(Instant::now() < deadline, "the join service did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (a, serve)
+}
+
+fn worker_config(port: u16, secret_file: bool) -> String {
+    let mut config = format!(
+        "role: worker\nnode: {{name: node-w, address: 10.0.0.20}}\npreflight: {{ignore: [address]}}\njoin: {{port: {port}, timeout: 20s}}\ncluster:\n  controllers: [{CONTROLLER}]\n"
+    );
+    if secret_file {
+        config.push_str("  join_secret_file: /etc/bootstrap/join-secret\n");
+    }
+    config
+}
+
+fn joined(cluster: &std::path::Path, name: &str) -> bool {
+    std::fs::read_to_string(cluster.join("cluster.json"))
+        .unwrap_or_default()
+        .contains(&format!("\"{name}\""))
+}
+
+#[test]
+fn workers_fetch_material_with_the_secret_and_the_wrong_secret_exits_4() {
+    let cluster = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_a, _serve) = controller(cluster.path(), port);
+
+    let w = node(cluster.path(), "node-w", &worker_config(port, true));
+    w.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
+    let run = w.run(&["up"]);
+    run.assert_code(0);
+    assert!(joined(cluster.path(), "node-w"), "{}", run.all());
+    let material = std::fs::metadata(w.path("/var/lib/bootstrap/join/material.json")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(material.permissions().mode() & 0o777, 0o600);
+    assert!(run.stderr.contains("join material from"), "{}", run.all());
+
+    let bad = node(
+        cluster.path(),
+        "node-x",
+        &worker_config(port, true).replace("node-w", "node-x"),
+    )
+    .env("BOOTSTRAP_JOIN__TIMEOUT", "3s");
+    bad.write_mode(
+        "/etc/bootstrap/join-secret",
+        "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b\n",
+        0o600,
+    );
+    let run = bad.run(&["up"]);
+    run.assert_code(4);
+    assert!(
+        run.stderr.contains("TLS") && run.stderr.contains("join secret"),
+        "{}",
+        run.all()
+    );
+    assert!(!joined(cluster.path(), "node-x"));
+    assert!(!bad.exists("/var/lib/bootstrap/join-started"));
+}
+
+#[test]
+fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
+    let cluster = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (a, _serve) = controller(cluster.path(), port);
+    let run = a.run(&["token", "create", "--role", "worker", "--ttl", "10m"]);
+    run.assert_code(0);
+    let line = run.stdout.trim().to_owned();
+    assert!(line.starts_with("bootstrap-join://127.0.0.6:"), "{line}");
+    let credential = line.split("credential=").nth(1).unwrap().to_owned();
+    assert!(!run.stderr.contains(&credential), "credential in the log");
+
+    // The new node knows nothing but the line: no controllers, no secret.
+    let w = node(
+        cluster.path(),
+        "node-m",
+        "node: {name: node-m, address: 10.0.0.21}\npreflight: {ignore: [address]}\njoin: {timeout: 20s}\n",
+    );
+    w.write_mode("/root/join-line", &format!("{line}\n"), 0o600);
+    let run = w.run(&[
+        "up",
+        "--role",
+        "worker",
+        "--join",
+        &w.path("/root/join-line").display().to_string(),
+    ]);
+    run.assert_code(0);
+    assert!(joined(cluster.path(), "node-m"), "{}", run.all());
+    for call in w.calls() {
+        assert!(!call.contains(&credential), "credential on argv: {call}");
+    }
+
+    // The same line for a controller is refused; a line with another pin never trusts
+    // the service.
+    let run = w.run(&[
+        "up",
+        "--role",
+        "controller",
+        "--join",
+        &w.path("/root/join-line").display().to_string(),
+    ]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    let tampered = node(
+        cluster.path(),
+        "node-t",
+        "node: {name: node-t, address: 10.0.0.22}\npreflight: {ignore: [address]}\njoin: {timeout: 3s}\n",
+    );
+    let pin_start = line.find("pin=").unwrap() + 4;
+    let mut bad = line.clone();
+    let flipped = if &line[pin_start..pin_start + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    bad.replace_range(pin_start..pin_start + 1, flipped);
+    tampered.write_mode("/root/join-line", &bad, 0o600);
+    let run = tampered.run(&[
+        "up",
+        "--role",
+        "worker",
+        "--join",
+        &tampered.path("/root/join-line").display().to_string(),
+    ]);
+    run.assert_code(4);
+    assert!(run.stderr.contains("TLS"), "{}", run.all());
+}
