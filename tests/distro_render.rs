@@ -85,6 +85,7 @@ fn material(kind: DistroKind, version: &str, role: JoinRole) -> JoinMaterial {
         pod_cidr: Some("10.244.0.0/16".into()),
         service_cidr: Some("10.96.0.0/12".into()),
         registry_ca: None,
+        registry_auth: None,
     }
 }
 

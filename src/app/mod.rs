@@ -272,6 +272,7 @@ impl Session {
             image: &self.image,
             role: role.role,
             node_address: self.node_address(),
+            registry_auth: material.as_ref().and_then(|m| m.registry_auth.clone()),
         };
         if !self.from_archive {
             for step in crate::runtime::phase::registry_steps(&inputs)? {
@@ -360,6 +361,7 @@ impl Session {
             image: &self.image,
             role: decision.role,
             node_address: self.node_address(),
+            registry_auth: None,
         };
         let mut candidates = Vec::new();
         if self.config.registry.enabled {

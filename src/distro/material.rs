@@ -50,6 +50,8 @@ pub struct JoinMaterial {
     pub service_cidr: Option<String>,
     /// The local registry's CA certificate (PEM), so joiners trust it.
     pub registry_ca: Option<String>,
+    /// The local registry's credentials, when it requires them.
+    pub registry_auth: Option<(String, Secret)>,
 }
 
 /// The file form: the same fields, secrets in the clear (the file is 0600 and never
@@ -75,6 +77,10 @@ struct Wire {
     service_cidr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     registry_ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registry_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registry_password: Option<String>,
 }
 
 /// Why join material could not be read.
@@ -104,6 +110,11 @@ impl JoinMaterial {
             pod_cidr: self.pod_cidr.clone(),
             service_cidr: self.service_cidr.clone(),
             registry_ca: self.registry_ca.clone(),
+            registry_username: self.registry_auth.as_ref().map(|(u, _)| u.clone()),
+            registry_password: self
+                .registry_auth
+                .as_ref()
+                .map(|(_, p)| p.expose().to_owned()),
         };
         let mut text = serde_json::to_string_pretty(&wire).unwrap_or_default();
         text.push('\n');
@@ -159,6 +170,10 @@ impl JoinMaterial {
             pod_cidr: wire.pod_cidr,
             service_cidr: wire.service_cidr,
             registry_ca: wire.registry_ca,
+            registry_auth: wire
+                .registry_username
+                .zip(wire.registry_password)
+                .map(|(u, p)| (u, Secret::new(p))),
         })
     }
 
@@ -201,6 +216,7 @@ mod tests {
             pod_cidr: Some("10.244.0.0/16".into()),
             service_cidr: None,
             registry_ca: None,
+            registry_auth: Some(("pull".into(), Secret::new("registry-password-1"))),
         }
     }
 
@@ -217,6 +233,7 @@ mod tests {
         let shown = format!("{:?}", sample());
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
         assert!(!shown.contains(&"b".repeat(64)), "{shown}");
+        assert!(!shown.contains("registry-password-1"), "{shown}");
     }
 
     #[test]

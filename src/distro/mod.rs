@@ -501,6 +501,7 @@ pub(crate) fn material(
         pod_cidr,
         service_cidr,
         registry_ca,
+        registry_auth: ctx.config.registry_credentials(),
     })
 }
 

@@ -53,6 +53,8 @@ pub struct Inputs<'a> {
     pub image: &'a ClusterImage,
     pub role: Role,
     pub node_address: Option<IpAddr>,
+    /// Registry credentials from join material, for a joiner not configured with its own.
+    pub registry_auth: Option<(String, crate::secret::Secret)>,
 }
 
 impl Inputs<'_> {
@@ -64,7 +66,10 @@ impl Inputs<'_> {
                 self.config.registry.domain, self.config.registry.port
             ),
             ca_path: mirrors::CA_PATH.to_owned(),
-            auth: self.config.registry_credentials(),
+            auth: self
+                .config
+                .registry_credentials()
+                .or_else(|| self.registry_auth.clone()),
         }
     }
 
