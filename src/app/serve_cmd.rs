@@ -53,10 +53,11 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
             decision.role
         )));
     }
+    let port = session.config.join.port;
     let listen = args
         .listen
         .clone()
-        .unwrap_or_else(|| format!("0.0.0.0:{}", session.config.join.port));
+        .unwrap_or_else(|| format!("[::]:{port}"));
     // The first controller admits controller joins, one at a time.
     let admission = (decision.role == crate::role::Role::InitController).then(|| {
         let file = session
@@ -89,7 +90,12 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         session.config.join.token_ttl,
     )
     .map_err(Error::Failed)?;
+    // `[::]` takes IPv4 too on Linux; a host without IPv6 gets 0.0.0.0.
     let listener = TcpListener::bind(&listen)
+        .or_else(|e| match &args.listen {
+            None => TcpListener::bind(("0.0.0.0", port)),
+            Some(_) => Err(e),
+        })
         .map_err(|e| Error::Failed(format!("serve: cannot listen on {listen}: {e}")))?;
     log::info!(
         "join service for this {} {} cluster listening on {listen}",

@@ -68,11 +68,11 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
         return Err(Error::Preflight(failures));
     }
 
-    let fetched = if decision.role.joins() {
-        fetch_material(cli, session, &decision)?
-    } else {
-        false
-    };
+    // Whether this run brings the node up (a retried `up` after a failed join counts).
+    let coming_up = !host.exists(Path::new(state::DONE_FILE))?;
+    if decision.role.joins() {
+        fetch_material(cli, session, &decision)?;
+    }
     if decision.role.joins() && session.join_material(&decision)?.is_none() {
         return Err(crate::distro::DistroError::NoMaterial {
             path: crate::distro::MATERIAL_FILE,
@@ -101,7 +101,8 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
         report.in_place = second.in_place;
     }
 
-    if fetched && decision.role == crate::role::Role::JoinController {
+    // Releasing is harmless when this node does not hold the lease.
+    if coming_up && decision.role == crate::role::Role::JoinController {
         release_lease(cli, session);
     }
 

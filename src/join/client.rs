@@ -96,24 +96,38 @@ impl fmt::Display for GaveUp {
     }
 }
 
-/// One request to one controller.
+/// One request to one controller, within the default bound on one try.
 pub fn ask(address: &str, keys: &JoinKeys, request: &Request) -> Result<Response, Cause> {
+    ask_within(address, keys, request, CONNECT_TIMEOUT + IO_TIMEOUT)
+}
+
+/// One request to one controller; the whole try (connect, handshake, request, answer)
+/// must fit in `budget`, so a silent or trickling server cannot hold the joiner.
+pub fn ask_within(
+    address: &str,
+    keys: &JoinKeys,
+    request: &Request,
+    budget: Duration,
+) -> Result<Response, Cause> {
     let addr = address
         .to_socket_addrs()
         .map_err(|e| Cause::Unreachable(format!("{address}: {e}")))?
         .next()
         .ok_or_else(|| Cause::Unreachable(format!("{address}: no address")))?;
-    let mut sock = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+    let sock = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT.min(budget))
         .map_err(|e| Cause::Unreachable(format!("{address}: {e}")))?;
-    let _ = sock.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = sock.set_write_timeout(Some(IO_TIMEOUT));
+    let mut sock = super::server::DeadlineStream::new(sock, budget);
     let config = super::tls::client_config(keys.pin()).map_err(Cause::Tls)?;
     let mut conn = rustls::ClientConnection::new(config, super::tls::server_name())
         .map_err(|e| Cause::Tls(e.to_string()))?;
     // Finish the handshake first: nothing is sent before the server has proved its key.
     while conn.is_handshaking() {
-        conn.complete_io(&mut sock)
-            .map_err(|e| Cause::Tls(format!("{address}: {}", tls_reason(&e))))?;
+        conn.complete_io(&mut sock).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                Cause::Unreachable(format!("{address}: no answer in time"))
+            }
+            _ => Cause::Tls(format!("{address}: {}", tls_reason(&e))),
+        })?;
     }
     let binding = conn
         .export_keying_material(vec![0u8; 32], proto::EXPORTER_LABEL, None)
@@ -187,7 +201,11 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
     loop {
         for target in &fetch.targets {
             attempts += 1;
-            match ask(target, keys, &request) {
+            let budget = fetch
+                .timeout
+                .saturating_sub(start.elapsed())
+                .clamp(Duration::from_secs(1), CONNECT_TIMEOUT + IO_TIMEOUT);
+            match ask_within(target, keys, &request, budget) {
                 Ok(response) => {
                     let text = response.material.unwrap_or_default();
                     match JoinMaterial::parse(&text, &format!("the answer of {target}")) {

@@ -85,7 +85,7 @@ impl Service {
     fn material(&self, role: JoinRole) -> Result<JoinMaterial, String> {
         let _one_at_a_time = lock(&self.minting);
         if let Some(cached) = lock(&self.cache).get(&role) {
-            if more_than_half_left(cached, self.ttl) {
+            if still_fresh(cached, role, self.ttl) {
                 return Ok(cached.clone());
             }
         }
@@ -107,6 +107,12 @@ impl Service {
                     "protocol version {} is not spoken here (1 is)",
                     request.version
                 ),
+            );
+        }
+        if request.kind == RequestKind::Release && request.role != JoinRole::Controller {
+            return reply(
+                Status::Refused,
+                "only a controller gives the admission lease back".into(),
             );
         }
         if request.role == JoinRole::Controller || request.kind == RequestKind::Release {
@@ -243,16 +249,27 @@ fn exporter(conn: &rustls::ServerConnection) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
-fn more_than_half_left(material: &JoinMaterial, ttl: Duration) -> bool {
+/// How long controller material may be handed out after it was minted: kubeadm deletes
+/// the uploaded control-plane certificates 2 h after an upload, and they are uploaded
+/// again only by a new mint.
+const CONTROLLER_REUSE: Duration = Duration::from_secs(30 * 60);
+
+/// Whether cached material may be handed out again: more than half its life left, and
+/// for controllers minted at most [`CONTROLLER_REUSE`] ago.
+fn still_fresh(material: &JoinMaterial, role: JoinRole, ttl: Duration) -> bool {
     let Some(expires) = &material.expires_at else {
         return true;
     };
     let Ok(expires) = humantime::parse_rfc3339(expires) else {
         return false;
     };
+    let keep = match role {
+        JoinRole::Controller => (ttl / 2).max(ttl.saturating_sub(CONTROLLER_REUSE)),
+        JoinRole::Worker => ttl / 2,
+    };
     expires
         .duration_since(SystemTime::now())
-        .is_ok_and(|left| left > ttl / 2)
+        .is_ok_and(|left| left > keep)
 }
 
 /// A socket whose every read and write must finish before one deadline.
@@ -327,7 +344,9 @@ pub fn serve(
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                stream.set_nonblocking(false)?;
+                if stream.set_nonblocking(false).is_err() {
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 if !service.admit_peer(peer.ip()) {
                     log::warn!("{peer}: too many connections from this address; closed");
@@ -341,7 +360,11 @@ pub fn serve(
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => log::warn!("accept: {e}"),
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin on it.
+                log::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
     drop(tx);

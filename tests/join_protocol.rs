@@ -1,0 +1,1239 @@
+//! The join protocol against the library, on loopback, with no distro: a real
+//! `join::server::Service` with a fake minter, hand-built clients that break the rules
+//! (wrong key, replay, tampering, oversized frames, silence), and fake join servers that
+//! script the client's retries. See docs/join-protocol.md.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle, ThreadId};
+use std::time::{Duration, Instant, SystemTime};
+
+use bootstrap::distro::{JoinMaterial, JoinRole};
+use bootstrap::join::admission::{Admission, LEASE};
+use bootstrap::join::proto::{self, Request, RequestKind, Response, Status};
+use bootstrap::join::server::{self, Credentials, Minter, Service};
+use bootstrap::join::{client, tls, Backoff, Cause, Fetch, JoinKeys};
+use bootstrap::secret::Secret;
+use ring::{hkdf, hmac, pbkdf2};
+
+const SECRET: &str = "3f9c0d1e5b7a48c2e6d0f1a3b5c7e9d1f3a5b7c9e1d3f5a7b9c1e3d5f7a9b1c3";
+const WRONG_SECRET: &str = "9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9";
+/// Every token the fake minter makes contains this, so logs can be searched for it.
+const TOKEN_MARK: &str = "tokenSENSITIVE";
+const TTL: Duration = Duration::from_secs(3600);
+/// How long any single blocking step of a test may take before it is a failure.
+const STEP: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------
+// Keys, derived once (PBKDF2 is deliberately slow).
+
+fn right() -> &'static JoinKeys {
+    static KEYS: OnceLock<JoinKeys> = OnceLock::new();
+    KEYS.get_or_init(|| JoinKeys::from_secret(&Secret::new(SECRET)))
+}
+
+fn wrong() -> &'static JoinKeys {
+    static KEYS: OnceLock<JoinKeys> = OnceLock::new();
+    KEYS.get_or_init(|| JoinKeys::from_secret(&Secret::new(WRONG_SECRET)))
+}
+
+/// The derivation docs/join-protocol.md describes, written out independently of
+/// `join::keys`: (request MAC key, server identity seed).
+fn documented_derivation(secret: &str) -> (hmac::Key, [u8; 32]) {
+    const SALT: &[u8] = b"bootstrap join v1";
+    let mut master = [0u8; 32];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        NonZeroU32::new(100_000).unwrap(),
+        SALT,
+        secret.as_bytes(),
+        &mut master,
+    );
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(&master);
+    let expand = |info: &[u8]| {
+        let mut out = [0u8; 32];
+        let info = [info];
+        prk.expand(&info, hkdf::HKDF_SHA256)
+            .unwrap()
+            .fill(&mut out)
+            .unwrap();
+        out
+    };
+    let mac = expand(b"request authentication");
+    (
+        hmac::Key::new(hmac::HMAC_SHA256, &mac),
+        expand(b"server identity"),
+    )
+}
+
+/// The request/response MAC key of [`SECRET`].
+fn right_mac() -> &'static hmac::Key {
+    static KEY: OnceLock<hmac::Key> = OnceLock::new();
+    KEY.get_or_init(|| documented_derivation(SECRET).0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Log capture: every record, with the thread that logged it.
+
+struct Capture;
+
+static LINES: Mutex<Vec<(ThreadId, log::Level, String)>> = Mutex::new(Vec::new());
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let line = record.args().to_string();
+        lock(&LINES).push((thread::current().id(), record.level(), line));
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture;
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&CAPTURE).expect("no other logger in this test binary");
+        log::set_max_level(log::LevelFilter::Debug);
+    });
+}
+
+/// The warnings this thread logged.
+fn my_warnings() -> Vec<String> {
+    let me = thread::current().id();
+    lock(&LINES)
+        .iter()
+        .filter(|(t, level, _)| *t == me && *level == log::Level::Warn)
+        .map(|(_, _, line)| line.clone())
+        .collect()
+}
+
+fn all_log_lines() -> Vec<String> {
+    lock(&LINES).iter().map(|(_, _, l)| l.clone()).collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------
+// Join material and the fake minter.
+
+fn rfc3339(offset_secs: i64) -> String {
+    let now = SystemTime::now();
+    let at = if offset_secs >= 0 {
+        now + Duration::from_secs(offset_secs as u64)
+    } else {
+        now - Duration::from_secs(offset_secs.unsigned_abs())
+    };
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn material(role: JoinRole, token: &str, expires_at: Option<String>) -> JoinMaterial {
+    let mut wire = serde_json::json!({
+        "format": 1,
+        "distro": "k3s",
+        "version": "v1.31.4+k3s1",
+        "role": role,
+        "endpoint": "127.0.0.1:6443",
+        "token": token,
+        "pod_cidr": "10.42.0.0/16",
+        "service_cidr": "10.43.0.0/16",
+    });
+    if let Some(at) = expires_at {
+        wire["expires_at"] = at.into();
+    }
+    JoinMaterial::parse(&wire.to_string(), "test material").unwrap()
+}
+
+#[derive(Default)]
+struct MintState {
+    calls: AtomicUsize,
+    fail: AtomicBool,
+    /// The token's life relative to now, in seconds; `None`: the TTL asked for.
+    expires_in: Mutex<Option<i64>>,
+    minted: Mutex<Vec<JoinMaterial>>,
+}
+
+impl MintState {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    fn last(&self) -> JoinMaterial {
+        lock(&self.minted)
+            .last()
+            .cloned()
+            .expect("something minted")
+    }
+}
+
+struct FakeMinter(Arc<MintState>);
+
+impl Minter for FakeMinter {
+    fn mint(&self, role: JoinRole, ttl: Duration) -> Result<JoinMaterial, String> {
+        let n = self.0.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.0.fail.load(Ordering::SeqCst) {
+            return Err("k3s is not running yet".into());
+        }
+        let life = lock(&self.0.expires_in).unwrap_or(ttl.as_secs() as i64);
+        let m = material(
+            role,
+            &format!("K10{TOKEN_MARK}{n}::server:abc"),
+            Some(rfc3339(life)),
+        );
+        lock(&self.0.minted).push(m.clone());
+        Ok(m)
+    }
+}
+
+/// One manual credential, for role `Worker`.
+struct OneCredential {
+    id: &'static str,
+    secret: &'static str,
+}
+
+impl Credentials for OneCredential {
+    fn lookup(&self, id: &str) -> Option<(hmac::Key, JoinRole)> {
+        (id == self.id).then(|| {
+            (
+                bootstrap::join::keys::credential_key(&Secret::new(self.secret)),
+                JoinRole::Worker,
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The real service on 127.0.0.1:0.
+
+struct Harness {
+    addr: SocketAddr,
+    minter: Arc<MintState>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Harness {
+    fn target(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let served = t.join().expect("serve did not panic");
+            if !thread::panicking() {
+                served.expect("serve ended cleanly");
+            }
+        }
+    }
+}
+
+struct Options {
+    keys: JoinKeys,
+    admission: bool,
+    ttl: Duration,
+    credentials: Box<dyn Credentials>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            keys: right().clone(),
+            admission: false,
+            ttl: TTL,
+            credentials: Box::new(server::NoCredentials),
+        }
+    }
+}
+
+fn start(options: Options) -> Harness {
+    capture_logs();
+    let minter = Arc::new(MintState::default());
+    let service = Service::new(
+        options.keys,
+        Box::new(FakeMinter(minter.clone())),
+        options.credentials,
+        options.admission.then(|| Admission::new(None, LEASE)),
+        options.ttl,
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        thread::spawn(move || server::serve(listener, Arc::new(service), stop))
+    };
+    Harness {
+        addr,
+        minter,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+fn request(role: JoinRole, node: &str) -> Request {
+    Request {
+        version: 1,
+        kind: RequestKind::Join,
+        role,
+        node: node.to_owned(),
+        credential: None,
+    }
+}
+
+fn quick_fetch(targets: Vec<String>, node: &str, timeout: Duration) -> Fetch {
+    Fetch {
+        targets,
+        node: node.to_owned(),
+        role: JoinRole::Worker,
+        credential: None,
+        timeout,
+        backoff: Backoff {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(50),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A hand-built client: the pinned TLS session, then whatever frames the test wants.
+
+struct Raw {
+    conn: rustls::ClientConnection,
+    sock: TcpStream,
+    binding: Vec<u8>,
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr) -> Raw {
+        Raw::over(TcpStream::connect_timeout(&addr, STEP).unwrap())
+    }
+
+    fn over(sock: TcpStream) -> Raw {
+        sock.set_read_timeout(Some(STEP)).unwrap();
+        sock.set_write_timeout(Some(STEP)).unwrap();
+        let config = tls::client_config(right().pin()).unwrap();
+        let mut conn = rustls::ClientConnection::new(config, tls::server_name()).unwrap();
+        let mut sock = sock;
+        // Bounded by the socket timeouts.
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        let binding = conn
+            .export_keying_material(vec![0u8; 32], proto::EXPORTER_LABEL, None)
+            .unwrap();
+        Raw {
+            conn,
+            sock,
+            binding,
+        }
+    }
+
+    fn send(&mut self, body: &[u8], tag: &[u8]) {
+        let mut tls = rustls::Stream::new(&mut self.conn, &mut self.sock);
+        proto::write_frame(&mut tls, body, tag).unwrap();
+    }
+
+    fn recv(&mut self) -> Result<(Vec<u8>, Vec<u8>), proto::FrameError> {
+        let mut tls = rustls::Stream::new(&mut self.conn, &mut self.sock);
+        proto::read_frame(&mut tls)
+    }
+
+    /// Sends `body` tagged with `key` for this session, and reads the answer.
+    fn ask(&mut self, key: &hmac::Key, body: &[u8]) -> (Response, Vec<u8>, Vec<u8>) {
+        let tag = proto::tag(key, proto::REQUEST_LABEL, &self.binding, body);
+        self.send(body, tag.as_ref());
+        let (reply, reply_tag) = self.recv().expect("an answer");
+        (serde_json::from_slice(&reply).unwrap(), reply, reply_tag)
+    }
+}
+
+fn body(role: JoinRole, node: &str) -> Vec<u8> {
+    serde_json::to_vec(&request(role, node)).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Fake join servers that script their answers.
+
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    /// A correctly tagged answer (`Ok` carries material).
+    Answer(Status),
+    /// `Ok` with material, the tag with one bit flipped.
+    BadTag,
+    /// `Ok` with material, tagged for another session (a replayed response).
+    Unbound,
+    /// `Ok` with material, tagged in the request direction (a reflected message).
+    Reflected,
+}
+
+struct FakeServer {
+    addr: SocketAddr,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
+    /// For each request read: was it authenticated by the join secret on its session?
+    requests: Arc<Mutex<Vec<(Request, bool)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeServer {
+    /// Answers connection n with `script[n]`, and the last entry for ever after.
+    fn start(script: Vec<Reply>) -> FakeServer {
+        capture_logs();
+        assert!(!script.is_empty());
+        let config = tls::server_config(right()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (connections, requests, stop) =
+                (connections.clone(), requests.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((sock, _)) = listener.accept() else {
+                        thread::sleep(Duration::from_millis(2));
+                        continue;
+                    };
+                    let n = connections.fetch_add(1, Ordering::SeqCst);
+                    let reply = script[n.min(script.len() - 1)];
+                    let _ = answer(sock, &config, reply, &requests);
+                }
+            })
+        };
+        FakeServer {
+            addr,
+            connections,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn answer(
+    sock: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+    reply: Reply,
+    requests: &Mutex<Vec<(Request, bool)>>,
+) -> Result<(), String> {
+    let mut sock = sock;
+    sock.set_nonblocking(false).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(STEP))
+        .map_err(|e| e.to_string())?;
+    sock.set_write_timeout(Some(STEP))
+        .map_err(|e| e.to_string())?;
+    let mut conn = rustls::ServerConnection::new(config.clone()).map_err(|e| e.to_string())?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    let (body, tag) = proto::read_frame(&mut tls).map_err(|e| e.to_string())?;
+    let binding = tls
+        .conn
+        .export_keying_material(vec![0u8; 32], proto::EXPORTER_LABEL, None)
+        .map_err(|e| e.to_string())?;
+    let authentic = proto::verify(right_mac(), proto::REQUEST_LABEL, &binding, &body, &tag);
+    let request: Request = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    lock(requests).push((request.clone(), authentic));
+    let status = match reply {
+        Reply::Answer(status) => status,
+        _ => Status::Ok,
+    };
+    let response = Response {
+        status,
+        message: format!("scripted {status:?}"),
+        material: (status == Status::Ok).then(|| {
+            material(
+                request.role,
+                &format!("K10{TOKEN_MARK}fake"),
+                Some(rfc3339(3600)),
+            )
+            .to_file_text()
+        }),
+    };
+    let out = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
+    let mut reply_tag = match reply {
+        Reply::Unbound => proto::tag(right_mac(), proto::RESPONSE_LABEL, &[7u8; 32], &out),
+        Reply::Reflected => proto::tag(right_mac(), proto::REQUEST_LABEL, &binding, &out),
+        _ => proto::tag(right_mac(), proto::RESPONSE_LABEL, &binding, &out),
+    }
+    .as_ref()
+    .to_vec();
+    if let Reply::BadTag = reply {
+        reply_tag[0] ^= 1;
+    }
+    proto::write_frame(&mut tls, &out, &reply_tag).map_err(|e| e.to_string())?;
+    tls.conn.send_close_notify();
+    tls.flush().map_err(|e| e.to_string())
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr.to_string()
+}
+
+// =======================================================================================
+// Keys and trust
+
+#[test]
+fn the_keys_are_derived_as_documented() {
+    let (_, seed) = documented_derivation(SECRET);
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+    // SubjectPublicKeyInfo of an Ed25519 key: fixed prefix, then the 32-byte key.
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(ring::signature::KeyPair::public_key(&pair).as_ref());
+    let pin: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &spki)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    assert_eq!(pin, right().pin());
+    assert_eq!(right().pin_text(), format!("sha256:{}", hex::encode(pin)));
+    assert_ne!(right().pin(), wrong().pin());
+    // (The MAC key is checked by every test below that hand-builds an accepted request.)
+}
+
+#[test]
+fn the_right_secret_gets_the_minted_material_and_no_secret_is_logged() {
+    let service = start(Options::default());
+    let fetch = quick_fetch(vec![service.target()], "node-right", STEP);
+    let got = client::fetch(right(), &fetch).unwrap();
+    assert_eq!(got, service.minter.last());
+    assert_eq!(got.role, JoinRole::Worker);
+    assert_eq!(service.minter.calls(), 1);
+    assert!(my_warnings().is_empty(), "{:?}", my_warnings());
+    let lines = all_log_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("join material for node-right")),
+        "the service logs whom it served: {lines:?}"
+    );
+    for line in &lines {
+        assert!(
+            !line.contains(SECRET) && !line.contains(WRONG_SECRET) && !line.contains(TOKEN_MARK),
+            "a secret in the log: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_secret_either_way_fails_the_pin_check_before_anything_is_sent() {
+    let service = start(Options::default());
+    // The joiner has the wrong secret.
+    let cause = client::ask(
+        &service.target(),
+        wrong(),
+        &request(JoinRole::Worker, "node-w1"),
+    )
+    .unwrap_err();
+    match &cause {
+        Cause::Tls(m) => assert!(m.contains("not the one the join secret gives"), "{m}"),
+        other => panic!("expected a TLS cause, got {other:?}"),
+    }
+    // The server has the wrong secret (an impostor, or another cluster's controller).
+    let impostor = start(Options {
+        keys: wrong().clone(),
+        ..Options::default()
+    });
+    let cause = client::ask(
+        &impostor.target(),
+        right(),
+        &request(JoinRole::Worker, "node-w2"),
+    )
+    .unwrap_err();
+    assert!(matches!(cause, Cause::Tls(_)), "{cause:?}");
+    assert_eq!(service.minter.calls(), 0);
+    assert_eq!(impostor.minter.calls(), 0);
+}
+
+#[test]
+fn a_caller_that_knows_the_pin_but_not_the_secret_gets_nothing() {
+    let service = start(Options::default());
+    // Through the client: the pin is right (the handshake succeeds), the MAC key is not.
+    let pin_only = JoinKeys::from_credential(right().pin(), &Secret::new("f".repeat(48)));
+    let cause = client::ask(
+        &service.target(),
+        &pin_only,
+        &request(JoinRole::Worker, "node-p"),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&cause, Cause::Refused(m) if m.contains("not authenticated")),
+        "{cause:?}"
+    );
+    // By hand: the request MAC'd with another key on a good session.
+    let (wrong_mac, _) = documented_derivation(WRONG_SECRET);
+    let mut raw = Raw::connect(service.addr);
+    let (response, reply, reply_tag) = raw.ask(&wrong_mac, &body(JoinRole::Worker, "node-p"));
+    assert_eq!(response.status, Status::Refused);
+    assert_eq!(response.material, None);
+    // The answer carries no valid tag: nothing computed with the key leaves the server.
+    assert_eq!(reply_tag, vec![0u8; 32]);
+    for key in [right_mac(), &wrong_mac] {
+        assert!(!proto::verify(
+            key,
+            proto::RESPONSE_LABEL,
+            &raw.binding,
+            &reply,
+            &reply_tag
+        ));
+    }
+    assert_eq!(service.minter.calls(), 0);
+}
+
+#[test]
+fn a_request_replayed_on_another_connection_is_refused() {
+    let service = start(Options::default());
+    let request = body(JoinRole::Worker, "node-replay");
+    // Connection 1: a valid request (which also proves the documented MAC key).
+    let mut first = Raw::connect(service.addr);
+    let tag = proto::tag(right_mac(), proto::REQUEST_LABEL, &first.binding, &request);
+    first.send(&request, tag.as_ref());
+    let (reply, reply_tag) = first.recv().unwrap();
+    let response: Response = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(response.status, Status::Ok, "{response:?}");
+    assert!(response.material.is_some());
+    assert!(proto::verify(
+        right_mac(),
+        proto::RESPONSE_LABEL,
+        &first.binding,
+        &reply,
+        &reply_tag
+    ));
+    assert_eq!(service.minter.calls(), 1);
+    // Connection 2: the same bytes, body and tag, again.
+    let mut second = Raw::connect(service.addr);
+    assert_ne!(first.binding, second.binding);
+    second.send(&request, tag.as_ref());
+    let (reply2, reply_tag2) = second.recv().unwrap();
+    let response2: Response = serde_json::from_slice(&reply2).unwrap();
+    assert_eq!(response2.status, Status::Refused);
+    assert_eq!(response2.material, None);
+    assert_eq!(reply_tag2, vec![0u8; 32]);
+    // Nor does the first session's answer verify on the second.
+    assert!(!proto::verify(
+        right_mac(),
+        proto::RESPONSE_LABEL,
+        &second.binding,
+        &reply,
+        &reply_tag
+    ));
+    assert_eq!(service.minter.calls(), 1);
+}
+
+/// Changes a request's body and tag after tagging (body, tag, session binding).
+type Mutation = dyn Fn(&mut Vec<u8>, &mut Vec<u8>, &[u8]);
+
+#[test]
+fn a_tampered_request_is_refused() {
+    let service = start(Options::default());
+    let good = body(JoinRole::Worker, "node-a");
+    let refused = |mutate: &Mutation| {
+        let mut raw = Raw::connect(service.addr);
+        let mut b = good.clone();
+        let mut t = proto::tag(right_mac(), proto::REQUEST_LABEL, &raw.binding, &b)
+            .as_ref()
+            .to_vec();
+        mutate(&mut b, &mut t, &raw.binding);
+        raw.send(&b, &t);
+        let (reply, _) = raw.recv().unwrap();
+        let response: Response = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(response.status, Status::Refused, "{response:?}");
+        assert_eq!(response.material, None);
+    };
+    // A byte of the body changed after tagging; the JSON stays valid (another node).
+    refused(&|b, _, _| {
+        let at = b.windows(6).position(|w| w == b"node-a").unwrap() + 5;
+        b[at] = b'b';
+        assert!(serde_json::from_slice::<Request>(b).is_ok());
+    });
+    // A bit of the tag flipped.
+    refused(&|_, t, _| t[31] ^= 0x80);
+    // A tag for the other direction (a reflected response).
+    refused(&|b, t, binding| {
+        *t = proto::tag(right_mac(), proto::RESPONSE_LABEL, binding, b)
+            .as_ref()
+            .to_vec();
+    });
+    assert_eq!(service.minter.calls(), 0);
+}
+
+#[test]
+fn the_client_rejects_a_response_that_does_not_verify() {
+    for reply in [Reply::BadTag, Reply::Unbound, Reply::Reflected] {
+        let fake = FakeServer::start(vec![reply]);
+        let cause = client::ask(
+            &fake.target(),
+            right(),
+            &request(JoinRole::Worker, "node-t"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&cause, Cause::Protocol(m) if m.contains("not authenticated")),
+            "{reply:?}: {cause:?}"
+        );
+        // The client's own request was authenticated and bound to its session.
+        let requests = lock(&fake.requests).clone();
+        assert_eq!(requests.len(), 1);
+        assert!(
+            requests[0].1,
+            "{reply:?}: the client's request did not verify"
+        );
+    }
+    // The same server answering correctly is accepted (the check is the tag, nothing else).
+    let fake = FakeServer::start(vec![Reply::Answer(Status::Ok)]);
+    let response = client::ask(
+        &fake.target(),
+        right(),
+        &request(JoinRole::Worker, "node-t"),
+    )
+    .unwrap();
+    assert_eq!(response.status, Status::Ok);
+}
+
+#[test]
+fn manual_credentials_are_keyed_and_limited_to_their_role() {
+    const ID: &str = "c0ffee01";
+    const CREDENTIAL: &str = "5e2b8d0c7a9f41e3b6d2c8a0f4e7b1d39c5a7e2f0b8d4c6a";
+    let service = start(Options {
+        admission: true,
+        credentials: Box::new(OneCredential {
+            id: ID,
+            secret: CREDENTIAL,
+        }),
+        ..Options::default()
+    });
+    let keys = JoinKeys::from_credential(right().pin(), &Secret::new(CREDENTIAL));
+    let with = |role, id: &str| Request {
+        credential: Some(id.to_owned()),
+        ..request(role, "node-manual")
+    };
+    let ok = client::ask(&service.target(), &keys, &with(JoinRole::Worker, ID)).unwrap();
+    assert_eq!(ok.status, Status::Ok);
+    let other_role = client::ask(&service.target(), &keys, &with(JoinRole::Controller, ID));
+    assert!(
+        matches!(&other_role, Err(Cause::Refused(m)) if m.contains("another role")),
+        "{other_role:?}"
+    );
+    let unknown = client::ask(
+        &service.target(),
+        &keys,
+        &with(JoinRole::Worker, "deadbeef"),
+    );
+    assert!(matches!(unknown, Err(Cause::Refused(_))), "{unknown:?}");
+    // The credential's key is not the cluster secret's: without the id it proves nothing.
+    let plain = client::ask(&service.target(), &keys, &request(JoinRole::Worker, "x"));
+    assert!(matches!(plain, Err(Cause::Refused(_))), "{plain:?}");
+    assert_eq!(service.minter.calls(), 1);
+}
+
+// =======================================================================================
+// Material: minted on demand, reused while more than half its life remains
+
+fn ask_worker(service: &Harness, node: &str) -> Result<JoinMaterial, Cause> {
+    let response = client::ask(&service.target(), right(), &request(JoinRole::Worker, node))?;
+    Ok(JoinMaterial::parse(&response.material.unwrap(), "answer").unwrap())
+}
+
+#[test]
+fn fresh_material_is_reused_instead_of_minted_again() {
+    let service = start(Options::default());
+    let first = ask_worker(&service, "node-r1").unwrap();
+    for node in ["node-r2", "node-r3"] {
+        assert_eq!(ask_worker(&service, node).unwrap(), first);
+    }
+    assert_eq!(service.minter.calls(), 1);
+}
+
+#[test]
+fn material_near_or_past_expiry_is_minted_again() {
+    for life in [TTL.as_secs() as i64 * 2 / 5, 0, -60] {
+        let service = start(Options::default());
+        *lock(&service.minter.expires_in) = Some(life);
+        let a = ask_worker(&service, "node-e1").unwrap();
+        let b = ask_worker(&service, "node-e2").unwrap();
+        assert_eq!(service.minter.calls(), 2, "life {life} s");
+        assert_ne!(
+            a.token, b.token,
+            "life {life} s: an old token was handed out"
+        );
+        assert_eq!(b, service.minter.last());
+    }
+}
+
+#[test]
+fn reuse_ends_once_half_the_ttl_has_passed() {
+    // TTL 10 s: reused while more than 5 s remain. Expiry has one-second resolution, so
+    // after 3.5 s 5.5-6.5 s remain (reuse) and after 5.5 s 3.5-4.5 s remain (mint).
+    let service = start(Options {
+        ttl: Duration::from_secs(10),
+        ..Options::default()
+    });
+    let started = Instant::now();
+    let a = ask_worker(&service, "node-h1").unwrap();
+    thread::sleep(Duration::from_millis(3500).saturating_sub(started.elapsed()));
+    assert_eq!(ask_worker(&service, "node-h2").unwrap(), a);
+    assert_eq!(service.minter.calls(), 1);
+    thread::sleep(Duration::from_millis(5500).saturating_sub(started.elapsed()));
+    let b = ask_worker(&service, "node-h3").unwrap();
+    assert_ne!(a.token, b.token);
+    assert_eq!(service.minter.calls(), 2);
+}
+
+#[test]
+fn a_cluster_that_cannot_mint_is_not_ready_and_nothing_is_cached() {
+    let service = start(Options::default());
+    service.minter.fail.store(true, Ordering::SeqCst);
+    let cause = ask_worker(&service, "node-n").unwrap_err();
+    assert!(
+        matches!(&cause, Cause::NotReady(m) if m.contains("not running")),
+        "{cause:?}"
+    );
+    service.minter.fail.store(false, Ordering::SeqCst);
+    let a = ask_worker(&service, "node-n").unwrap();
+    let b = ask_worker(&service, "node-n").unwrap();
+    assert_eq!(a, b);
+    assert_eq!(service.minter.calls(), 2);
+}
+
+// =======================================================================================
+// Limits
+
+#[test]
+fn an_oversized_frame_is_dropped_unanswered_and_the_service_carries_on() {
+    let service = start(Options::default());
+    let mut raw = Raw::connect(service.addr);
+    let started = Instant::now();
+    {
+        let mut tls = rustls::Stream::new(&mut raw.conn, &mut raw.sock);
+        tls.write_all(&((proto::MAX_BODY + 1) as u32).to_be_bytes())
+            .unwrap();
+        tls.write_all(&[b'{'; 1024]).unwrap();
+        tls.flush().unwrap();
+    }
+    assert!(raw.recv().is_err(), "an oversized request got an answer");
+    assert!(
+        started.elapsed() < STEP,
+        "closed by the size check, not by a timeout"
+    );
+    // Our own side refuses to send one too.
+    let mut sink = Vec::new();
+    assert!(matches!(
+        proto::write_frame(&mut sink, &vec![b' '; proto::MAX_BODY + 1], &[0; 32]),
+        Err(proto::FrameError::TooLarge(_))
+    ));
+    assert!(sink.is_empty());
+    // A body of exactly the limit is read (and refused for not being a request).
+    let mut raw = Raw::connect(service.addr);
+    let (response, _, _) = raw.ask(right_mac(), &vec![b' '; proto::MAX_BODY]);
+    assert_eq!(response.status, Status::Refused);
+    assert_eq!(service.minter.calls(), 0);
+    ask_worker(&service, "node-after").unwrap();
+}
+
+/// Polls `sock` (non-blocking): `true` once the peer has closed it.
+fn closed(sock: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 512];
+    match sock.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+#[test]
+fn silent_and_trickling_clients_are_dropped_at_the_connection_deadline() {
+    // Takes CONNECTION_DEADLINE (10 s): the deadline is a constant of the service.
+    let service = start(Options::default());
+    let deadline = server::CONNECTION_DEADLINE;
+    // A real ClientHello, to be sent one byte every 250 ms (it would take over a minute).
+    let hello = {
+        let config = tls::client_config(right().pin()).unwrap();
+        let mut conn = rustls::ClientConnection::new(config, tls::server_name()).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        hello
+    };
+    assert!(hello.len() as u64 * 250 > deadline.as_millis() as u64 + 5000);
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(service.addr).unwrap();
+    let mut trickle = TcpStream::connect(service.addr).unwrap();
+    silent.set_nonblocking(true).unwrap();
+    trickle.set_nonblocking(true).unwrap();
+    let mut closed_at = [None::<Duration>; 2];
+    let mut sent = 0;
+    let mut last_byte = Instant::now() - Duration::from_secs(1);
+    while closed_at.iter().any(Option::is_none) && started.elapsed() < deadline + STEP {
+        if closed_at[1].is_none() && last_byte.elapsed() >= Duration::from_millis(250) {
+            if trickle.write(&hello[sent..sent + 1]).is_err() {
+                closed_at[1] = Some(started.elapsed());
+            }
+            sent += 1;
+            last_byte = Instant::now();
+        }
+        for (i, sock) in [&mut silent, &mut trickle].into_iter().enumerate() {
+            if closed_at[i].is_none() && closed(sock) {
+                closed_at[i] = Some(started.elapsed());
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    for (who, at) in ["silent", "trickling"].iter().zip(closed_at) {
+        let at = at.unwrap_or_else(|| panic!("the {who} client was never dropped"));
+        assert!(
+            at >= deadline - Duration::from_millis(500) && at <= deadline + Duration::from_secs(3),
+            "the {who} client was dropped after {at:?}, not at the {deadline:?} deadline"
+        );
+    }
+    assert!(
+        sent > 20,
+        "the trickling client kept sending ({sent} bytes)"
+    );
+    ask_worker(&service, "node-after-slow").unwrap();
+}
+
+#[test]
+fn connections_per_peer_are_capped_and_other_peers_are_still_served() {
+    let service = start(Options::default());
+    let idle: Vec<TcpStream> = (0..server::MAX_PER_PEER)
+        .map(|_| TcpStream::connect(service.addr).unwrap())
+        .collect();
+    // One more from 127.0.0.1: accepted after the others (the backlog is FIFO), then
+    // closed at once without a handshake.
+    let mut extra = TcpStream::connect(service.addr).unwrap();
+    extra.set_read_timeout(Some(STEP)).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection over the cap was not closed: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Another loopback address is another peer, and is served.
+    let sock = bind_connect("127.0.0.2", service.addr);
+    let mut raw = Raw::over(sock);
+    let (response, _, _) = raw.ask(right_mac(), &body(JoinRole::Worker, "node-other-peer"));
+    assert_eq!(response.status, Status::Ok, "{response:?}");
+    // The idle ones go; 127.0.0.1 is served again (bounded retry while workers notice).
+    drop(idle);
+    let fetch = quick_fetch(vec![service.target()], "node-again", STEP);
+    client::fetch(right(), &fetch).unwrap();
+}
+
+/// A TCP connection from `local` (a 127/8 address) to `to`.
+fn bind_connect(local: &str, to: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let local: std::net::Ipv4Addr = local.parse().unwrap();
+    let SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    use std::os::fd::AsRawFd;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(local, 0)),
+    )
+    .unwrap();
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap();
+    TcpStream::from(fd)
+}
+
+// =======================================================================================
+// Control-plane admission
+
+#[test]
+fn controller_joins_are_admitted_one_at_a_time() {
+    let service = start(Options {
+        admission: true,
+        ..Options::default()
+    });
+    let target = service.target();
+    let ask = |node: &str, role| client::ask(&target, right(), &request(role, node));
+    assert_eq!(
+        ask("cp-1", JoinRole::Controller).unwrap().status,
+        Status::Ok
+    );
+    let busy = ask("cp-2", JoinRole::Controller).unwrap_err();
+    assert!(
+        matches!(&busy, Cause::Busy(m) if m.contains("cp-1 is joining")),
+        "{busy:?}"
+    );
+    assert!(busy.to_string().starts_with("admission busy: "), "{busy}");
+    // The holder may ask again; workers never wait for the lease.
+    assert_eq!(
+        ask("cp-1", JoinRole::Controller).unwrap().status,
+        Status::Ok
+    );
+    assert_eq!(ask("w-1", JoinRole::Worker).unwrap().status, Status::Ok);
+    // Only the holder's release frees it.
+    client::release(right(), std::slice::from_ref(&target), "cp-2", None).unwrap();
+    assert!(matches!(
+        ask("cp-2", JoinRole::Controller),
+        Err(Cause::Busy(_))
+    ));
+    client::release(right(), std::slice::from_ref(&target), "cp-1", None).unwrap();
+    assert_eq!(
+        ask("cp-2", JoinRole::Controller).unwrap().status,
+        Status::Ok
+    );
+    assert!(matches!(ask("cp-1", JoinRole::Controller), Err(Cause::Busy(m)) if m.contains("cp-2")));
+}
+
+#[test]
+fn a_controller_that_cannot_be_served_does_not_keep_the_lease() {
+    let service = start(Options {
+        admission: true,
+        ..Options::default()
+    });
+    service.minter.fail.store(true, Ordering::SeqCst);
+    let ask = |node: &str| {
+        client::ask(
+            &service.target(),
+            right(),
+            &request(JoinRole::Controller, node),
+        )
+    };
+    assert!(matches!(ask("cp-1"), Err(Cause::NotReady(_))));
+    assert!(
+        matches!(ask("cp-2"), Err(Cause::NotReady(_))),
+        "cp-1 kept the lease"
+    );
+    service.minter.fail.store(false, Ordering::SeqCst);
+    assert_eq!(ask("cp-2").unwrap().status, Status::Ok);
+}
+
+#[test]
+fn only_the_admitting_controller_takes_controller_joins() {
+    let service = start(Options::default());
+    let cause = client::ask(
+        &service.target(),
+        right(),
+        &request(JoinRole::Controller, "cp-x"),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&cause, Cause::Busy(m) if m.contains("first controller")),
+        "{cause:?}"
+    );
+    assert_eq!(service.minter.calls(), 0);
+}
+
+// =======================================================================================
+// The client's retries, against scripted servers
+
+#[test]
+fn the_client_retries_through_not_ready_busy_and_refused_until_served() {
+    let fake = FakeServer::start(vec![
+        Reply::Answer(Status::NotReady),
+        Reply::Answer(Status::Busy),
+        Reply::Answer(Status::Refused),
+        Reply::Answer(Status::Ok),
+    ]);
+    let started = Instant::now();
+    let got = client::fetch(
+        right(),
+        &quick_fetch(vec![fake.target()], "node-retry", STEP),
+    )
+    .unwrap();
+    assert!(got.token.expose().contains(TOKEN_MARK));
+    assert_eq!(fake.connections(), 4);
+    // Backoff: at most 10 + 20 + 40 ms between the four rounds.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let requests = lock(&fake.requests).clone();
+    assert!(requests.iter().all(|(r, ok)| *ok && r.node == "node-retry"));
+    let warnings = my_warnings();
+    let expected = [
+        "join: try 1 failed: controller not initialised yet: ",
+        "join: try 2 failed: admission busy: ",
+        "join: try 3 failed: refused credentials: ",
+    ];
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    for (line, prefix) in warnings.iter().zip(expected) {
+        assert!(
+            line.starts_with(prefix),
+            "{line:?} does not start with {prefix:?}"
+        );
+    }
+}
+
+#[test]
+fn the_client_asks_the_controllers_in_order_within_a_round() {
+    let not_ready = FakeServer::start(vec![Reply::Answer(Status::NotReady)]);
+    let ok = FakeServer::start(vec![Reply::Answer(Status::Ok)]);
+    let closed = closed_port();
+    let targets = vec![closed.clone(), not_ready.target(), ok.target()];
+    let started = Instant::now();
+    client::fetch(right(), &quick_fetch(targets, "node-order", STEP)).unwrap();
+    // One round, no backoff: each asked once, in order.
+    assert_eq!((not_ready.connections(), ok.connections()), (1, 1));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let warnings = my_warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(&format!("join: try 1 failed: unreachable: {closed}")),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].starts_with(&format!(
+            "join: try 2 failed: controller not initialised yet: {}",
+            not_ready.target()
+        )),
+        "{}",
+        warnings[1]
+    );
+}
+
+#[test]
+fn the_client_gives_up_at_its_timeout_with_the_last_cause() {
+    let fake = FakeServer::start(vec![
+        Reply::Answer(Status::NotReady),
+        Reply::Answer(Status::Busy),
+    ]);
+    let timeout = Duration::from_millis(400);
+    let started = Instant::now();
+    let gave_up = client::fetch(
+        right(),
+        &quick_fetch(vec![fake.target()], "node-giveup", timeout),
+    )
+    .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= timeout, "{elapsed:?}");
+    assert!(elapsed < timeout + Duration::from_secs(1), "{elapsed:?}");
+    assert!(matches!(gave_up.last, Cause::Busy(_)), "{gave_up:?}");
+    assert!(gave_up.attempts >= 3, "{gave_up:?}");
+    assert_eq!(gave_up.attempts as usize, fake.connections());
+    assert_eq!(my_warnings().len(), gave_up.attempts as usize);
+    let text = gave_up.to_string();
+    assert!(text.contains("last cause: admission busy"), "{text}");
+    // `up` turns this into exit code 4.
+    let error = bootstrap::app::Error::PeerTimeout(format!("join: {gave_up}"));
+    assert_eq!(error.exit_code(), 4);
+}
+
+#[test]
+fn the_last_cause_names_an_unreachable_controller_or_a_wrong_secret() {
+    let closed = closed_port();
+    let gave_up = client::fetch(
+        right(),
+        &quick_fetch(vec![closed], "node-down", Duration::from_millis(200)),
+    )
+    .unwrap_err();
+    assert!(matches!(gave_up.last, Cause::Unreachable(_)), "{gave_up:?}");
+    let service = start(Options::default());
+    let gave_up = client::fetch(
+        wrong(),
+        &quick_fetch(
+            vec![service.target()],
+            "node-wrong",
+            Duration::from_millis(200),
+        ),
+    )
+    .unwrap_err();
+    assert!(matches!(gave_up.last, Cause::Tls(_)), "{gave_up:?}");
+    assert!(
+        gave_up.to_string().contains("last cause: TLS: "),
+        "{gave_up}"
+    );
+    assert_eq!(service.minter.calls(), 0);
+}
+
+#[test]
+fn only_a_controller_gives_the_admission_lease_back() {
+    let service = start(Options {
+        admission: true,
+        ..Options::default()
+    });
+    let addr = service.addr.to_string();
+    client::ask(&addr, right(), &request(JoinRole::Controller, "cp-1")).unwrap();
+    // A release sent as a worker (a worker's join line, say) does not free cp-1's lease.
+    let release = Request {
+        kind: RequestKind::Release,
+        ..request(JoinRole::Worker, "cp-1")
+    };
+    let refused = client::ask(&addr, right(), &release).unwrap_err();
+    assert!(
+        matches!(&refused, Cause::Refused(m) if m.contains("only a controller")),
+        "{refused:?}"
+    );
+    let busy = client::ask(&addr, right(), &request(JoinRole::Controller, "cp-2")).unwrap_err();
+    assert!(matches!(busy, Cause::Busy(_)), "{busy:?}");
+}
+
+#[test]
+fn a_silent_server_cannot_hold_a_joiner_past_its_timeout() {
+    // Accepts TCP connections and never says a word.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let held = thread::spawn(move || {
+        let mut open = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(8);
+        while std::time::Instant::now() < until {
+            if let Ok((s, _)) = listener.accept() {
+                open.push(s);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let started = std::time::Instant::now();
+    let gave_up = client::fetch(
+        right(),
+        &quick_fetch(vec![addr], "w", Duration::from_secs(1)),
+    )
+    .unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert!(
+        matches!(&gave_up.last, Cause::Unreachable(m) if m.contains("no answer in time")),
+        "{gave_up:?}"
+    );
+    held.join().unwrap();
+}
