@@ -26,6 +26,7 @@ command -v dpkg-deb >/dev/null || missing+=(dpkg)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v man >/dev/null || missing+=(man-db)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: missing ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2

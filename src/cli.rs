@@ -200,6 +200,10 @@ pub struct ServeArgs {
     /// Address and port to listen on [default: 0.0.0.0:join.port]
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
+    /// Connections one address may have open at once (raise it when many nodes
+    /// reach the controllers through one NAT address)
+    #[arg(long, value_name = "N", default_value_t = crate::join::server::MAX_PER_PEER)]
+    pub max_per_peer: usize,
 }
 
 /// `leave` options.

@@ -89,7 +89,8 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         admission,
         session.config.join.token_ttl,
     )
-    .map_err(Error::Failed)?;
+    .map_err(Error::Failed)?
+    .with_max_per_peer(args.max_per_peer);
     // `[::]` takes IPv4 too on Linux; a host without IPv6 gets 0.0.0.0.
     let listener = TcpListener::bind(&listen)
         .or_else(|e| match &args.listen {

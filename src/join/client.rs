@@ -30,6 +30,19 @@ pub enum Cause {
     Protocol(String),
 }
 
+impl Cause {
+    /// How much a cause says about why joining fails, to report the most telling one of
+    /// a round (a refused pin matters more than a controller that is simply down).
+    fn weight(&self) -> u8 {
+        match self {
+            Cause::Tls(_) | Cause::Refused(_) => 4,
+            Cause::Busy(_) | Cause::NotReady(_) => 3,
+            Cause::Protocol(_) => 2,
+            Cause::Unreachable(_) => 1,
+        }
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -55,7 +68,7 @@ impl Default for Backoff {
     fn default() -> Self {
         Backoff {
             base: Duration::from_secs(1),
-            cap: Duration::from_secs(30),
+            cap: Duration::from_secs(15),
         }
     }
 }
@@ -125,6 +138,11 @@ pub fn ask_within(
         conn.complete_io(&mut sock).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 Cause::Unreachable(format!("{address}: no answer in time"))
+            }
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof => {
+                Cause::Unreachable(format!(
+                    "{address}: the join service closed the connection (restarting, or too many connections from this address)"
+                ))
             }
             _ => Cause::Tls(format!("{address}: {}", tls_reason(&e))),
         })?;
@@ -199,6 +217,8 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
     let mut round = 0;
     let mut last = Cause::Unreachable("no controller to ask".into());
     loop {
+        // The most telling cause of this round: what the joiner reports if it gives up.
+        let mut telling: Option<Cause> = None;
         for target in &fetch.targets {
             attempts += 1;
             let budget = fetch
@@ -219,6 +239,9 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
                 Err(cause) => last = cause,
             }
             log::warn!("join: try {attempts} failed: {last}");
+            if telling.as_ref().is_none_or(|t| last.weight() > t.weight()) {
+                telling = Some(last.clone());
+            }
             if start.elapsed() >= fetch.timeout {
                 break;
             }
@@ -228,7 +251,7 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
             return Err(GaveUp {
                 attempts,
                 waited: start.elapsed(),
-                last,
+                last: telling.unwrap_or(last),
             });
         }
         let delay = fetch.backoff.delay(round).min(left);
@@ -242,13 +265,15 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
     }
 }
 
-/// Gives a controller's admission lease back (best effort, a few tries).
+/// Gives a controller's admission lease back: retried with backoff for up to 30 s, which
+/// outlasts a join service restarting (its unit restarts it after 5 s).
 pub fn release(
     keys: &JoinKeys,
     targets: &[String],
     node: &str,
     credential: Option<String>,
 ) -> Result<(), Cause> {
+    const PATIENCE: Duration = Duration::from_secs(30);
     let request = Request {
         version: 1,
         kind: RequestKind::Release,
@@ -256,15 +281,21 @@ pub fn release(
         node: node.to_owned(),
         credential,
     };
+    let start = Instant::now();
+    let backoff = Backoff::default();
     let mut last = Cause::Unreachable("no controller to tell".into());
-    for _ in 0..3 {
+    for round in 0.. {
         for target in targets {
-            match ask(target, keys, &request) {
+            match ask_within(target, keys, &request, Duration::from_secs(10)) {
                 Ok(_) => return Ok(()),
                 Err(cause) => last = cause,
             }
         }
-        std::thread::sleep(Duration::from_millis(500));
+        let left = PATIENCE.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(backoff.delay(round).min(left));
     }
     Err(last)
 }

@@ -18,8 +18,11 @@ use crate::distro::{JoinMaterial, JoinRole};
 
 /// Worker threads serving connections.
 pub const WORKERS: usize = 64;
-/// Connections one peer address may have open at once.
+/// Connections one peer address may have open at once, by default (`serve
+/// --max-per-peer`).
 pub const MAX_PER_PEER: usize = 32;
+/// Connections the kernel queues until they are accepted (capped by net.core.somaxconn).
+pub const BACKLOG: i32 = 1024;
 /// Everything about one connection (handshake, request, response) must fit in this.
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -58,6 +61,7 @@ pub struct Service {
     /// One mint at a time: concurrent joiners wait for the one mint and share it.
     minting: Mutex<()>,
     peers: Mutex<HashMap<IpAddr, usize>>,
+    max_per_peer: usize,
 }
 
 impl Service {
@@ -78,7 +82,14 @@ impl Service {
             cache: Mutex::new(HashMap::new()),
             minting: Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
+            max_per_peer: MAX_PER_PEER,
         })
+    }
+
+    /// Allows `max` open connections per peer address (nodes behind one NAT address).
+    pub fn with_max_per_peer(mut self, max: usize) -> Self {
+        self.max_per_peer = max.max(1);
+        self
     }
 
     /// Material for `role`, reused while more than half its life remains.
@@ -221,7 +232,7 @@ impl Service {
     fn admit_peer(&self, ip: IpAddr) -> bool {
         let mut peers = lock(&self.peers);
         let count = peers.entry(ip).or_insert(0);
-        if *count >= MAX_PER_PEER {
+        if *count >= self.max_per_peer {
             return false;
         }
         *count += 1;
@@ -340,6 +351,10 @@ pub fn serve(
             service.leave_peer(peer.ip());
         }));
     }
+    // std listens with a backlog of 128: a fleet booting at once overflows it and each
+    // dropped SYN costs the joiner a 1 s retransmission. Listening again deepens it.
+    let backlog = nix::sys::socket::Backlog::new(BACKLOG).map_err(io::Error::from)?;
+    nix::sys::socket::listen(&listener, backlog).map_err(io::Error::from)?;
     listener.set_nonblocking(true)?;
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {

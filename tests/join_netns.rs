@@ -1,0 +1,823 @@
+//! The join service across network namespaces: one namespace per node (a first
+//! controller, two extra controllers, three workers, and a node with the wrong secret),
+//! each with a veth link to a bridge in a "switch" namespace of its own (where the test's
+//! admission probe stands), addresses in 10.77.0.0/24 that exist only inside these
+//! namespaces. Every node is a temp root with the k3s stand-ins, sharing one stand-in
+//! cluster; `bootstrap up` and `bootstrap serve` run with `ip netns exec`.
+//!
+//! Scenarios, each asserted: joiners started before the first controller is up; the first
+//! controller's join service killed and restarted while joins are in flight; a link taken
+//! down during a join and restored; a wrong secret refused with exit 4 and its cause;
+//! control-plane joins admitted one at a time. Every node must end joined with material
+//! matching the first controller's.
+//!
+//! Needs root and `ip netns` (iproute2); without them it prints `SKIPPED` and passes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Node;
+
+const SECRET: &str = "6f1c2a9e8b7d4c3f2e1a0b9c8d7e6f5a4b3c2d1e";
+const WRONG_SECRET: &str = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b";
+const PREFIX: &str = "10.77.0";
+/// The switch namespace's own address on the bridge: where the test's probe stands.
+const OBSERVER: &str = "10.77.0.254";
+const JOIN_PORT: u16 = 7443;
+const CONTROLLERS: [&str; 3] = ["c1", "c2", "c3"];
+/// Every node, with its host number on the subnet.
+const NODES: [(&str, u8); 7] = [
+    ("c1", 1),
+    ("c2", 2),
+    ("c3", 3),
+    ("w1", 11),
+    ("w2", 12),
+    ("w3", 13),
+    // Holds the wrong secret; never joins.
+    ("x1", 99),
+];
+/// How long a joiner that must succeed keeps trying. The client's backoff is capped at
+/// 30 s (not configurable), so this cannot be much shorter.
+const JOIN_TIMEOUT: &str = "100s";
+
+fn address(name: &str) -> String {
+    let (_, host) = NODES.iter().find(|(n, _)| *n == name).unwrap();
+    format!("{PREFIX}.{host}")
+}
+
+/// `ip …`, which must succeed.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Why this test cannot run here, if it cannot.
+fn unsupported(probe_ns: &str) -> Option<String> {
+    if !common::is_root() {
+        return Some("not root (network namespaces need CAP_SYS_ADMIN)".into());
+    }
+    match Command::new("ip")
+        .args(["netns", "add", probe_ns])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Err(e) => Some(format!("no `ip` command ({e}); install iproute2")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "`ip netns add` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(_) => {
+            let _ = Command::new("ip")
+                .args(["netns", "del", probe_ns])
+                .stdin(Stdio::null())
+                .status();
+            None
+        }
+    }
+}
+
+/// The namespaces, links and processes of one run; all of it goes when this is dropped,
+/// also on a panic.
+struct Lab {
+    tag: String,
+    switch: String,
+    /// Namespaces created so far, the switch's first.
+    namespaces: Vec<String>,
+    /// Processes started (`ip netns exec` execs the program, so each is the bootstrap
+    /// process itself), by name.
+    children: Vec<(String, Child)>,
+    work: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        let mut lab = Lab {
+            tag: tag.to_owned(),
+            switch: format!("{tag}-sw"),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            work: tempfile::tempdir().unwrap(),
+        };
+        let sw = lab.switch.clone();
+        lab.add_namespace(&sw);
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &sw,
+            "addr",
+            "add",
+            &format!("{OBSERVER}/24"),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        for (name, _) in NODES {
+            let ns = lab.ns(name);
+            lab.add_namespace(&ns);
+            // The node's end is eth0 in its namespace; the switch's end is named after
+            // the node. Both are created in place, never in the root namespace.
+            ip(&[
+                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", name, "netns",
+                &sw,
+            ]);
+            ip(&["-n", &sw, "link", "set", name, "master", "br0"]);
+            ip(&["-n", &sw, "link", "set", name, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", address(name)),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        lab
+    }
+
+    fn add_namespace(&mut self, ns: &str) {
+        ip(&["netns", "add", ns]);
+        self.namespaces.push(ns.to_owned());
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    fn ns(&self, node: &str) -> String {
+        format!("{}-{node}", self.tag)
+    }
+
+    /// The node's eth0 up or down, from inside its namespace.
+    fn link(&self, node: &str, up: bool) {
+        let ns = self.ns(node);
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    /// `node.command(args)` run inside the node's namespace, with exactly its environment.
+    fn command(&self, name: &str, node: &Node, args: &[&str]) -> Command {
+        let inner = node.command(args);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(name)])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (key, value) in inner.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    fn log(&self, process: &str) -> PathBuf {
+        self.work.path().join(format!("{process}.log"))
+    }
+
+    /// Starts `bootstrap args` on `name` as process `process`, stdout and stderr to
+    /// `<process>.log`.
+    fn spawn(&mut self, process: &str, name: &str, node: &Node, args: &[&str]) {
+        let log = fs::File::create(self.log(process)).unwrap();
+        let child = self
+            .command(name, node, args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {process}: {e}"));
+        self.children.push((process.to_owned(), child));
+    }
+
+    fn text(&self, process: &str) -> String {
+        fs::read_to_string(self.log(process)).unwrap_or_default()
+    }
+
+    fn child(&mut self, process: &str) -> &mut Child {
+        &mut self
+            .children
+            .iter_mut()
+            .find(|(p, _)| p == process)
+            .unwrap_or_else(|| panic!("no process {process}"))
+            .1
+    }
+
+    /// The exit code, if the process has ended.
+    fn exited(&mut self, process: &str) -> Option<i32> {
+        self.child(process)
+            .try_wait()
+            .unwrap()
+            .map(|s| s.code().unwrap_or(-1))
+    }
+
+    /// Waits (bounded) for the process to end; its exit code.
+    fn wait(&mut self, process: &str, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(code) = self.exited(process) {
+                return code;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{process} did not finish within {timeout:?}\n{}",
+                    self.text(process)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self, process: &str) {
+        let child = self.child(process);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Runs `bootstrap args` on `name` to its end (bounded); its exit code and output.
+    fn run(&mut self, process: &str, name: &str, node: &Node, args: &[&str]) -> (i32, String) {
+        self.spawn(process, name, node, args);
+        let code = self.wait(process, Duration::from_secs(90));
+        (code, self.text(process))
+    }
+
+    /// Runs `bootstrap args` on `name` to its end (bounded), stdout apart from the log.
+    fn run_split(
+        &mut self,
+        process: &str,
+        name: &str,
+        node: &Node,
+        args: &[&str],
+    ) -> (i32, String) {
+        let out = self.work.path().join(format!("{process}.out"));
+        let log = fs::File::create(self.log(process)).unwrap();
+        let child = self
+            .command(name, node, args)
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {process}: {e}"));
+        self.children.push((process.to_owned(), child));
+        let code = self.wait(process, Duration::from_secs(90));
+        (code, fs::read_to_string(out).unwrap_or_default())
+    }
+
+    /// Everything the processes wrote, for failure messages.
+    fn dump(&self) -> String {
+        let mut out = String::new();
+        for (process, _) in &self.children {
+            out.push_str(&format!("===== {process}\n{}\n", self.text(process)));
+        }
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Anything still inside our namespaces (stand-ins a killed `up` had started) was
+        // started by this test: end it by pid.
+        for ns in &self.namespaces {
+            let pids = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .stdin(Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        // Node namespaces first (their veths go with them), then the switch.
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stdin(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (the rest of the test
+/// stays where it is).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    extern "C" {
+        fn setns(fd: i32, nstype: i32) -> i32;
+    }
+    const CLONE_NEWNET: i32 = 0x4000_0000;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on this thread only, with a namespace file kept open for the call.
+        let rc = unsafe { setns(file.as_raw_fd(), CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("the thread in the namespace panicked")
+}
+
+/// Waits (bounded) until `ready` holds.
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("join_netns: gave up waiting for {what} after {timeout:?}");
+    false
+}
+
+/// A node's root: the k3s stand-in image, its config, its host name, the shared cluster.
+fn make_node(cluster: &Path, name: &str, role: &str, secret: &str, timeout: &str) -> Node {
+    let mut node = Node::new().env("STANDIN_CLUSTER", &cluster.display().to_string());
+    if CONTROLLERS[1..].contains(&name) {
+        // Extra controllers hold the admission lease for a while: long enough for the
+        // test to look at the first controller while one of them holds it.
+        node = node.env("STANDIN_SLEEP", "k3s:server=3");
+    }
+    node.write("/proc/sys/kernel/hostname", &format!("{name}\n"));
+    node.write_mode("/etc/bootstrap/join-secret", &format!("{secret}\n"), 0o600);
+    write_config(&node, name, role, timeout);
+    node
+}
+
+fn write_config(node: &Node, name: &str, role: &str, timeout: &str) {
+    let controllers: Vec<String> = CONTROLLERS.iter().map(|c| address(c)).collect();
+    node.config(&format!(
+        "role: {role}\n\
+         node: {{name: {name}, address: {}}}\n\
+         preflight: {{ignore: [address]}}\n\
+         registry: {{enabled: false}}\n\
+         cluster:\n  controllers: [{}]\n  join_secret_file: /etc/bootstrap/join-secret\n\
+         join: {{port: {JOIN_PORT}, timeout: {timeout}}}\n",
+        address(name),
+        controllers.join(", ")
+    ));
+}
+
+fn cluster_state(cluster: &Path) -> serde_json::Value {
+    let text = fs::read_to_string(cluster.join("cluster.json")).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+/// A controller-role event in the first controller's join-service log.
+#[derive(Debug, PartialEq)]
+enum Admit {
+    Granted(String),
+    Released(String),
+    Busy { asker: String, holder: String },
+}
+
+/// The control-plane admission events, in order, of the first controller's join-service
+/// logs (given in the order the services ran).
+fn admission_events(logs: &[String]) -> Vec<Admit> {
+    let mut events = Vec::new();
+    for line in logs.iter().flat_map(|l| l.lines()) {
+        if let Some(rest) = line.split(" info: join material for ").nth(1) {
+            if rest.ends_with("as a controller") {
+                events.push(Admit::Granted(rest.split(' ').next().unwrap().to_owned()));
+            }
+        } else if line.ends_with("has joined the control plane; lease released") {
+            let rest = line.split(" info: ").nth(1).unwrap_or_default();
+            events.push(Admit::Released(rest.split(' ').next().unwrap().to_owned()));
+        } else if line.contains(" waits: admission busy: ") {
+            let rest = line.split(" info: ").nth(1).unwrap_or_default();
+            let asker = rest.split(' ').next().unwrap().to_owned();
+            let holder = rest
+                .split("admission busy: ")
+                .nth(1)
+                .and_then(|h| h.split(' ').next())
+                .unwrap_or_default()
+                .to_owned();
+            events.push(Admit::Busy { asker, holder });
+        }
+    }
+    events
+}
+
+/// The controller that holds the lease after `events`, if any; panics when the events
+/// show two holders at once or a release by someone who did not hold it.
+fn holder_after(events: &[Admit]) -> Option<String> {
+    let mut holder: Option<String> = None;
+    for event in events {
+        match event {
+            Admit::Granted(node) => {
+                assert!(
+                    holder.is_none() || holder.as_deref() == Some(node.as_str()),
+                    "{node} was admitted while {holder:?} held the lease: {events:?}"
+                );
+                holder = Some(node.clone());
+            }
+            Admit::Released(node) => {
+                if holder.as_deref() == Some(node.as_str()) {
+                    holder = None;
+                }
+            }
+            Admit::Busy { holder: named, .. } => {
+                // With no holder known, the grant's log line may have died with the
+                // killed service (the lease is saved before it is logged): the named
+                // holder has it.
+                assert!(
+                    holder.is_none() || holder.as_deref() == Some(named.as_str()),
+                    "a busy answer named {named}, but the lease was {holder:?}: {events:?}"
+                );
+                holder = Some(named.clone());
+            }
+        }
+    }
+    holder
+}
+
+/// Asks the first controller's join service, from the switch namespace, to admit a
+/// controller that is not one of the nodes; what it answered.
+fn probe_admission(switch: &str, keys: &bootstrap::join::JoinKeys) -> String {
+    use bootstrap::join::proto::{Request, RequestKind};
+    let keys = keys.clone();
+    let target = format!("{}:{JOIN_PORT}", address("c1"));
+    in_netns(switch, move || {
+        let ask = |kind| {
+            bootstrap::join::client::ask(
+                &target,
+                &keys,
+                &Request {
+                    version: 1,
+                    kind,
+                    role: bootstrap::distro::JoinRole::Controller,
+                    node: "admission-probe".into(),
+                    credential: None,
+                },
+            )
+        };
+        match ask(RequestKind::Join) {
+            Err(cause) => cause.to_string(),
+            Ok(_) => {
+                // The lease was free and the probe took it: give it straight back.
+                let released = ask(RequestKind::Release);
+                format!("admitted (the lease was free); released: {released:?}")
+            }
+        }
+    })
+}
+
+#[test]
+fn nodes_join_across_network_namespaces() {
+    let tag = format!("bj{}", std::process::id());
+    if let Some(why) = unsupported(&format!("{tag}-probe")) {
+        println!("SKIPPED join_netns::nodes_join_across_network_namespaces: {why}");
+        return;
+    }
+    let started = Instant::now();
+    let mut lab = Lab::new(&tag);
+    let cluster = tempfile::tempdir().unwrap();
+    let cl = cluster.path();
+    let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
+    for name in CONTROLLERS {
+        nodes.insert(name, make_node(cl, name, "auto", SECRET, JOIN_TIMEOUT));
+    }
+    for name in ["w1", "w2", "w3"] {
+        nodes.insert(name, make_node(cl, name, "worker", SECRET, JOIN_TIMEOUT));
+    }
+    nodes.insert("x1", make_node(cl, "x1", "worker", WRONG_SECRET, "4s"));
+    let secret = bootstrap::secret::Secret::new(SECRET);
+    let keys = bootstrap::join::JoinKeys::from_secret(&secret);
+
+    // 1. Extra controllers and workers start before the first controller is up: they
+    //    find nothing to ask and keep trying.
+    let early = ["c2", "c3", "w1", "w2"];
+    for name in early {
+        lab.spawn(&format!("{name}-up"), name, &nodes[name], &["up"]);
+    }
+    for name in early {
+        let process = format!("{name}-up");
+        assert!(
+            wait_until(
+                &format!("{name} to fail a try"),
+                Duration::from_secs(20),
+                || { lab.text(&process).contains("failed: unreachable") }
+            ),
+            "{name} did not report an unreachable controller\n{}",
+            lab.dump()
+        );
+    }
+    let (code, out) = lab.run("c1-up", "c1", &nodes["c1"], &["up"]);
+    assert_eq!(code, 0, "the first controller's up failed:\n{out}");
+    for name in early {
+        assert_eq!(
+            lab.exited(&format!("{name}-up")),
+            None,
+            "{name} ended before any join service answered\n{}",
+            lab.dump()
+        );
+        assert!(!nodes[name].exists("/var/lib/bootstrap/join/material.json"));
+    }
+
+    // 2. The first controller's join service starts; once it has handed out material,
+    //    it is killed while the other joins are in flight, and started again.
+    let listen = format!("{}:{JOIN_PORT}", address("c1"));
+    lab.spawn(
+        "c1-serve-1",
+        "c1",
+        &nodes["c1"],
+        &["serve", "--listen", &listen],
+    );
+    assert!(
+        wait_until("the join service", Duration::from_secs(20), || lab
+            .text("c1-serve-1")
+            .contains("listening on")),
+        "{}",
+        lab.dump()
+    );
+    assert!(
+        wait_until("the first join material", Duration::from_secs(60), || lab
+            .text("c1-serve-1")
+            .contains("info: join material for ")),
+        "nobody got join material\n{}",
+        lab.dump()
+    );
+    lab.kill("c1-serve-1");
+    let in_flight: Vec<&str> = early
+        .iter()
+        .copied()
+        .filter(|n| !nodes[n].exists("/var/lib/bootstrap/done.json"))
+        .collect();
+    // Controllers join one at a time, and each holds the lease for seconds: at least one
+    // is still joining when the service goes.
+    assert!(
+        in_flight.iter().any(|n| n.starts_with('c')),
+        "no controller join in flight when the join service was killed\n{}",
+        lab.dump()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    lab.spawn(
+        "c1-serve-2",
+        "c1",
+        &nodes["c1"],
+        &["serve", "--listen", &listen],
+    );
+    assert!(
+        wait_until(
+            "the restarted join service",
+            Duration::from_secs(20),
+            || lab.text("c1-serve-2").contains("listening on")
+        ),
+        "{}",
+        lab.dump()
+    );
+
+    // 3. A link taken down during a join: w3 starts with its link down, fails its tries
+    //    as unreachable, and joins once the link is back.
+    lab.link("w3", false);
+    lab.spawn("w3-up", "w3", &nodes["w3"], &["up"]);
+    let link_down = Instant::now();
+    assert!(
+        wait_until("w3 to fail a try", Duration::from_secs(20), || lab
+            .text("w3-up")
+            .contains("failed: unreachable")),
+        "{}",
+        lab.dump()
+    );
+
+    // 4. Control-plane admission: while an extra controller holds the lease, another
+    //    controller asking is told to wait, with the holder named. The probe asks as soon
+    //    as the log shows a holder (each holds the lease for more than 3 s).
+    let mut probed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(100);
+    let mut busy = None;
+    while busy.is_none() && Instant::now() < deadline && probed.len() < 3 {
+        let logs = [lab.text("c1-serve-1"), lab.text("c1-serve-2")];
+        if let Some(holder) = holder_after(&admission_events(&logs)) {
+            if !probed.contains(&holder) {
+                let answer = probe_admission(&lab.switch, &keys);
+                if answer.contains(&format!("admission busy: {holder} is joining")) {
+                    busy = Some(answer.clone());
+                }
+                probed.push(holder.clone());
+                eprintln!("join_netns: probe while {holder} held the lease: {answer:?}");
+            }
+        }
+        if link_down.elapsed() > Duration::from_secs(4) {
+            // The link has been down for a few seconds: back up.
+            lab.link("w3", true);
+        }
+        if ["c2-up", "c3-up"].iter().all(|p| lab.exited(p).is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        busy.is_some(),
+        "no busy answer naming the holder (probed while {probed:?} held the lease)\n{}",
+        lab.dump()
+    );
+    if link_down.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_secs(4) - link_down.elapsed());
+    }
+    lab.link("w3", true);
+
+    // Every joiner ends joined; controllers serve once they have joined.
+    for name in ["c2", "c3"] {
+        let code = lab.wait(&format!("{name}-up"), Duration::from_secs(110));
+        assert_eq!(code, 0, "{name}\n{}", lab.dump());
+        let listen = format!("{}:{JOIN_PORT}", address(name));
+        lab.spawn(
+            &format!("{name}-serve"),
+            name,
+            &nodes[name],
+            &["serve", "--listen", &listen],
+        );
+    }
+    for name in ["w1", "w2", "w3"] {
+        let code = lab.wait(&format!("{name}-up"), Duration::from_secs(110));
+        assert_eq!(code, 0, "{name}\n{}", lab.dump());
+    }
+    for name in ["c2", "c3"] {
+        let process = format!("{name}-serve");
+        assert!(
+            wait_until(&process, Duration::from_secs(20), || lab
+                .text(&process)
+                .contains("listening on")),
+            "{}",
+            lab.dump()
+        );
+    }
+    // w3's tries while its link was down failed as unreachable, and it joined after.
+    let w3 = lab.text("w3-up");
+    assert!(w3.contains("join material from"), "{w3}");
+    assert!(
+        w3.find("failed: unreachable") < w3.find("join material from"),
+        "{w3}"
+    );
+    // The joiners that were waiting when the service was killed were served by a join
+    // service after the restart (the restarted one, or an extra controller by then).
+    let late_served: Vec<&str> = in_flight
+        .iter()
+        .copied()
+        .filter(|n| {
+            lab.text("c1-serve-2")
+                .contains(&format!("join material for {n} "))
+                || ["c2-serve", "c3-serve"]
+                    .iter()
+                    .any(|s| lab.text(s).contains(&format!("join material for {n} ")))
+        })
+        .collect();
+    assert!(
+        !late_served.is_empty(),
+        "none of {in_flight:?} was served after the restart\n{}",
+        lab.dump()
+    );
+
+    // 5. Admission, over both runs of the first controller's join service: every
+    //    controller admitted and released, never two at once, nothing held at the end.
+    let logs = [lab.text("c1-serve-1"), lab.text("c1-serve-2")];
+    let events = admission_events(&logs);
+    assert_eq!(holder_after(&events), None, "{events:?}");
+    for name in ["c2", "c3"] {
+        assert!(events.contains(&Admit::Granted(name.into())), "{events:?}");
+        assert!(events.contains(&Admit::Released(name.into())), "{events:?}");
+    }
+    assert!(
+        !nodes["c1"].exists("/var/lib/bootstrap/join/lease.json"),
+        "the lease is still held"
+    );
+    let waits = events
+        .iter()
+        .filter(|e| matches!(e, Admit::Busy { asker, .. } if asker != "admission-probe"))
+        .count();
+    eprintln!("join_netns: admission events {events:?} ({waits} busy answers to nodes)");
+
+    // 6. The wrong secret: every controller's key fails the pin, nothing is sent, and the
+    //    node gives up at join.timeout with exit 4 and that cause.
+    let (code, out) = lab.run("x1-up", "x1", &nodes["x1"], &["up"]);
+    assert_eq!(code, 4, "{out}");
+    for c in CONTROLLERS {
+        assert!(
+            out.contains(&format!(
+                "failed: TLS: {}:{JOIN_PORT}: the server's key is not the one the join secret gives",
+                address(c)
+            )),
+            "no pin failure from {c}:\n{out}"
+        );
+    }
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("no join material after") && last.contains("last cause: TLS"),
+        "{out}"
+    );
+    assert!(!nodes["x1"].exists("/var/lib/bootstrap/join/material.json"));
+    for c in CONTROLLERS {
+        let log = if c == "c1" {
+            lab.text("c1-serve-2")
+        } else {
+            lab.text(&format!("{c}-serve"))
+        };
+        assert!(!log.contains(&address("x1")), "{c} served x1:\n{log}");
+    }
+
+    // 7. Every node is in the cluster, with material matching the first controller's.
+    let state = cluster_state(cl);
+    for name in ["c1", "c2", "c3", "w1", "w2", "w3"] {
+        let role = state["nodes"][name]["role"].as_str().unwrap_or_default();
+        let want = if name.starts_with('c') {
+            "control-plane"
+        } else {
+            "worker"
+        };
+        assert_eq!(role, want, "{name} in the cluster: {state}");
+        assert!(nodes[name].exists("/var/lib/bootstrap/done.json"), "{name}");
+    }
+    assert!(state["nodes"].get("x1").is_none(), "{state}");
+    let mint = |lab: &mut Lab, role: &str| -> serde_json::Value {
+        let process = format!("c1-token-{role}");
+        let (code, out) = lab.run_split(
+            &process,
+            "c1",
+            &nodes["c1"],
+            &["token", "create", "--role", role, "--material"],
+        );
+        assert_eq!(code, 0, "{}", lab.text(&process));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let controller = mint(&mut lab, "controller");
+    let worker = mint(&mut lab, "worker");
+    let k3s_tokens = state["tokens"].as_object().cloned().unwrap_or_default();
+    for name in ["c2", "c3", "w1", "w2", "w3"] {
+        let path = nodes[name].path("/var/lib/bootstrap/join/material.json");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}'s material");
+        let got: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        let want = if name.starts_with('c') {
+            &controller
+        } else {
+            &worker
+        };
+        for field in [
+            "distro",
+            "version",
+            "role",
+            "endpoint",
+            "pod_cidr",
+            "service_cidr",
+        ] {
+            assert_eq!(got[field], want[field], "{name}: {field}");
+        }
+        let token = got["token"].as_str().unwrap();
+        let want_token = want["token"].as_str().unwrap();
+        if name.starts_with('c') {
+            // The server token: the same on every controller.
+            assert_eq!(token, want_token, "{name}'s token");
+        } else {
+            // A minted agent token (each join service mints its own) for this cluster's
+            // CA, live in the cluster.
+            let (ca, credential) = token.split_once("::").unwrap();
+            assert_eq!(
+                ca,
+                want_token.split_once("::").unwrap().0,
+                "{name}'s CA pin"
+            );
+            let (id, secret) = credential.split_once('.').unwrap();
+            assert_eq!(
+                k3s_tokens.get(id).and_then(|t| t["secret"].as_str()),
+                Some(secret),
+                "{name}'s token is not one the cluster knows"
+            );
+        }
+    }
+    if std::env::var_os("JOIN_NETNS_VERBOSE").is_some() {
+        eprintln!("{}", lab.dump());
+    }
+    eprintln!(
+        "join_netns: all nodes joined in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
