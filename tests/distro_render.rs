@@ -381,3 +381,21 @@ fn distro_units_pass_systemd_analyze_verify() {
     );
     assert!(ok, "systemd-analyze verify kubelet.service:\n{output}");
 }
+
+#[test]
+fn the_join_service_unit_passes_systemd_analyze_verify() {
+    let text = bootstrap::join::unit_text("/usr/local/bin/bootstrap").unwrap();
+    assert!(
+        text.contains("ExecStart=/usr/local/bin/bootstrap serve"),
+        "{text}"
+    );
+    let (ok, output) = common::systemd_verify(
+        "bootstrap-join.service",
+        &text,
+        &[("/usr/local/bin/bootstrap", "/bin/true")],
+    );
+    assert!(
+        ok,
+        "systemd-analyze verify bootstrap-join.service:\n{output}"
+    );
+}
