@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::steps::{self, keyed};
 use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole};
 use crate::host::CommandSpec;
-use crate::plan::{Phase, Probe, ServiceAction, Step};
+use crate::plan::{Phase, Probe, Step};
 use crate::role::Role;
 use crate::secret::Secret;
 
@@ -119,13 +119,7 @@ pub fn install_command(ctx: &Context<'_>) -> CommandSpec {
         command = command.args(["--token-file", TOKEN_FILE]);
     }
     if runs_kubelet {
-        let labels: Vec<String> = ctx
-            .config
-            .node
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let labels = ctx.labels();
         if !labels.is_empty() {
             command = command.args(["--labels".to_owned(), labels.join(",")]);
         }
@@ -308,15 +302,8 @@ impl Distro for K0s {
 
     fn teardown_steps(&self) -> Vec<Step> {
         let mut out = Vec::new();
-        for unit in [CONTROLLER_UNIT, WORKER_UNIT] {
-            out.push(steps::service(
-                Phase::Reset,
-                "k0s stops (k0s stop)",
-                unit,
-                ServiceAction::Stop,
-            ));
-        }
         out.extend(super::teardown_common(
+            &[CONTROLLER_UNIT, WORKER_UNIT],
             &format!("{DATA_DIR}/bin"),
             &[DATA_DIR, "/run/k0s", "/var/lib/kubelet"],
             &["kube-bridge", "dummy0", "vxlan.calico"],

@@ -157,13 +157,7 @@ pub fn render_config(ctx: &Context<'_>) -> Result<String, DistroError> {
             config.insert("service-cidr".into(), json!(service));
         }
     }
-    let labels: Vec<String> = ctx
-        .config
-        .node
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let labels = ctx.labels();
     if !labels.is_empty() {
         config.insert("node-label".into(), json!(labels));
     }
@@ -381,15 +375,8 @@ impl Distro for K3s {
 
     fn teardown_steps(&self) -> Vec<Step> {
         let mut out = Vec::new();
-        for unit in [SERVER_UNIT, AGENT_UNIT] {
-            out.push(steps::service(
-                Phase::Reset,
-                "k3s stops",
-                unit,
-                ServiceAction::Stop,
-            ));
-        }
         out.extend(super::teardown_common(
+            &[SERVER_UNIT, AGENT_UNIT],
             &format!("{DATA_DIR}/data"),
             &[
                 "/run/k3s",

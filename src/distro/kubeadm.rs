@@ -100,13 +100,7 @@ fn node_registration(ctx: &Context<'_>) -> Value {
     if let Some(ip) = ctx.node_address {
         kubelet_args.push(("node-ip", ip.to_string()));
     }
-    let labels: Vec<String> = ctx
-        .config
-        .node
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let labels = ctx.labels();
     if !labels.is_empty() {
         kubelet_args.push(("node-labels", labels.join(",")));
     }
@@ -553,6 +547,7 @@ impl Distro for Kubeadm {
             ServiceAction::Stop,
         ));
         out.extend(super::teardown_common(
+            &[],
             "/usr/local/bin/containerd-shim-runc-v2",
             &[
                 "/var/lib/kubelet",

@@ -194,6 +194,16 @@ impl Context<'_> {
         })
     }
 
+    /// `node.labels` as `key=value` strings.
+    pub fn labels(&self) -> Vec<String> {
+        self.config
+            .node
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
+    }
+
     /// Pod and service CIDRs as configured.
     pub fn cidrs(&self) -> (Option<String>, Option<String>) {
         (
@@ -508,12 +518,24 @@ pub(crate) fn material(
 /// Teardown every distro shares: containerd shims killed, mounts under the data folders
 /// unmounted, CNI interfaces deleted (on a live node only: they are not under a root).
 pub(crate) fn teardown_common(
+    units: &[&str],
     shim_dir: &str,
     mount_dirs: &[&str],
     interfaces: &[&str],
 ) -> Vec<Step> {
     use crate::plan::{Action, Phase};
-    let mut out = vec![
+    let mut out: Vec<Step> = units
+        .iter()
+        .map(|unit| {
+            steps::service(
+                Phase::Reset,
+                "the distro stops first",
+                unit,
+                crate::plan::ServiceAction::Stop,
+            )
+        })
+        .collect();
+    out.extend([
         Step::new(
             Phase::Reset,
             "containerd shims outlive the service (KillMode=process)",
@@ -528,7 +550,7 @@ pub(crate) fn teardown_common(
                 under: mount_dirs.iter().map(PathBuf::from).collect(),
             },
         ),
-    ];
+    ]);
     for name in interfaces {
         out.push(steps::run(
             Phase::Reset,
