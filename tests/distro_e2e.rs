@@ -401,6 +401,14 @@ fn upgrade_with_skew_rules(case: &Case) {
         case.next,
         "{state}"
     );
+    if case.runtime == "kubernetes" {
+        // kubeadm: the controller is drained before its kubelet is replaced, then
+        // uncordoned.
+        let calls = a.calls().join("\n");
+        assert!(calls.contains("drain node-a"), "{calls}");
+        assert!(calls.contains("uncordon node-a"), "{calls}");
+        assert_eq!(state["nodes"]["node-a"]["unschedulable"], false, "{state}");
+    }
     // The previous image is kept for a rollback.
     let versions = a.path("/var/lib/bootstrap/rootfs.versions");
     assert!(

@@ -37,6 +37,8 @@ pub const CRI_SOCKET: &str = "unix:///var/run/containerd/containerd.sock";
 /// uploaded longer ago than this gets a fresh upload first.
 const CERTS_REUPLOAD_AFTER: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 const KUBEADM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// Bound on draining a controller before its kubelet is replaced.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 /// The kinds `distro.kubeadm` may carry, each merged into the document of that kind.
 pub const KINDS: [&str; 5] = [
     "InitConfiguration",
@@ -590,7 +592,15 @@ impl Distro for Kubeadm {
         } else {
             CommandSpec::new(KUBEADM).args(["upgrade", "node"])
         };
-        Ok(vec![
+        // The kubelet swap moves this node's pods: on a controller of a bigger cluster
+        // they go elsewhere first (a worker's kubelet credentials may not drain).
+        let drain = ctx.role.is_controller() && !ctx.single_node();
+        let kubectl = |args: &[&str]| {
+            self.kubectl(ADMIN_KUBECONFIG)
+                .args(args.iter().copied())
+                .timeout(DRAIN_TIMEOUT + std::time::Duration::from_secs(30))
+        };
+        let mut out = vec![
             steps::install(
                 Phase::Upgrade,
                 "kubeadm first: it upgrades the control plane",
@@ -610,6 +620,27 @@ impl Distro for Kubeadm {
                 ),
                 &[target.as_bytes()],
             ),
+        ];
+        let timeout = format!("{}s", DRAIN_TIMEOUT.as_secs());
+        if drain {
+            out.push(keyed(
+                steps::run(
+                    Phase::Upgrade,
+                    "its pods move elsewhere before the kubelet is replaced",
+                    kubectl(&[
+                        "drain",
+                        &ctx.node_name,
+                        "--ignore-daemonsets",
+                        "--delete-emptydir-data",
+                        "--timeout",
+                        &timeout,
+                    ]),
+                    None,
+                ),
+                &[target.as_bytes()],
+            ));
+        }
+        out.extend([
             steps::install(
                 Phase::Upgrade,
                 "then the node agent",
@@ -627,7 +658,19 @@ impl Distro for Kubeadm {
                 &[target.as_bytes()],
             ),
             readiness(ctx, Phase::Upgrade),
-        ])
+        ]);
+        if drain {
+            out.push(keyed(
+                steps::run(
+                    Phase::Upgrade,
+                    "it takes pods again",
+                    kubectl(&["uncordon", &ctx.node_name]),
+                    None,
+                ),
+                &[target.as_bytes()],
+            ));
+        }
+        Ok(out)
     }
 }
 
