@@ -132,6 +132,9 @@ pub struct ClusterConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub service_cidr: Option<IpNet>,
+    /// Whether controllers also run workloads; unset, each distro's default (k3s: yes;
+    /// k0s and kubeadm: only on a one-node cluster).
+    pub controller_workloads: Option<bool>,
 }
 
 /// Where the cluster image comes from.

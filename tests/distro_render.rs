@@ -399,3 +399,28 @@ fn the_join_service_unit_passes_systemd_analyze_verify() {
         "systemd-analyze verify bootstrap-join.service:\n{output}"
     );
 }
+
+#[test]
+fn controller_workloads_is_honoured_by_every_distro() {
+    let on = CONFIG.replace("cluster:\n", "cluster:\n  controller_workloads: true\n");
+    let off = CONFIG.replace("cluster:\n", "cluster:\n  controller_workloads: false\n");
+    let k0s = render("k0s", "v1.31.4+k0s.0", Role::InitController, &on);
+    assert!(k0s.contains("--enable-worker --no-taints"), "{k0s}");
+    let k0s = render("k0s", "v1.31.4+k0s.0", Role::InitController, CONFIG);
+    assert!(!k0s.contains("--enable-worker"), "{k0s}");
+    let kubeadm = render("kubernetes", "v1.31.4", Role::JoinController, &on);
+    assert!(
+        !kubeadm.contains("node-role.kubernetes.io/control-plane"),
+        "{kubeadm}"
+    );
+    let k3s = render("k3s", "v1.31.4+k3s1", Role::InitController, &off);
+    assert!(
+        k3s.contains("- node-role.kubernetes.io/control-plane:NoSchedule"),
+        "{k3s}"
+    );
+    let k3s = render("k3s", "v1.31.4+k3s1", Role::InitController, CONFIG);
+    assert!(!k3s.contains("control-plane:NoSchedule"), "{k3s}");
+    // Agents are workers whatever the setting.
+    let agent = render("k3s", "v1.31.4+k3s1", Role::Worker, &off);
+    assert!(!agent.contains("control-plane:NoSchedule"), "{agent}");
+}

@@ -33,9 +33,10 @@ fn unit_name(role: Role) -> &'static str {
     }
 }
 
-/// Whether a controller also runs a kubelet: on a one-node cluster it must.
+/// Whether a controller also runs a kubelet (`--enable-worker`): on a one-node cluster,
+/// or when `cluster.controller_workloads` says so.
 fn controller_runs_workloads(ctx: &Context<'_>) -> bool {
-    ctx.single_node()
+    ctx.controllers_run_workloads(false)
 }
 
 /// The ClusterConfig for controllers: API address and SANs set explicitly (tokens embed

@@ -161,8 +161,16 @@ pub fn render_config(ctx: &Context<'_>) -> Result<String, DistroError> {
     if !labels.is_empty() {
         config.insert("node-label".into(), json!(labels));
     }
-    if !ctx.config.node.taints.is_empty() {
-        config.insert("node-taint".into(), json!(ctx.config.node.taints));
+    let mut taints = ctx.config.node.taints.clone();
+    if server && !ctx.controllers_run_workloads(true) {
+        // k3s servers take workloads by default; this keeps them off.
+        taints.insert(
+            0,
+            "node-role.kubernetes.io/control-plane:NoSchedule".to_owned(),
+        );
+    }
+    if !taints.is_empty() {
+        config.insert("node-taint".into(), json!(taints));
     }
     for (key, value) in &ctx.config.distro.k3s {
         let bare = key.trim_end_matches('+');

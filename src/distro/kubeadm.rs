@@ -108,8 +108,8 @@ fn node_registration(ctx: &Context<'_>) -> Value {
     }
     let mut taints: Vec<Value> = ctx.config.node.taints.iter().map(|t| taint(t)).collect();
     // A lone controller must run workloads; on a bigger cluster controllers keep
-    // kubeadm's usual NoSchedule taint.
-    if ctx.role.is_controller() && !ctx.single_node() {
+    // kubeadm's usual NoSchedule taint unless cluster.controller_workloads lifts it.
+    if ctx.role.is_controller() && !ctx.controllers_run_workloads(false) {
         taints.insert(
             0,
             json!({"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}),

@@ -177,6 +177,16 @@ impl Context<'_> {
         Ok(out)
     }
 
+    /// Whether controllers run workloads: `cluster.controller_workloads`, else
+    /// `default` for a cluster of several nodes (a lone controller always does, or
+    /// nothing could run).
+    pub fn controllers_run_workloads(&self, default: bool) -> bool {
+        self.config
+            .cluster
+            .controller_workloads
+            .unwrap_or(default || self.single_node())
+    }
+
     /// Whether this is a one-node cluster (no controllers listed).
     pub fn single_node(&self) -> bool {
         !self.config.is_multi_node()
