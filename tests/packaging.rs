@@ -50,7 +50,7 @@ fn print_config(config: &str) -> (bool, String) {
     let etc = root.path().join("etc/bootstrap");
     fs::create_dir_all(&etc).unwrap();
     for (name, text) in [
-        ("join-secret", "0123456789abcdef0123456789abcdef01234567"),
+        ("join-secret", "6f1c2a9e8b7d4c3f2e1a0b9c8d7e6f5a4b3c2d1e"),
         ("registry-password", "registry-password-1"),
     ] {
         fs::write(etc.join(name), text).unwrap();
