@@ -40,6 +40,11 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// The line of `up --join FILE`, read once before anything else (FILE may be
+    /// standard input, which can be read only once).
+    #[arg(skip)]
+    pub join_line: Option<crate::join::manual::JoinLine>,
 }
 
 /// Settings that may also come from flags (they win over file and environment).

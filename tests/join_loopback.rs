@@ -151,6 +151,31 @@ fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
         assert!(!call.contains(&credential), "credential on argv: {call}");
     }
 
+    // A line on standard input (`--join -`) works too: it is read once, though the
+    // configuration and the join both need it.
+    let second = a.run(&["token", "create", "--role", "worker", "--ttl", "10m"]);
+    second.assert_code(0);
+    let s = node(
+        cluster.path(),
+        "node-s",
+        "node: {name: node-s, address: 10.0.0.23}\npreflight: {ignore: [address]}\njoin: {timeout: 20s}\n",
+    );
+    let mut child = s
+        .command(&["up", "--role", "worker", "--join", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(second.stdout.as_bytes()).unwrap();
+    }
+    let run = common::to_run(child.wait_with_output().unwrap());
+    run.assert_code(0);
+    assert!(joined(cluster.path(), "node-s"), "{}", run.all());
+
     // The same line for a controller is refused; a line with another pin never trusts
     // the service.
     let run = w.run(&[

@@ -101,7 +101,8 @@ impl Error {
 }
 
 /// Runs the command line.
-pub fn run(cli: Cli) -> Result<(), Error> {
+pub fn run(mut cli: Cli) -> Result<(), Error> {
+    cli.join_line = read_join_line(&cli)?;
     match &cli.command {
         Some(Command::Version) => {
             println!(
@@ -152,8 +153,8 @@ pub(crate) fn open_host(cli: &Cli) -> Result<RootedHost, Error> {
 /// Loads configuration (all layers) for this command line.
 pub(crate) fn load_config(cli: &Cli, host: &dyn Host) -> Result<Config, Error> {
     let mut flags = cli.overrides.to_layer();
-    let line = join_line(cli)?;
-    if let Some(line) = &line {
+    let line = &cli.join_line;
+    if let Some(line) = line {
         // The line names the controller to ask; it stands in for cluster.controllers
         // and the join secret on this node.
         let (host, port) = crate::validate::endpoint(&line.address)
@@ -187,7 +188,7 @@ pub(crate) fn load_config(cli: &Cli, host: &dyn Host) -> Result<Config, Error> {
 }
 
 /// The join line of `up --join FILE`, read and parsed.
-pub(crate) fn join_line(cli: &Cli) -> Result<Option<crate::join::manual::JoinLine>, Error> {
+fn read_join_line(cli: &Cli) -> Result<Option<crate::join::manual::JoinLine>, Error> {
     let Some(Command::Up(crate::cli::UpArgs {
         join: Some(path), ..
     })) = &cli.command

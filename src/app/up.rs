@@ -193,31 +193,17 @@ fn fetch_material(
     } else {
         JoinRole::Worker
     };
-    let line = super::join_line(cli)?;
-    let (keys, targets, credential) = match (&line, session.config.join_secret()) {
-        (Some(line), _) => {
-            if line.role != role {
-                return Err(Error::Usage(format!(
-                    "--join: the line is for a {}, but this node joins as a {role}",
-                    line.role
-                )));
-            }
-            (
-                line.keys(),
-                vec![line.address.clone()],
-                Some(line.id.clone()),
-            )
+    if let Some(line) = &cli.join_line {
+        if line.role != role {
+            return Err(Error::Usage(format!(
+                "--join: the line is for a {}, but this node joins as a {role}",
+                line.role
+            )));
         }
-        (None, Some(secret)) if !session.config.cluster.controllers.is_empty() => (
-            crate::join::JoinKeys::from_secret(secret),
-            crate::join::targets(
-                &session.config.cluster.controllers,
-                session.config.join.port,
-            ),
-            None,
-        ),
+    }
+    let Some((keys, targets, credential)) = join_access(cli, session) else {
         // Nothing to ask with: the caller reports the missing material.
-        _ => return Ok(false),
+        return Ok(false);
     };
     let fetch = crate::join::Fetch {
         targets,
@@ -244,24 +230,35 @@ fn fetch_material(
     Ok(true)
 }
 
-/// Tells the first controller this controller has joined, so the next may.
-fn release_lease(cli: &Cli, session: &Session) {
-    let line = super::join_line(cli).ok().flatten();
-    let (keys, targets, credential) = match (&line, session.config.join_secret()) {
-        (Some(line), _) => (
+/// How this joiner reaches the join service: the keys, the `host:port` to ask and the
+/// manual credential's id — from a join line, or from the join secret and
+/// `cluster.controllers`; `None` when it has neither.
+fn join_access(
+    cli: &Cli,
+    session: &Session,
+) -> Option<(crate::join::JoinKeys, Vec<String>, Option<String>)> {
+    if let Some(line) = &cli.join_line {
+        return Some((
             line.keys(),
             vec![line.address.clone()],
             Some(line.id.clone()),
-        ),
-        (None, Some(secret)) => (
+        ));
+    }
+    let secret = session.config.join_secret()?;
+    let controllers = &session.config.cluster.controllers;
+    (!controllers.is_empty()).then(|| {
+        (
             crate::join::JoinKeys::from_secret(secret),
-            crate::join::targets(
-                &session.config.cluster.controllers,
-                session.config.join.port,
-            ),
+            crate::join::targets(controllers, session.config.join.port),
             None,
-        ),
-        (None, None) => return,
+        )
+    })
+}
+
+/// Tells the first controller this controller has joined, so the next may.
+fn release_lease(cli: &Cli, session: &Session) {
+    let Some((keys, targets, credential)) = join_access(cli, session) else {
+        return;
     };
     if let Err(cause) =
         crate::join::client::release(&keys, &targets, &session.node_name(), credential)
