@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::steps::{self, keyed};
+use super::steps;
 use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole};
 use crate::host::CommandSpec;
 use crate::plan::{Phase, Probe, Step};
@@ -333,25 +333,21 @@ impl Distro for K0s {
     fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
         let version = ctx.version().to_owned();
         let mut out = vec![
-            keyed(
-                steps::run(
-                    Phase::Upgrade,
-                    "k0s stops before its binary is replaced",
-                    CommandSpec::new(BIN).arg("stop"),
-                    None,
-                ),
-                &[version.as_bytes()],
-            ),
+            steps::run(
+                Phase::Upgrade,
+                "k0s stops before its binary is replaced",
+                CommandSpec::new(BIN).arg("stop"),
+                None,
+            )
+            .keyed(&[version.as_bytes()]),
             steps::install(Phase::Upgrade, "the new k0s binary", ctx.bin("k0s")?, BIN),
-            keyed(
-                steps::run(
-                    Phase::Upgrade,
-                    "k0s starts on the new binary",
-                    CommandSpec::new(BIN).arg("start"),
-                    None,
-                ),
-                &[version.as_bytes()],
-            ),
+            steps::run(
+                Phase::Upgrade,
+                "k0s starts on the new binary",
+                CommandSpec::new(BIN).arg("start"),
+                None,
+            )
+            .keyed(&[version.as_bytes()]),
         ];
         out.extend(readiness(ctx, Phase::Upgrade));
         Ok(out)

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::steps::{self, keyed};
+use super::steps;
 use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole};
 use crate::host::CommandSpec;
 use crate::plan::{Phase, ServiceAction, Step};
@@ -297,17 +297,29 @@ impl Distro for K3s {
                 unit_text.clone().into_bytes(),
             ),
             crate::runtime::phase::daemon_reload(phase, &[&unit_text]),
-            steps::service(phase, "k3s starts at every boot", unit, ServiceAction::Enable),
-            keyed(
-                steps::service(
-                    phase,
-                    "(re)start with these settings; Type=notify would block until ready, so do not wait here",
-                    unit,
-                    ServiceAction::RestartNoBlock,
-                ),
-                &[config.as_bytes(), token.expose().as_bytes(), unit_text.as_bytes()],
+            steps::service(
+                phase,
+                "k3s starts at every boot",
+                unit,
+                ServiceAction::Enable,
             ),
-            steps::service(phase, "k3s must be running", unit, ServiceAction::StartNoBlock),
+            steps::service(
+                phase,
+                "(re)start with these settings; Type=notify would block until ready, so do not wait here",
+                unit,
+                ServiceAction::RestartNoBlock,
+            )
+            .keyed(&[
+                config.as_bytes(),
+                token.expose().as_bytes(),
+                unit_text.as_bytes(),
+            ]),
+            steps::service(
+                phase,
+                "k3s must be running",
+                unit,
+                ServiceAction::StartNoBlock,
+            ),
         ];
         out.push(readiness(ctx, phase));
         Ok(out)
@@ -428,15 +440,13 @@ impl Distro for K3s {
         let version = ctx.version().to_owned();
         Ok(vec![
             steps::install(Phase::Upgrade, "the new k3s binary", ctx.bin("k3s")?, BIN),
-            keyed(
-                steps::service(
-                    Phase::Upgrade,
-                    "k3s restarts on the new binary",
-                    unit,
-                    ServiceAction::RestartNoBlock,
-                ),
-                &[version.as_bytes()],
-            ),
+            steps::service(
+                Phase::Upgrade,
+                "k3s restarts on the new binary",
+                unit,
+                ServiceAction::RestartNoBlock,
+            )
+            .keyed(&[version.as_bytes()]),
             readiness(ctx, Phase::Upgrade),
         ])
     }

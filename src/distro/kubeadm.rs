@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::steps::{self, keyed};
+use super::steps;
 use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole};
 use crate::host::CommandSpec;
 use crate::plan::{Phase, ServiceAction, Step};
@@ -458,7 +458,7 @@ impl Distro for Kubeadm {
         if ctx.role == Role::InitController {
             for (_, path) in ctx.manifests()? {
                 let contents = ctx.host.read(&path)?.unwrap_or_default();
-                out.push(keyed(
+                out.push(
                     steps::run(
                         Phase::PostInstall,
                         "the cluster image's manifests",
@@ -466,9 +466,9 @@ impl Distro for Kubeadm {
                             .args(["apply", "-f"])
                             .arg(path.display().to_string()),
                         None,
-                    ),
-                    &[&contents],
-                ));
+                    )
+                    .keyed(&[&contents]),
+                );
             }
         }
         out.extend(super::operator_kubeconfig(ctx, ADMIN_KUBECONFIG)?);
@@ -607,23 +607,21 @@ impl Distro for Kubeadm {
                 ctx.bin("kubeadm")?,
                 KUBEADM,
             ),
-            keyed(
-                steps::run(
-                    Phase::Upgrade,
-                    if ctx.role == Role::InitController {
-                        "upgrade the control plane (first controller)"
-                    } else {
-                        "upgrade this node's kubeadm-managed parts"
-                    },
-                    upgrade.timeout(KUBEADM_TIMEOUT),
-                    None,
-                ),
-                &[target.as_bytes()],
-            ),
+            steps::run(
+                Phase::Upgrade,
+                if ctx.role == Role::InitController {
+                    "upgrade the control plane (first controller)"
+                } else {
+                    "upgrade this node's kubeadm-managed parts"
+                },
+                upgrade.timeout(KUBEADM_TIMEOUT),
+                None,
+            )
+            .keyed(&[target.as_bytes()]),
         ];
         let timeout = format!("{}s", DRAIN_TIMEOUT.as_secs());
         if drain {
-            out.push(keyed(
+            out.push(
                 steps::run(
                     Phase::Upgrade,
                     "its pods move elsewhere before the kubelet is replaced",
@@ -636,9 +634,9 @@ impl Distro for Kubeadm {
                         &timeout,
                     ]),
                     None,
-                ),
-                &[target.as_bytes()],
-            ));
+                )
+                .keyed(&[target.as_bytes()]),
+            );
         }
         out.extend([
             steps::install(
@@ -648,27 +646,25 @@ impl Distro for Kubeadm {
                 KUBELET,
             ),
             steps::install(Phase::Upgrade, "and kubectl", ctx.bin("kubectl")?, KUBECTL),
-            keyed(
-                steps::service(
-                    Phase::Upgrade,
-                    "kubelet restarts on the new binary",
-                    KUBELET_UNIT,
-                    ServiceAction::Restart,
-                ),
-                &[target.as_bytes()],
-            ),
+            steps::service(
+                Phase::Upgrade,
+                "kubelet restarts on the new binary",
+                KUBELET_UNIT,
+                ServiceAction::Restart,
+            )
+            .keyed(&[target.as_bytes()]),
             readiness(ctx, Phase::Upgrade),
         ]);
         if drain {
-            out.push(keyed(
+            out.push(
                 steps::run(
                     Phase::Upgrade,
                     "it takes pods again",
                     kubectl(&["uncordon", &ctx.node_name]),
                     None,
-                ),
-                &[target.as_bytes()],
-            ));
+                )
+                .keyed(&[target.as_bytes()]),
+            );
         }
         Ok(out)
     }

@@ -3,8 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 use crate::host::CommandSpec;
 use crate::plan::{Action, Contents, Phase, Probe, ServiceAction, Step};
 use crate::secret::Secret;
@@ -123,17 +121,6 @@ pub fn until_readyz(phase: Phase, kubectl: CommandSpec, unit: &str) -> Step {
         },
         unit,
     )
-}
-
-/// A step that runs once per distinct `inputs`: its id carries their digest, so a change
-/// runs it again and an unchanged re-run finds it journaled.
-pub fn keyed(mut step: Step, inputs: &[&[u8]]) -> Step {
-    let mut hasher = Sha256::new();
-    for bytes in inputs {
-        hasher.update(Sha256::digest(bytes));
-    }
-    step.id = format!("{}@{}", step.id, hex::encode(&hasher.finalize()[..6]));
-    step
 }
 
 pub fn file_exists(path: &str) -> Probe {

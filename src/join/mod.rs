@@ -107,19 +107,16 @@ pub fn service_steps(
             },
         ));
     }
-    let mut restart = Step::new(
-        Phase::PostInstall,
-        "a changed unit takes effect",
-        Action::Service {
-            unit: UNIT.to_owned(),
-            action: ServiceAction::RestartNoBlock,
-        },
+    steps.push(
+        Step::new(
+            Phase::PostInstall,
+            "a changed unit takes effect",
+            Action::Service {
+                unit: UNIT.to_owned(),
+                action: ServiceAction::RestartNoBlock,
+            },
+        )
+        .keyed(&[unit.as_bytes()]),
     );
-    use sha2::Digest;
-    restart.id = format!(
-        "restart:{UNIT}@{}",
-        hex::encode(&sha2::Sha256::digest(unit.as_bytes())[..6])
-    );
-    steps.push(restart);
     Ok(steps)
 }

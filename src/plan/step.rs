@@ -283,6 +283,18 @@ impl Step {
         }
     }
 
+    /// This step, run once per distinct `inputs`: its id carries their digest, so a
+    /// change runs it again and an unchanged re-run finds it journaled (for steps the
+    /// host cannot judge: a restart, a command).
+    pub fn keyed(mut self, inputs: &[&[u8]]) -> Step {
+        let mut hasher = Sha256::new();
+        for bytes in inputs {
+            hasher.update(Sha256::digest(bytes));
+        }
+        self.id = format!("{}@{}", self.id, hex::encode(&hasher.finalize()[..6]));
+        self
+    }
+
     /// A digest of everything the step does; a journal entry only counts for the same
     /// fingerprint. Secret contents enter only through their hash, mixed with the rest.
     pub fn fingerprint(&self) -> String {

@@ -177,21 +177,15 @@ fn sources_digest(
 /// A restart keyed by what the service reads, so a change of any of it restarts the
 /// service once, and an unchanged re-run does not.
 fn keyed_restart(phase: Phase, unit: &str, inputs: &[&[u8]]) -> Step {
-    let mut hasher = Sha256::new();
-    for bytes in inputs {
-        hasher.update(Sha256::digest(bytes));
-    }
-    let digest = hex::encode(&hasher.finalize()[..6]);
-    let mut s = step(
+    step(
         phase,
         "(re)start with the files above",
         Action::Service {
             unit: unit.to_owned(),
             action: ServiceAction::Restart,
         },
-    );
-    s.id = format!("restart:{unit}@{digest}");
-    s
+    )
+    .keyed(inputs)
 }
 
 /// The registry phase, on the node(s) that run it: binary, CA and serving certificate
