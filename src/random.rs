@@ -13,6 +13,13 @@ pub fn hex(bytes: usize) -> io::Result<String> {
     Ok(hex::encode(buf))
 }
 
+/// A number in `[0, 1]` (for jitter).
+pub fn fraction() -> io::Result<f64> {
+    let mut buf = [0u8; 8];
+    fill(&mut buf)?;
+    Ok(u64::from_le_bytes(buf) as f64 / u64::MAX as f64)
+}
+
 /// `len` characters drawn uniformly from `alphabet` (rejection sampling: no modulo bias).
 pub fn from_alphabet(len: usize, alphabet: &[u8]) -> io::Result<String> {
     assert!(!alphabet.is_empty() && alphabet.len() <= 256);

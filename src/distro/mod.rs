@@ -69,7 +69,8 @@ pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15
 /// Where operators look for a kubeconfig on a controller.
 pub const OPERATOR_KUBECONFIG: &str = "/root/.kube/config";
 
-fn host_port(host: &str, port: u16) -> String {
+/// `host:port`, with an IPv6 address in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {

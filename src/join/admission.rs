@@ -3,7 +3,7 @@
 //! is kept in a file so a restarted join service still honours it.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,13 +23,6 @@ pub struct Admission {
     lease: Option<Lease>,
     file: Option<PathBuf>,
     duration: Duration,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Admission {
@@ -68,7 +61,7 @@ impl Admission {
 
     /// Gives the lease to `node` (again, if it holds it); `Err` names the holder.
     pub fn acquire(&mut self, node: &str) -> Result<(), String> {
-        let now = now();
+        let now = super::unix_now();
         if let Some(lease) = &self.lease {
             if lease.holder != node && lease.until > now {
                 return Err(format!(

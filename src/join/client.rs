@@ -80,12 +80,7 @@ impl Backoff {
             .base
             .saturating_mul(1u32.checked_shl(round.min(20)).unwrap_or(u32::MAX))
             .min(self.cap);
-        let mut byte = [0u8; 8];
-        let fraction = std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut byte))
-            .map(|()| u64::from_le_bytes(byte) as f64 / u64::MAX as f64)
-            .unwrap_or(0.5);
-        ceiling.mul_f64(fraction)
+        ceiling.mul_f64(crate::random::fraction().unwrap_or(0.5))
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -99,13 +99,6 @@ struct Stored {
     expires: u64,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The credentials a controller handed out, in a 0600 file (a real path).
 pub struct CredentialStore {
     pub file: PathBuf,
@@ -123,7 +116,7 @@ impl CredentialStore {
     pub fn add(&self, role: JoinRole, ttl: Duration) -> std::io::Result<(String, Secret)> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut all = self.read();
-        let now = now();
+        let now = super::unix_now();
         all.retain(|_, c| c.expires > now);
         let id = crate::random::hex(4)?;
         let secret = crate::random::hex(24)?;
@@ -155,7 +148,8 @@ impl CredentialStore {
 impl super::server::Credentials for CredentialStore {
     fn lookup(&self, id: &str) -> Option<(ring::hmac::Key, JoinRole)> {
         let stored = self.read().remove(id)?;
-        (stored.expires > now()).then(|| (credential_key(&Secret::new(stored.secret)), stored.role))
+        (stored.expires > super::unix_now())
+            .then(|| (credential_key(&Secret::new(stored.secret)), stored.role))
     }
 }
 

@@ -21,14 +21,16 @@ pub const UNIT: &str = "bootstrap-join.service";
 pub fn targets(controllers: &[String], port: u16) -> Vec<String> {
     controllers
         .iter()
-        .map(|c| {
-            if c.contains(':') && !c.starts_with('[') {
-                format!("[{c}]:{port}")
-            } else {
-                format!("{c}:{port}")
-            }
-        })
+        .map(|c| crate::distro::host_port(c, port))
         .collect()
+}
+
+/// Seconds since the Unix epoch (lease and credential expiry).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// `bootstrap-join.service`: `bootstrap serve`, restarted when it dies.
