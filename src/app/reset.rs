@@ -33,14 +33,8 @@ pub(super) fn run(cli: &Cli, args: &ResetArgs) -> Result<(), Error> {
         }
     }
     let undo = journal.undo_list();
-    let keep: Vec<PathBuf> = if args.purge {
-        Vec::new()
-    } else {
-        vec![
-            config.rootfs.dir.clone(),
-            crate::rootfs::unpack::versions_dir(&config.rootfs.dir),
-        ]
-    };
+    let image = image_paths(&config.rootfs.dir);
+    let keep: &[PathBuf] = if args.purge { &[] } else { &image };
     for item in &undo {
         if let Undo::Unit { name } = item {
             for action in [ServiceAction::Stop, ServiceAction::Disable] {
@@ -81,7 +75,7 @@ pub(super) fn run(cli: &Cli, args: &ResetArgs) -> Result<(), Error> {
             Undo::Unit { .. } => {}
         }
     }
-    for path in state_paths(&host, &keep)? {
+    for path in state_paths(&host, keep)? {
         plan.push(Step::new(
             Phase::Reset,
             "bootstrap's own state",
@@ -89,7 +83,7 @@ pub(super) fn run(cli: &Cli, args: &ResetArgs) -> Result<(), Error> {
         ));
     }
     if args.purge {
-        for path in keep_candidates(&config.rootfs.dir) {
+        for path in image {
             plan.push(Step::new(
                 Phase::Reset,
                 "--purge: the cluster image too",
@@ -166,8 +160,8 @@ fn installed_distros(host: &dyn Host, rootfs: &Path) -> Vec<DistroKind> {
     vec![DistroKind::K3s, DistroKind::K0s, DistroKind::Kubeadm]
 }
 
-/// The rootfs folder, its versions and any half-unpacked staging beside it.
-fn keep_candidates(rootfs: &Path) -> Vec<PathBuf> {
+/// The cluster image: the rootfs folder and its versions.
+fn image_paths(rootfs: &Path) -> Vec<PathBuf> {
     vec![
         rootfs.to_path_buf(),
         crate::rootfs::unpack::versions_dir(rootfs),
