@@ -18,10 +18,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::netns::{in_netns, unsupported, wait_until, Lab};
 use common::Node;
 
 const SECRET: &str = "6f1c2a9e8b7d4c3f2e1a0b9c8d7e6f5a4b3c2d1e";
@@ -49,312 +49,6 @@ const JOIN_TIMEOUT: &str = "100s";
 fn address(name: &str) -> String {
     let (_, host) = NODES.iter().find(|(n, _)| *n == name).unwrap();
     format!("{PREFIX}.{host}")
-}
-
-/// `ip …`, which must succeed.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Why this test cannot run here, if it cannot.
-fn unsupported(probe_ns: &str) -> Option<String> {
-    if !common::is_root() {
-        return Some("not root (network namespaces need CAP_SYS_ADMIN)".into());
-    }
-    match Command::new("ip")
-        .args(["netns", "add", probe_ns])
-        .stdin(Stdio::null())
-        .output()
-    {
-        Err(e) => Some(format!("no `ip` command ({e}); install iproute2")),
-        Ok(out) if !out.status.success() => Some(format!(
-            "`ip netns add` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(_) => {
-            let _ = Command::new("ip")
-                .args(["netns", "del", probe_ns])
-                .stdin(Stdio::null())
-                .status();
-            None
-        }
-    }
-}
-
-/// The namespaces, links and processes of one run; all of it goes when this is dropped,
-/// also on a panic.
-struct Lab {
-    tag: String,
-    switch: String,
-    /// Namespaces created so far, the switch's first.
-    namespaces: Vec<String>,
-    /// Processes started (`ip netns exec` execs the program, so each is the bootstrap
-    /// process itself), by name.
-    children: Vec<(String, Child)>,
-    work: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        let mut lab = Lab {
-            tag: tag.to_owned(),
-            switch: format!("{tag}-sw"),
-            namespaces: Vec::new(),
-            children: Vec::new(),
-            work: tempfile::tempdir().unwrap(),
-        };
-        let sw = lab.switch.clone();
-        lab.add_namespace(&sw);
-        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
-        ip(&[
-            "-n",
-            &sw,
-            "addr",
-            "add",
-            &format!("{OBSERVER}/24"),
-            "dev",
-            "br0",
-        ]);
-        ip(&["-n", &sw, "link", "set", "br0", "up"]);
-        for (name, _) in NODES {
-            let ns = lab.ns(name);
-            lab.add_namespace(&ns);
-            // The node's end is eth0 in its namespace; the switch's end is named after
-            // the node. Both are created in place, never in the root namespace.
-            ip(&[
-                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", name, "netns",
-                &sw,
-            ]);
-            ip(&["-n", &sw, "link", "set", name, "master", "br0"]);
-            ip(&["-n", &sw, "link", "set", name, "up"]);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", address(name)),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        }
-        lab
-    }
-
-    fn add_namespace(&mut self, ns: &str) {
-        ip(&["netns", "add", ns]);
-        self.namespaces.push(ns.to_owned());
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
-
-    fn ns(&self, node: &str) -> String {
-        format!("{}-{node}", self.tag)
-    }
-
-    /// The node's eth0 up or down, from inside its namespace.
-    fn link(&self, node: &str, up: bool) {
-        let ns = self.ns(node);
-        ip(&[
-            "-n",
-            &ns,
-            "link",
-            "set",
-            "eth0",
-            if up { "up" } else { "down" },
-        ]);
-    }
-
-    /// `node.command(args)` run inside the node's namespace, with exactly its environment.
-    fn command(&self, name: &str, node: &Node, args: &[&str]) -> Command {
-        let inner = node.command(args);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns(name)])
-            .arg(inner.get_program())
-            .args(inner.get_args());
-        for (key, value) in inner.get_envs() {
-            match value {
-                Some(value) => cmd.env(key, value),
-                None => cmd.env_remove(key),
-            };
-        }
-        cmd.stdin(Stdio::null());
-        cmd
-    }
-
-    fn log(&self, process: &str) -> PathBuf {
-        self.work.path().join(format!("{process}.log"))
-    }
-
-    /// Starts `bootstrap args` on `name` as process `process`, stdout and stderr to
-    /// `<process>.log`.
-    fn spawn(&mut self, process: &str, name: &str, node: &Node, args: &[&str]) {
-        let log = fs::File::create(self.log(process)).unwrap();
-        let child = self
-            .command(name, node, args)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {process}: {e}"));
-        self.children.push((process.to_owned(), child));
-    }
-
-    fn text(&self, process: &str) -> String {
-        fs::read_to_string(self.log(process)).unwrap_or_default()
-    }
-
-    fn child(&mut self, process: &str) -> &mut Child {
-        &mut self
-            .children
-            .iter_mut()
-            .find(|(p, _)| p == process)
-            .unwrap_or_else(|| panic!("no process {process}"))
-            .1
-    }
-
-    /// The exit code, if the process has ended.
-    fn exited(&mut self, process: &str) -> Option<i32> {
-        self.child(process)
-            .try_wait()
-            .unwrap()
-            .map(|s| s.code().unwrap_or(-1))
-    }
-
-    /// Waits (bounded) for the process to end; its exit code.
-    fn wait(&mut self, process: &str, timeout: Duration) -> i32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(code) = self.exited(process) {
-                return code;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "{process} did not finish within {timeout:?}\n{}",
-                    self.text(process)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self, process: &str) {
-        let child = self.child(process);
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    /// Runs `bootstrap args` on `name` to its end (bounded); its exit code and output.
-    fn run(&mut self, process: &str, name: &str, node: &Node, args: &[&str]) -> (i32, String) {
-        self.spawn(process, name, node, args);
-        let code = self.wait(process, Duration::from_secs(90));
-        (code, self.text(process))
-    }
-
-    /// Runs `bootstrap args` on `name` to its end (bounded), stdout apart from the log.
-    fn run_split(
-        &mut self,
-        process: &str,
-        name: &str,
-        node: &Node,
-        args: &[&str],
-    ) -> (i32, String) {
-        let out = self.work.path().join(format!("{process}.out"));
-        let log = fs::File::create(self.log(process)).unwrap();
-        let child = self
-            .command(name, node, args)
-            .stdout(fs::File::create(&out).unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {process}: {e}"));
-        self.children.push((process.to_owned(), child));
-        let code = self.wait(process, Duration::from_secs(90));
-        (code, fs::read_to_string(out).unwrap_or_default())
-    }
-
-    /// Everything the processes wrote, for failure messages.
-    fn dump(&self) -> String {
-        let mut out = String::new();
-        for (process, _) in &self.children {
-            out.push_str(&format!("===== {process}\n{}\n", self.text(process)));
-        }
-        out
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Anything still inside our namespaces (stand-ins a killed `up` had started) was
-        // started by this test: end it by pid.
-        for ns in &self.namespaces {
-            let pids = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .stdin(Stdio::null())
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        // Node namespaces first (their veths go with them), then the switch.
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stdin(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// Runs `f` on a thread that has entered network namespace `ns` (the rest of the test
-/// stays where it is).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    extern "C" {
-        fn setns(fd: i32, nstype: i32) -> i32;
-    }
-    const CLONE_NEWNET: i32 = 0x4000_0000;
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: setns on this thread only, with a namespace file kept open for the call.
-        let rc = unsafe { setns(file.as_raw_fd(), CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("the thread in the namespace panicked")
-}
-
-/// Waits (bounded) until `ready` holds.
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ready() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("join_netns: gave up waiting for {what} after {timeout:?}");
-    false
 }
 
 /// A node's root: the k3s stand-in image, its config, its host name, the shared cluster.
@@ -475,6 +169,7 @@ fn probe_admission(switch: &str, keys: &bootstrap::join::JoinKeys) -> String {
                     role: bootstrap::distro::JoinRole::Controller,
                     node: "admission-probe".into(),
                     credential: None,
+                    drain_timeout_secs: None,
                 },
             )
         };
@@ -497,7 +192,9 @@ fn nodes_join_across_network_namespaces() {
         return;
     }
     let started = Instant::now();
-    let mut lab = Lab::new(&tag);
+    let nodes_at: Vec<(&str, String)> = NODES.iter().map(|(n, _)| (*n, address(n))).collect();
+    let nodes_at: Vec<(&str, &str)> = nodes_at.iter().map(|(n, a)| (*n, a.as_str())).collect();
+    let mut lab = Lab::new(&tag, OBSERVER, &nodes_at, false);
     let cluster = tempfile::tempdir().unwrap();
     let cl = cluster.path();
     let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
@@ -762,7 +459,7 @@ fn nodes_join_across_network_namespaces() {
             &process,
             "c1",
             &nodes["c1"],
-            &["token", "create", "--role", role, "--material"],
+            &["token", "create", role, "--material"],
         );
         assert_eq!(code, 0, "{}", lab.text(&process));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
