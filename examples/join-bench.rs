@@ -39,6 +39,7 @@ fn kind(cause: &Cause) -> &'static str {
         Cause::NotReady(_) => "not-ready",
         Cause::Busy(_) => "busy",
         Cause::Protocol(_) => "protocol",
+        Cause::Failed(_) => "failed",
     }
 }
 
@@ -68,6 +69,7 @@ fn joiner(
         role: JoinRole::Worker,
         node: format!("bench-{index:04}"),
         credential: None,
+        drain_timeout_secs: None,
     };
     barrier.wait();
     let start = Instant::now();

@@ -208,12 +208,27 @@ impl Credentials for OneCredential {
     }
 }
 
+/// Records the nodes it was asked to remove (name, drain timeout).
+#[derive(Default)]
+struct FakeNodes(Arc<Mutex<Vec<(String, Duration)>>>);
+
+impl server::Nodes for FakeNodes {
+    fn remove(&self, name: &str, drain_timeout: Duration) -> Result<String, String> {
+        lock(&self.0).push((name.to_owned(), drain_timeout));
+        if name == "node-stuck" {
+            return Err("drain did not finish within the timeout".into());
+        }
+        Ok(format!("cordoned, drained and deleted node {name}"))
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The real service on 127.0.0.1:0.
 
 struct Harness {
     addr: SocketAddr,
     minter: Arc<MintState>,
+    removed: Arc<Mutex<Vec<(String, Duration)>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
@@ -241,6 +256,8 @@ struct Options {
     admission: bool,
     ttl: Duration,
     credentials: Box<dyn Credentials>,
+    /// Whether the service removes nodes on request (as `bootstrap serve` does).
+    nodes: bool,
 }
 
 impl Default for Options {
@@ -250,6 +267,7 @@ impl Default for Options {
             admission: false,
             ttl: TTL,
             credentials: Box::new(server::NoCredentials),
+            nodes: true,
         }
     }
 }
@@ -257,7 +275,8 @@ impl Default for Options {
 fn start(options: Options) -> Harness {
     capture_logs();
     let minter = Arc::new(MintState::default());
-    let service = Service::new(
+    let removed = Arc::new(Mutex::new(Vec::new()));
+    let mut service = Service::new(
         options.keys,
         Box::new(FakeMinter(minter.clone())),
         options.credentials,
@@ -265,6 +284,9 @@ fn start(options: Options) -> Harness {
         options.ttl,
     )
     .unwrap();
+    if options.nodes {
+        service = service.with_nodes(Box::new(FakeNodes(removed.clone())));
+    }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -275,6 +297,7 @@ fn start(options: Options) -> Harness {
     Harness {
         addr,
         minter,
+        removed,
         stop,
         thread: Some(thread),
     }
@@ -287,6 +310,7 @@ fn request(role: JoinRole, node: &str) -> Request {
         role,
         node: node.to_owned(),
         credential: None,
+        drain_timeout_secs: None,
     }
 }
 
@@ -529,6 +553,14 @@ fn the_right_secret_gets_the_minted_material_and_no_secret_is_logged() {
     let service = start(Options::default());
     let fetch = quick_fetch(vec![service.target()], "node-right", STEP);
     let got = client::fetch(right(), &fetch).unwrap();
+    // The worker's own credential (its leave) and the service's pin ride along.
+    assert_eq!(
+        got.join.node_credential,
+        right().node_secret("node-right"),
+        "{got:?}"
+    );
+    assert_eq!(got.join.pin, Some(right().pin()));
+    let got = as_minted(got);
     assert_eq!(got, service.minter.last());
     assert_eq!(got.role, JoinRole::Worker);
     assert_eq!(service.minter.calls(), 1);
@@ -738,6 +770,7 @@ fn manual_credentials_are_keyed_and_limited_to_their_role() {
     let keys = JoinKeys::from_credential(right().pin(), &Secret::new(CREDENTIAL));
     let with = |role, id: &str| Request {
         credential: Some(id.to_owned()),
+        drain_timeout_secs: None,
         ..request(role, "node-manual")
     };
     let ok = client::ask(&service.target(), &keys, &with(JoinRole::Worker, ID)).unwrap();
@@ -762,9 +795,17 @@ fn manual_credentials_are_keyed_and_limited_to_their_role() {
 // =======================================================================================
 // Material: minted on demand, reused while more than half its life remains
 
+/// The material a worker `node` is handed, without what the service adds for that node
+/// alone (its own credential, the service's pin): what was minted for the cluster.
 fn ask_worker(service: &Harness, node: &str) -> Result<JoinMaterial, Cause> {
     let response = client::ask(&service.target(), right(), &request(JoinRole::Worker, node))?;
-    Ok(JoinMaterial::parse(&response.material.unwrap(), "answer").unwrap())
+    let material = JoinMaterial::parse(&response.material.unwrap(), "answer").unwrap();
+    Ok(as_minted(material))
+}
+
+fn as_minted(mut material: JoinMaterial) -> JoinMaterial {
+    material.join = Default::default();
+    material
 }
 
 #[test]
@@ -1236,4 +1277,142 @@ fn a_silent_server_cannot_hold_a_joiner_past_its_timeout() {
         "{gave_up:?}"
     );
     held.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Leave: a worker asks to be removed, with the join secret or its own node credential
+
+fn leave_request(node: &str, credential: Option<&str>) -> Request {
+    Request {
+        kind: RequestKind::Leave,
+        credential: credential.map(str::to_owned),
+        drain_timeout_secs: Some(42),
+        ..request(JoinRole::Worker, node)
+    }
+}
+
+/// The keys a worker that joined with a line holds: the pin and its own credential.
+fn node_keys(node: &str) -> JoinKeys {
+    JoinKeys::from_credential(right().pin(), &right().node_secret(node).unwrap())
+}
+
+#[test]
+fn a_worker_leaves_with_its_own_node_credential_and_nothing_else() {
+    let service = start(Options::default());
+    let target = service.target();
+    // Its own credential: removed, with the drain bound it asked for.
+    let own = Some("node:node-w1");
+    let answer = client::ask(
+        &target,
+        &node_keys("node-w1"),
+        &leave_request("node-w1", own),
+    )
+    .unwrap();
+    assert!(
+        answer.message.contains("deleted node node-w1"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        *lock(&service.removed),
+        vec![("node-w1".to_owned(), Duration::from_secs(42))]
+    );
+    // Its credential names another node, or is used to join: refused, nothing removed.
+    let other = client::ask(
+        &target,
+        &node_keys("node-w1"),
+        &leave_request("node-w2", Some("node:node-w1")),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&other, Cause::Refused(m) if m.contains("only lets that node leave")),
+        "{other:?}"
+    );
+    let join = client::ask(
+        &target,
+        &node_keys("node-w1"),
+        &Request {
+            credential: own.map(str::to_owned),
+            ..request(JoinRole::Worker, "node-w1")
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(&join, Cause::Refused(_)), "{join:?}");
+    // Another node's credential presented under this node's id fails authentication.
+    let forged = client::ask(
+        &target,
+        &node_keys("node-w2"),
+        &leave_request("node-w1", own),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&forged, Cause::Refused(m) if m.contains("not authenticated")),
+        "{forged:?}"
+    );
+    assert_eq!(lock(&service.removed).len(), 1);
+    assert_eq!(service.minter.calls(), 0);
+}
+
+#[test]
+fn leave_with_the_join_secret_works_and_a_join_line_or_a_controller_cannot() {
+    let service = start(Options {
+        credentials: Box::new(OneCredential {
+            id: "line1",
+            secret: "0123456789abcdef0123456789abcdef",
+        }),
+        ..Options::default()
+    });
+    let target = service.target();
+    client::ask(&target, right(), &leave_request("node-w3", None)).unwrap();
+    let line_keys = JoinKeys::from_credential(
+        right().pin(),
+        &Secret::new("0123456789abcdef0123456789abcdef"),
+    );
+    let by_line = client::ask(
+        &target,
+        &line_keys,
+        &leave_request("node-w4", Some("line1")),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&by_line, Cause::Refused(m) if m.contains("join line")),
+        "{by_line:?}"
+    );
+    let controller = client::ask(
+        &target,
+        right(),
+        &Request {
+            role: JoinRole::Controller,
+            ..leave_request("cp-2", None)
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&controller, Cause::Refused(m) if m.contains("only workers")),
+        "{controller:?}"
+    );
+    // A drain that fails is reported as such, not as success.
+    let stuck = client::ask(&target, right(), &leave_request("node-stuck", None)).unwrap_err();
+    assert!(
+        matches!(&stuck, Cause::Failed(m) if m.contains("drain did not finish")),
+        "{stuck:?}"
+    );
+    let removed: Vec<String> = lock(&service.removed)
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(removed, ["node-w3", "node-stuck"]);
+}
+
+#[test]
+fn a_service_that_does_not_remove_nodes_says_so() {
+    let service = start(Options {
+        nodes: false,
+        ..Options::default()
+    });
+    let cause =
+        client::ask(&service.target(), right(), &leave_request("node-w5", None)).unwrap_err();
+    assert!(
+        matches!(&cause, Cause::Refused(m) if m.contains("does not remove nodes")),
+        "{cause:?}"
+    );
 }

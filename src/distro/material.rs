@@ -52,6 +52,24 @@ pub struct JoinMaterial {
     pub registry_ca: Option<String>,
     /// The local registry's credentials, when it requires them.
     pub registry_auth: Option<(String, Secret)>,
+    /// How this node reaches the cluster's join services later (to leave, or to serve
+    /// as a controller).
+    pub join: JoinAccess,
+}
+
+/// The cluster's join services, as join material tells a node about them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinAccess {
+    /// `host:port` of every join service known to the controller that minted this.
+    pub services: Vec<String>,
+    /// The pin of the join services' key (SHA-256 of its SPKI).
+    pub pin: Option<[u8; 32]>,
+    /// Workers: this node's own credential, which lets it (and only it) ask a join
+    /// service to remove it from the cluster.
+    pub node_credential: Option<Secret>,
+    /// Controllers: the cluster's join secret, so this controller's join service has
+    /// the same identity as the others'.
+    pub secret: Option<Secret>,
 }
 
 /// The file form: the same fields, secrets in the clear (the file is 0600 and never
@@ -81,6 +99,14 @@ struct Wire {
     registry_username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     registry_password: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    join_services: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    join_pin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node_credential: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    join_secret: Option<String>,
 }
 
 /// Why join material could not be read.
@@ -115,6 +141,14 @@ impl JoinMaterial {
                 .registry_auth
                 .as_ref()
                 .map(|(_, p)| p.expose().to_owned()),
+            join_services: self.join.services.clone(),
+            join_pin: self.join.pin.map(hex::encode),
+            node_credential: self
+                .join
+                .node_credential
+                .as_ref()
+                .map(|c| c.expose().to_owned()),
+            join_secret: self.join.secret.as_ref().map(|s| s.expose().to_owned()),
         };
         let mut text = serde_json::to_string_pretty(&wire).unwrap_or_default();
         text.push('\n');
@@ -158,6 +192,15 @@ impl JoinMaterial {
                 "kubeadm controller material needs certificate_key".to_owned(),
             ));
         }
+        let join_pin = match &wire.join_pin {
+            None => None,
+            Some(text) => Some(
+                hex::decode(text)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                    .ok_or_else(|| invalid("join_pin is not a SHA-256 digest in hex".to_owned()))?,
+            ),
+        };
         Ok(JoinMaterial {
             distro,
             version: wire.version,
@@ -174,6 +217,12 @@ impl JoinMaterial {
                 .registry_username
                 .zip(wire.registry_password)
                 .map(|(u, p)| (u, Secret::new(p))),
+            join: JoinAccess {
+                services: wire.join_services,
+                pin: join_pin,
+                node_credential: wire.node_credential.map(Secret::new),
+                secret: wire.join_secret.map(Secret::new),
+            },
         })
     }
 
@@ -217,6 +266,12 @@ mod tests {
             service_cidr: None,
             registry_ca: None,
             registry_auth: Some(("pull".into(), Secret::new("registry-password-1"))),
+            join: JoinAccess {
+                services: vec!["10.0.0.10:7443".into()],
+                pin: Some([3u8; 32]),
+                node_credential: Some(Secret::new("node-credential-1")),
+                secret: Some(Secret::new("join-secret-1")),
+            },
         }
     }
 
@@ -234,6 +289,8 @@ mod tests {
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
         assert!(!shown.contains(&"b".repeat(64)), "{shown}");
         assert!(!shown.contains("registry-password-1"), "{shown}");
+        assert!(!shown.contains("node-credential-1"), "{shown}");
+        assert!(!shown.contains("join-secret-1"), "{shown}");
     }
 
     #[test]

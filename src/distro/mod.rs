@@ -7,6 +7,7 @@ pub mod k0s;
 pub mod k3s;
 pub mod kubeadm;
 pub mod material;
+pub mod node_ops;
 pub mod skew;
 mod steps;
 
@@ -21,7 +22,8 @@ use crate::host::{CommandSpec, FileKind, Host, HostError};
 use crate::plan::Step;
 use crate::role::Role;
 use crate::rootfs::ClusterImage;
-pub use material::{JoinMaterial, JoinRole, MATERIAL_FILE};
+pub use material::{JoinAccess, JoinMaterial, JoinRole, MATERIAL_FILE};
+pub use node_ops::{NodeOps, Presence};
 
 /// Why a distro's steps could not be planned, or its join material not minted.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +36,7 @@ pub enum DistroError {
     },
     #[error("{field}: {message}")]
     Config { field: String, message: String },
-    #[error("no join material at {path}: this node joins an existing cluster. Create it on a running controller with `bootstrap token create --role {role} > material.json` and put it at {path} (mode 0600)")]
+    #[error("no join material at {path}: this node joins an existing cluster. Create it on a running controller with `bootstrap token create {role} --material > material.json` and put it at {path} (mode 0600)")]
     NoMaterial { path: &'static str, role: JoinRole },
     #[error("join material {path}: {reason}")]
     Mismatch { path: &'static str, reason: String },
@@ -523,6 +525,7 @@ pub(crate) fn material(
         service_cidr,
         registry_ca,
         registry_auth: ctx.config.registry_credentials(),
+        join: JoinAccess::default(),
     })
 }
 

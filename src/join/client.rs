@@ -28,6 +28,8 @@ pub enum Cause {
     Busy(String),
     /// A broken or unauthenticated answer.
     Protocol(String),
+    /// The request was allowed but the controller could not carry it out.
+    Failed(String),
 }
 
 impl Cause {
@@ -35,7 +37,7 @@ impl Cause {
     /// a round (a refused pin matters more than a controller that is simply down).
     fn weight(&self) -> u8 {
         match self {
-            Cause::Tls(_) | Cause::Refused(_) => 4,
+            Cause::Tls(_) | Cause::Refused(_) | Cause::Failed(_) => 4,
             Cause::Busy(_) | Cause::NotReady(_) => 3,
             Cause::Protocol(_) => 2,
             Cause::Unreachable(_) => 1,
@@ -52,6 +54,7 @@ impl fmt::Display for Cause {
             Cause::NotReady(m) => write!(f, "controller not initialised yet: {m}"),
             Cause::Busy(m) => write!(f, "admission busy: {m}"),
             Cause::Protocol(m) => write!(f, "bad answer: {m}"),
+            Cause::Failed(m) => write!(f, "failed: {m}"),
         }
     }
 }
@@ -171,6 +174,7 @@ pub fn ask_within(
             Err(Cause::NotReady(format!("{address}: {}", response.message)))
         }
         (Status::Busy, true) => Err(Cause::Busy(format!("{address}: {}", response.message))),
+        (Status::Failed, true) => Err(Cause::Failed(format!("{address}: {}", response.message))),
         (Status::Ok, true) => Ok(response),
     }
 }
@@ -207,6 +211,7 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
         role: fetch.role,
         node: fetch.node.clone(),
         credential: fetch.credential.clone(),
+        drain_timeout_secs: None,
     };
     let mut attempts = 0;
     let mut round = 0;
@@ -275,6 +280,7 @@ pub fn release(
         role: JoinRole::Controller,
         node: node.to_owned(),
         credential,
+        drain_timeout_secs: None,
     };
     let start = Instant::now();
     let backoff = Backoff::default();
@@ -293,6 +299,60 @@ pub fn release(
         std::thread::sleep(backoff.delay(round).min(left));
     }
     Err(last)
+}
+
+/// Asks a controller's join service to cordon, drain and delete worker `node`: each
+/// join service in turn, for up to 30 s while none can be reached (a restarting service),
+/// stopping at the first that answers. What it did, or the most telling cause.
+pub fn leave(
+    keys: &JoinKeys,
+    targets: &[String],
+    node: &str,
+    credential: Option<String>,
+    drain_timeout: Duration,
+) -> Result<String, Cause> {
+    const PATIENCE: Duration = Duration::from_secs(30);
+    let drain_timeout = drain_timeout.min(super::server::MAX_DRAIN);
+    let request = Request {
+        version: 1,
+        kind: RequestKind::Leave,
+        role: JoinRole::Worker,
+        node: node.to_owned(),
+        credential,
+        drain_timeout_secs: Some(drain_timeout.as_secs()),
+    };
+    // The answer comes once the node is drained and deleted.
+    let budget = drain_timeout + Duration::from_secs(120);
+    let start = Instant::now();
+    let backoff = Backoff::default();
+    let mut telling: Option<Cause> = None;
+    for round in 0.. {
+        for target in targets {
+            match ask_within(target, keys, &request, budget) {
+                Ok(response) => return Ok(response.message),
+                // An answer that is not about reachability is final: asking another
+                // controller would get the same.
+                Err(cause @ (Cause::Refused(_) | Cause::Failed(_) | Cause::Tls(_))) => {
+                    return Err(cause)
+                }
+                Err(cause) => {
+                    log::warn!("leave: {cause}");
+                    if telling
+                        .as_ref()
+                        .is_none_or(|t| cause.weight() >= t.weight())
+                    {
+                        telling = Some(cause);
+                    }
+                }
+            }
+        }
+        let left = PATIENCE.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(backoff.delay(round).min(left));
+    }
+    Err(telling.unwrap_or_else(|| Cause::Unreachable("no join service to ask".into())))
 }
 
 #[cfg(test)]

@@ -32,7 +32,12 @@ pub struct JoinKeys {
     pin: [u8; 32],
     /// Authenticates requests and responses (HMAC-SHA256).
     mac: hmac::Key,
+    /// Derives each node's own credential; `None` on a joiner that only has a pin.
+    node_base: Option<hmac::Key>,
 }
+
+/// The credential id prefix of a node's own credential: `node:<name>`.
+pub const NODE_CREDENTIAL_PREFIX: &str = "node:";
 
 struct Len(usize);
 
@@ -72,6 +77,7 @@ impl JoinKeys {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(&master);
         let seed = expand(&prk, b"server identity");
         let mac = expand(&prk, b"request authentication");
+        let node_base = expand(&prk, b"node credentials");
         let mut pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
         pkcs8.extend_from_slice(&seed);
         let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
@@ -82,6 +88,7 @@ impl JoinKeys {
             server_pkcs8: Some(pkcs8),
             pin: pin_of_spki(&spki),
             mac: hmac::Key::new(hmac::HMAC_SHA256, &mac),
+            node_base: Some(hmac::Key::new(hmac::HMAC_SHA256, &node_base)),
         }
     }
 
@@ -92,7 +99,16 @@ impl JoinKeys {
             server_pkcs8: None,
             pin,
             mac: credential_key(credential),
+            node_base: None,
         }
+    }
+
+    /// The credential of node `name`: it lets that node, and only it, ask a join
+    /// service to take it out of the cluster. Every holder of the join secret derives
+    /// the same one, so any controller can check it without keeping a list.
+    pub fn node_secret(&self, name: &str) -> Option<Secret> {
+        let base = self.node_base.as_ref()?;
+        Some(Secret::new(hex::encode(hmac::sign(base, name.as_bytes()))))
     }
 
     /// The server's private key (PKCS#8), on nodes that hold the secret.
@@ -134,6 +150,19 @@ mod tests {
         assert_ne!(a.pin(), c.pin());
         assert_eq!(a.server_pkcs8(), b.server_pkcs8());
         assert!(a.pin_text().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn node_credentials_are_per_node_and_need_the_secret() {
+        let a = JoinKeys::from_secret(&Secret::new("a".repeat(40)));
+        let w1 = a.node_secret("w1").unwrap();
+        assert_eq!(Some(&w1), a.node_secret("w1").as_ref());
+        assert_ne!(Some(&w1), a.node_secret("w2").as_ref());
+        let other = JoinKeys::from_secret(&Secret::new("b".repeat(40)));
+        assert_ne!(Some(&w1), other.node_secret("w1").as_ref());
+        assert!(JoinKeys::from_credential(a.pin(), &w1)
+            .node_secret("w1")
+            .is_none());
     }
 
     #[test]

@@ -16,6 +16,12 @@ pub use keys::JoinKeys;
 pub const LEASE_FILE: &str = "/var/lib/bootstrap/join/lease.json";
 /// The join service's unit.
 pub const UNIT: &str = "bootstrap-join.service";
+/// The join secret of a controller that has none configured: made by `up` on a first
+/// controller brought up without one, or received in a controller's join material (0600).
+pub const NODE_SECRET_FILE: &str = "/var/lib/bootstrap/join/join-secret";
+/// What `up --join FILE` settled (role, controller, join port), so later runs without the
+/// line see the same configuration.
+pub const MANUAL_FILE: &str = "/var/lib/bootstrap/join/manual.json";
 
 /// `host:port` of each controller's join service, in `cluster.controllers` order.
 pub fn targets(controllers: &[String], port: u16) -> Vec<String> {

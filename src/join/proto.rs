@@ -27,6 +27,8 @@ pub enum RequestKind {
     Join,
     /// A controller that has joined gives the admission lease back.
     Release,
+    /// A worker asks to be cordoned, drained and deleted from the cluster.
+    Leave,
 }
 
 /// A request.
@@ -42,6 +44,9 @@ pub struct Request {
     /// the cluster secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// With [`RequestKind::Leave`]: how long draining the node may take, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout_secs: Option<u64>,
 }
 
 /// How a request went.
@@ -55,6 +60,8 @@ pub enum Status {
     Busy,
     /// Authentication failed or the request is not allowed.
     Refused,
+    /// The request was allowed but could not be carried out (the message says why).
+    Failed,
 }
 
 /// A response.

@@ -39,6 +39,28 @@ pub trait Credentials: Send + Sync {
     fn lookup(&self, id: &str) -> Option<(ring::hmac::Key, JoinRole)>;
 }
 
+/// Takes worker nodes out of the cluster on their request (`bootstrap leave` on a worker,
+/// whose own credentials may not drain it).
+pub trait Nodes: Send + Sync {
+    /// Cordons, drains (within `drain_timeout`) and deletes worker node `name`; what was
+    /// done, or why it could not be.
+    fn remove(&self, name: &str, drain_timeout: Duration) -> Result<String, String>;
+}
+
+/// The longest drain a leave request may ask for.
+pub const MAX_DRAIN: Duration = Duration::from_secs(60 * 60);
+
+/// What an authenticated request may do, by the key that authenticated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// The cluster's join secret: anything.
+    Cluster,
+    /// A join line's credential: join (and release) as this role.
+    Manual(JoinRole),
+    /// A node's own credential: only that node's leave.
+    Node(String),
+}
+
 /// No manual credentials.
 pub struct NoCredentials;
 
@@ -62,6 +84,7 @@ pub struct Service {
     minting: Mutex<()>,
     peers: Mutex<HashMap<IpAddr, usize>>,
     max_per_peer: usize,
+    nodes: Option<Box<dyn Nodes>>,
 }
 
 impl Service {
@@ -83,7 +106,14 @@ impl Service {
             minting: Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
             max_per_peer: MAX_PER_PEER,
+            nodes: None,
         })
+    }
+
+    /// Lets workers ask this service to remove them from the cluster.
+    pub fn with_nodes(mut self, nodes: Box<dyn Nodes>) -> Self {
+        self.nodes = Some(nodes);
+        self
     }
 
     /// Allows `max` open connections per peer address (nodes behind one NAT address).
@@ -120,6 +150,9 @@ impl Service {
                 ),
             );
         }
+        if request.kind == RequestKind::Leave {
+            return self.leave(request, peer);
+        }
         if request.kind == RequestKind::Release && request.role != JoinRole::Controller {
             return reply(
                 Status::Refused,
@@ -148,12 +181,18 @@ impl Service {
             }
         }
         match self.material(request.role) {
-            Ok(material) => {
+            Ok(mut material) => {
                 log::info!(
                     "join material for {} ({peer}) as a {}",
                     request.node,
                     request.role
                 );
+                if request.role == JoinRole::Worker {
+                    material.join.node_credential = self.keys.node_secret(&request.node);
+                }
+                if material.join.pin.is_none() {
+                    material.join.pin = Some(self.keys.pin());
+                }
                 Response {
                     status: Status::Ok,
                     message: "ok".into(),
@@ -172,6 +211,65 @@ impl Service {
         }
     }
 
+    /// A worker's leave: cordon, drain and delete it through this controller.
+    fn leave(&self, request: &Request, peer: SocketAddr) -> Response {
+        let reply = |status, message: String| Response {
+            status,
+            message,
+            material: None,
+        };
+        if request.role != JoinRole::Worker {
+            return reply(
+                Status::Refused,
+                "only workers leave through the join service; a controller leaves with its own admin credentials".into(),
+            );
+        }
+        let Some(nodes) = &self.nodes else {
+            return reply(
+                Status::Refused,
+                "this join service does not remove nodes".into(),
+            );
+        };
+        let drain = request
+            .drain_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::from_secs(300))
+            .min(MAX_DRAIN);
+        log::info!("{} ({peer}) asks to leave the cluster", request.node);
+        match nodes.remove(&request.node, drain) {
+            Ok(done) => {
+                log::info!("{} ({peer}) left: {done}", request.node);
+                reply(Status::Ok, done)
+            }
+            Err(why) => {
+                log::warn!("{} ({peer}) could not leave: {why}", request.node);
+                reply(Status::Failed, why)
+            }
+        }
+    }
+
+    /// The key that authenticates a request with credential `id` (`None`: the join
+    /// secret), and what that key allows.
+    fn key_for(&self, id: Option<&str>) -> Option<(ring::hmac::Key, Scope)> {
+        match id {
+            None => Some((self.keys.mac_key().clone(), Scope::Cluster)),
+            Some(id) => match id.strip_prefix(super::keys::NODE_CREDENTIAL_PREFIX) {
+                Some(node) => {
+                    crate::validate::dns_subdomain(node).ok()?;
+                    let secret = self.keys.node_secret(node)?;
+                    Some((
+                        super::keys::credential_key(&secret),
+                        Scope::Node(node.to_owned()),
+                    ))
+                }
+                None => self
+                    .credentials
+                    .lookup(id)
+                    .map(|(key, role)| (key, Scope::Manual(role))),
+            },
+        }
+    }
+
     /// Serves one connection to its end (or its deadline).
     fn handle(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
         let mut conn =
@@ -181,36 +279,45 @@ impl Service {
         let (body, tag) = proto::read_frame(&mut tls).map_err(|e| e.to_string())?;
         let binding = exporter(tls.conn)?;
         let request: Option<Request> = serde_json::from_slice(&body).ok();
-        let key = match request.as_ref().and_then(|r| r.credential.as_deref()) {
-            None => Some((self.keys.mac_key().clone(), None)),
-            Some(id) => self
-                .credentials
-                .lookup(id)
-                .map(|(key, role)| (key, Some(role))),
-        };
+        let key = self.key_for(request.as_ref().and_then(|r| r.credential.as_deref()));
         let authentic = key.as_ref().is_some_and(|(key, _)| {
             proto::verify(key, proto::REQUEST_LABEL, &binding, &body, &tag)
         });
+        let refuse = |message: &str| Response {
+            status: Status::Refused,
+            message: message.into(),
+            material: None,
+        };
         let response = match (&request, authentic) {
-            (Some(request), true) => {
-                let allowed_role = key.as_ref().and_then(|(_, role)| *role);
-                if allowed_role.is_some_and(|r| r != request.role) {
-                    Response {
-                        status: Status::Refused,
-                        message: "this credential is for another role".into(),
-                        material: None,
+            (Some(request), true) => match key.as_ref().map(|(_, scope)| scope) {
+                Some(Scope::Manual(role)) if *role != request.role => {
+                    refuse("this credential is for another role")
+                }
+                Some(Scope::Manual(_)) if request.kind == RequestKind::Leave => {
+                    refuse("a join line's credential does not remove nodes")
+                }
+                Some(Scope::Node(name))
+                    if request.kind != RequestKind::Leave || *name != request.node =>
+                {
+                    refuse("a node's own credential only lets that node leave")
+                }
+                _ => {
+                    if request.kind == RequestKind::Leave {
+                        // Draining takes as long as it takes (bounded by the request):
+                        // an authenticated leave gets that long to be answered.
+                        let drain = request
+                            .drain_timeout_secs
+                            .map(Duration::from_secs)
+                            .unwrap_or_default()
+                            .min(MAX_DRAIN);
+                        tls.sock.extend(drain + LEAVE_SLACK);
                     }
-                } else {
                     self.answer(request, peer)
                 }
-            }
+            },
             _ => {
                 log::warn!("{peer}: request refused: not authenticated by the join secret");
-                Response {
-                    status: Status::Refused,
-                    message: "not authenticated: the request does not prove the join secret".into(),
-                    material: None,
-                }
+                refuse("not authenticated: the request does not prove the join secret")
             }
         };
         let body = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
@@ -283,6 +390,9 @@ fn still_fresh(material: &JoinMaterial, role: JoinRole, ttl: Duration) -> bool {
         .is_ok_and(|left| left > keep)
 }
 
+/// What a leave may take beyond its drain: cordon, delete and the answer.
+const LEAVE_SLACK: Duration = Duration::from_secs(90);
+
 /// A socket whose every read and write must finish before one deadline.
 pub struct DeadlineStream {
     inner: TcpStream,
@@ -295,6 +405,11 @@ impl DeadlineStream {
             inner,
             deadline: Instant::now() + budget,
         }
+    }
+
+    /// Moves the deadline to `budget` from now.
+    pub fn extend(&mut self, budget: Duration) {
+        self.deadline = Instant::now() + budget;
     }
 
     fn left(&self) -> io::Result<Duration> {
