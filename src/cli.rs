@@ -184,11 +184,14 @@ pub enum Stage {
 /// `bootstrap token …`
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// For the role given with `--role worker|controller`: print a join line (this
-    /// join service's address and pin and a short-lived credential) for
-    /// `bootstrap up --join FILE` on the new node, or with --material the join
-    /// material itself
+    /// Print a join line for a new node of role ROLE (this join service's address
+    /// and pin and a short-lived credential) for `bootstrap up --join FILE` on that
+    /// node, or with --material the join material itself
     Create {
+        /// The role the new node joins as (not this node's role, which --role
+        /// sets)
+        #[arg(value_enum, value_name = "ROLE", id = "new_node_role")]
+        role: Option<NewNodeRole>,
         /// Print the join material itself (JSON, to place at
         /// /var/lib/bootstrap/join/material.json) instead of a join line
         #[arg(long)]
@@ -197,6 +200,15 @@ pub enum TokenCommand {
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
     },
+}
+
+/// The role of a node that is to join (`token create ROLE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NewNodeRole {
+    /// A worker node
+    Worker,
+    /// A further control-plane node
+    Controller,
 }
 
 /// `serve` options.
@@ -214,13 +226,17 @@ pub struct ServeArgs {
 /// `leave` options.
 #[derive(Debug, Clone, Args)]
 pub struct LeaveArgs {
-    /// Kubeconfig allowed to drain and delete this node [default: the admin
-    /// kubeconfig on controllers, the kubelet's elsewhere]
+    /// Drain and delete this node with this kubeconfig's credentials [default: the
+    /// admin kubeconfig on controllers; on workers, a controller's join service]
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Bound on draining the node
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub drain_timeout: String,
+    /// Reset this node even when the cluster could not be told (its Node object
+    /// may remain in the cluster)
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `reset` options.
@@ -318,6 +334,18 @@ mod tests {
             for line in help.lines() {
                 assert!(line.chars().count() <= 80, "too wide: {line:?}");
             }
+        }
+    }
+
+    #[test]
+    fn token_create_takes_the_new_nodes_role_as_its_own_argument() {
+        let cli = Cli::try_parse_from(["bootstrap", "token", "create", "controller"]).unwrap();
+        assert!(cli.overrides.role.is_none());
+        match cli.command {
+            Some(Command::Token(TokenCommand::Create { role, .. })) => {
+                assert_eq!(role, Some(NewNodeRole::Controller))
+            }
+            other => panic!("{other:?}"),
         }
     }
 

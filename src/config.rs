@@ -291,6 +291,9 @@ pub struct Sources {
     pub flags: FlagLayer,
     /// A manual join line stands in for the join secret on this node.
     pub manual_join: bool,
+    /// What an earlier `up --join` settled on this node, as a layer just above the
+    /// defaults (file, environment and flags still win).
+    pub persisted: Option<FlagLayer>,
 }
 
 /// A YAML file as a figment provider named after its path.
@@ -315,6 +318,9 @@ impl Provider for YamlFile {
 /// Loads, layers and validates the configuration.
 pub fn load(host: &dyn Host, sources: &Sources) -> Result<Config, ConfigError> {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(persisted) = &sources.persisted {
+        figment = figment.merge(PersistedProvider(persisted.clone()));
+    }
     if let Some(file) = config_file(host, sources)? {
         figment = figment.merge(file);
     }
@@ -329,7 +335,7 @@ pub fn load(host: &dyn Host, sources: &Sources) -> Result<Config, ConfigError> {
 
     let mut config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
     let mut errors = config.check_fields();
-    if sources.manual_join {
+    if sources.manual_join || sources.persisted.is_some() {
         errors.retain(|e| e.field != "cluster.join_secret_file");
     }
     match config.read_secret(host) {
@@ -356,6 +362,19 @@ struct FlagProvider(FlagLayer);
 impl Provider for FlagProvider {
     fn metadata(&self) -> Metadata {
         Metadata::named("command-line flags")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
+        Serialized::globals(&self.0).data()
+    }
+}
+
+/// What an earlier `up --join` settled, as a figment provider.
+struct PersistedProvider(FlagLayer);
+
+impl Provider for PersistedProvider {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("the join line of an earlier `up --join`")
     }
 
     fn data(&self) -> Result<figment::value::Map<Profile, figment::value::Dict>, figment::Error> {
@@ -523,7 +542,10 @@ fn origin_of(figment: &Figment, field: &str) -> Option<String> {
     if meta.name.contains("Serialized") || meta.name.contains("Config") {
         return None;
     }
-    if matches!(meta.source, Some(figment::Source::File(_))) || meta.name == "command-line flags" {
+    if matches!(meta.source, Some(figment::Source::File(_)))
+        || meta.name == "command-line flags"
+        || meta.name.starts_with("the join line")
+    {
         return Some(meta.name.to_string());
     }
     let keys: Vec<&str> = field.split('.').collect();

@@ -117,7 +117,7 @@ fn members(cluster: &Path) -> BTreeSet<String> {
 
 /// Mints material on `controller` and puts it on `joiner` (0600), as an operator would.
 fn hand_material(controller: &Node, joiner: &Node, role: &str) {
-    let run = controller.run(&["token", "create", "--role", role, "--material"]);
+    let run = controller.run(&["token", "create", role, "--material"]);
     run.assert_code(0);
     assert!(run.stdout.contains("\"token\""), "{}", run.all());
     // The secret went to stdout only, never to the log.
@@ -131,23 +131,10 @@ fn hand_material(controller: &Node, joiner: &Node, role: &str) {
     joiner.write_mode("/var/lib/bootstrap/join/material.json", &run.stdout, 0o600);
 }
 
-/// Files under the root, except the stand-ins' own bookkeeping, the kernel's state the
-/// stand-ins keep under /proc, and k3s's node password (k3s-uninstall.sh keeps
-/// `/etc/rancher/node` on purpose, and so does reset).
-fn files(node: &Node) -> BTreeSet<PathBuf> {
-    node.snapshot()
-        .into_keys()
-        .filter(|p| {
-            let s = p.to_string_lossy();
-            !s.contains(".standin") && !s.starts_with("proc/") && !s.starts_with("etc/rancher")
-        })
-        .collect()
-}
-
 fn single_node_up_reset(case: &Case) {
     let cluster = tempfile::tempdir().unwrap();
-    let a = node(case, cluster.path(), "node-a", "10.0.0.10", &[], "auto");
-    let before = files(&a);
+    let a = node(case, cluster.path(), "node-a", "127.0.10.10", &[], "auto");
+    let before = a.installed_files();
     let run = a.run(&["up"]);
     run.assert_code(0);
     assert!(
@@ -179,7 +166,7 @@ fn single_node_up_reset(case: &Case) {
     // reset: the distro's teardown, then everything bootstrap wrote.
     let run = a.run(&["reset"]);
     run.assert_code(0);
-    let after = files(&a);
+    let after = a.installed_files();
     let left: Vec<&PathBuf> = after.difference(&before).collect();
     assert!(
         left.is_empty(),
@@ -219,12 +206,12 @@ fn kubeadm_single_node_up_then_reset_leaves_nothing() {
 /// controller leave, and the last controller refuses to.
 fn three_nodes_join_and_leave(case: &Case) {
     let cluster = tempfile::tempdir().unwrap();
-    let controllers = ["10.0.0.10", "10.0.0.11"];
+    let controllers = ["127.0.10.10", "127.0.10.11"];
     let a = node(
         case,
         cluster.path(),
         "node-a",
-        "10.0.0.10",
+        "127.0.10.10",
         &controllers,
         "auto",
     );
@@ -232,7 +219,7 @@ fn three_nodes_join_and_leave(case: &Case) {
         case,
         cluster.path(),
         "node-b",
-        "10.0.0.11",
+        "127.0.10.11",
         &controllers,
         "auto",
     );
@@ -240,7 +227,7 @@ fn three_nodes_join_and_leave(case: &Case) {
         case,
         cluster.path(),
         "node-w",
-        "10.0.0.20",
+        "127.0.10.20",
         &controllers,
         "worker",
     );
@@ -284,8 +271,15 @@ fn three_nodes_join_and_leave(case: &Case) {
         }
     }
 
-    // The worker leaves: drained, deleted, reset.
-    let run = w.run(&["leave"]);
+    // The worker leaves with the operator's credentials (--kubeconfig; without it, it
+    // asks a join service, see tests/bare_metal.rs): drained, deleted, reset.
+    let admin = match case.runtime {
+        "k3s" => "/etc/rancher/k3s/k3s.yaml",
+        "k0s" => "/var/lib/k0s/pki/admin.conf",
+        _ => "/etc/kubernetes/admin.conf",
+    };
+    w.write_mode("/root/admin.conf", &a.read(admin).unwrap(), 0o600);
+    let run = w.run(&["leave", "--kubeconfig", "/root/admin.conf"]);
     run.assert_code(0);
     assert!(
         !node_names(cluster.path()).contains("node-w"),
@@ -348,12 +342,12 @@ fn copy_tree(from: &Path, to: &Path) {
 
 fn upgrade_with_skew_rules(case: &Case) {
     let cluster = tempfile::tempdir().unwrap();
-    let controllers = ["10.0.0.10"];
+    let controllers = ["127.0.10.10"];
     let a = node(
         case,
         cluster.path(),
         "node-a",
-        "10.0.0.10",
+        "127.0.10.10",
         &controllers,
         "auto",
     );
@@ -361,7 +355,7 @@ fn upgrade_with_skew_rules(case: &Case) {
         case,
         cluster.path(),
         "node-w",
-        "10.0.0.20",
+        "127.0.10.20",
         &controllers,
         "worker",
     );
@@ -456,12 +450,12 @@ fn kubeadm_upgrade_follows_the_skew_rules() {
 #[test]
 fn material_for_another_distro_or_version_is_refused() {
     let cluster = tempfile::tempdir().unwrap();
-    let controllers = ["10.0.0.10"];
+    let controllers = ["127.0.10.10"];
     let a = node(
         &K3S,
         cluster.path(),
         "node-a",
-        "10.0.0.10",
+        "127.0.10.10",
         &controllers,
         "auto",
     );
@@ -500,8 +494,8 @@ fn material_for_another_distro_or_version_is_refused() {
         &K3S,
         cluster.path(),
         "node-b",
-        "10.0.0.11",
-        &["10.0.0.10", "10.0.0.11"],
+        "127.0.10.11",
+        &["127.0.10.10", "127.0.10.11"],
         "auto",
     );
     hand_material(&a, &b, "worker");

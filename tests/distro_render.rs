@@ -86,6 +86,7 @@ fn material(kind: DistroKind, version: &str, role: JoinRole) -> JoinMaterial {
         service_cidr: Some("10.96.0.0/12".into()),
         registry_ca: None,
         registry_auth: None,
+        join: Default::default(),
     }
 }
 
@@ -99,6 +100,7 @@ fn render(runtime: &str, version: &str, role: Role, config: &str) -> String {
             env: Vec::new(),
             flags: Default::default(),
             manual_join: false,
+            persisted: None,
         },
     )
     .expect("config");
@@ -268,6 +270,7 @@ fn settings_bootstrap_owns_are_refused_with_the_field() {
                 env: Vec::new(),
                 flags: Default::default(),
                 manual_join: false,
+                persisted: None,
             },
         )
         .unwrap();

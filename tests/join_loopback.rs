@@ -124,7 +124,17 @@ fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
     let cluster = tempfile::tempdir().unwrap();
     let port = free_port();
     let (a, _serve) = controller(cluster.path(), port);
-    let run = a.run(&["token", "create", "--role", "worker", "--ttl", "10m"]);
+    // `--role` is this node's role; `token create` refuses it instead of turning the
+    // controller into a worker (it once did), and says how to name the new node's.
+    let run = a.run(&["token", "create", "--role", "worker"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("sets this node's role")
+            && run.stderr.contains("bootstrap token create worker"),
+        "{}",
+        run.all()
+    );
+    let run = a.run(&["token", "create", "worker", "--ttl", "10m"]);
     run.assert_code(0);
     let line = run.stdout.trim().to_owned();
     assert!(line.starts_with("bootstrap-join://127.0.0.6:"), "{line}");
@@ -150,10 +160,18 @@ fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
     for call in w.calls() {
         assert!(!call.contains(&credential), "credential on argv: {call}");
     }
+    // Later runs without the line (after a reboot, say) see the configuration the line
+    // gave, and find nothing to do.
+    let again = w.run(&["up"]);
+    again.assert_code(0);
+    assert!(again.stderr.contains("nothing to do"), "{}", again.all());
+    let status = w.run(&["status"]);
+    status.assert_code(0);
+    assert!(status.stdout.contains("worker"), "{}", status.all());
 
     // A line on standard input (`--join -`) works too: it is read once, though the
     // configuration and the join both need it.
-    let second = a.run(&["token", "create", "--role", "worker", "--ttl", "10m"]);
+    let second = a.run(&["token", "create", "worker", "--ttl", "10m"]);
     second.assert_code(0);
     let s = node(
         cluster.path(),

@@ -49,7 +49,12 @@ fn up_prepares_the_host_and_a_second_run_changes_nothing() {
             "systemctl daemon-reload",
             "systemctl enable k3s.service",
             "systemctl restart --no-block k3s.service",
-            "k3s server"
+            "k3s server",
+            // Every controller runs the join service, so nodes can be added by hand later.
+            "systemctl daemon-reload",
+            "systemctl enable bootstrap-join.service",
+            "systemctl start bootstrap-join.service",
+            "systemctl restart --no-block bootstrap-join.service"
         ]
     );
     let modules = node.read("/etc/modules-load.d/bootstrap.conf").unwrap();

@@ -1,11 +1,15 @@
-//! `bootstrap leave`: drain and delete this node (and its etcd member), then reset.
+//! `bootstrap leave`: drain and delete this node (and its etcd member), then reset. A
+//! worker asks a controller's join service to do it; nothing is reset when the cluster
+//! could not be told, unless `--force`.
 
 use std::path::Path;
 
 use super::{Error, Session};
 use crate::cli::{Cli, LeaveArgs, ResetArgs};
-use crate::distro::Distro;
+use crate::distro::{Distro, DistroError, JoinMaterial, NodeOps, Presence};
 use crate::host::Host;
+use crate::join::keys::NODE_CREDENTIAL_PREFIX;
+use crate::join::JoinKeys;
 use crate::plan::{apply::apply_unjournaled, Action, Phase, Plan, Step};
 use crate::{lock, role, state};
 
@@ -16,17 +20,6 @@ pub(super) fn run(cli: &Cli, args: &LeaveArgs) -> Result<(), Error> {
     let decision = role::load(&session.host)?.ok_or_else(|| {
         Error::Failed("this node has not been set up (no role recorded); nothing to leave".into())
     })?;
-    let driver = crate::distro::driver(session.image.distro);
-    let kubeconfig = match &args.kubeconfig {
-        Some(path) => path.display().to_string(),
-        None if decision.role.is_controller() => driver.admin_kubeconfig().to_owned(),
-        None => driver.node_kubeconfig(decision.role).to_owned(),
-    };
-    if !session.host.exists(Path::new(&kubeconfig))? {
-        return Err(Error::Failed(format!(
-            "{kubeconfig} does not exist; pass --kubeconfig with credentials that may drain and delete nodes"
-        )));
-    }
     let node = session.node_name();
     {
         let _lock = lock::acquire(
@@ -34,77 +27,139 @@ pub(super) fn run(cli: &Cli, args: &LeaveArgs) -> Result<(), Error> {
             session.config.lock_wait,
             &format!("pid {} (bootstrap leave)", std::process::id()),
         )?;
-        if decision.role.is_controller() {
-            refuse_last_controller(&session.host, driver, &kubeconfig, &node)?;
-        }
-        // A k0s controller without workloads is no Kubernetes node: nothing to drain.
-        let is_node = session
-            .host
-            .run(
-                &driver
-                    .kubectl(&kubeconfig)
-                    .args(["get", "node", &node, "-o", "name"]),
-            )?
-            .success();
-        let ctx = session.distro_context(&decision, None);
-        let mut plan = Plan::default();
-        let kubectl = |args: Vec<String>, timeout| {
-            driver
-                .kubectl(&kubeconfig)
-                .args(args)
-                .timeout(timeout + std::time::Duration::from_secs(30))
-        };
-        if !is_node {
-            log::info!("{node} is not a Kubernetes node (a controller without workloads); nothing to drain");
-        }
-        let mut node_steps = Vec::new();
-        node_steps.push(Step::new(
-            Phase::Leave,
-            "move its pods elsewhere first",
-            Action::RunCommand {
-                command: kubectl(
-                    vec![
-                        "drain".into(),
-                        node.clone(),
-                        "--ignore-daemonsets".into(),
-                        "--delete-emptydir-data".into(),
-                        "--timeout".into(),
-                        format!("{}s", drain_timeout.as_secs()),
-                    ],
-                    drain_timeout,
-                ),
-                done_when: None,
-            },
-        ));
-        node_steps.push(Step::new(
-            Phase::Leave,
-            "the cluster forgets the node",
-            Action::RunCommand {
-                command: kubectl(
-                    vec![
-                        "delete".into(),
-                        "node".into(),
-                        node.clone(),
-                        "--timeout".into(),
-                        "60s".into(),
-                    ],
-                    std::time::Duration::from_secs(60),
-                ),
-                done_when: None,
-            },
-        ));
-        if is_node {
-            for step in node_steps {
-                plan.push(step);
+        let left = match &args.kubeconfig {
+            None if !decision.role.is_controller() => {
+                leave_through_controller(&session, &decision, &node, drain_timeout)
             }
+            _ => leave_with_kubeconfig(&session, &decision, args, &node, drain_timeout),
+        };
+        match left {
+            Ok(()) => log::info!("node {node} has left the cluster; resetting it"),
+            Err(e) if args.force => log::warn!(
+                "{e}; --force: resetting this node anyway. Its Node object may remain in the cluster: remove it with `kubectl delete node {node}` on a controller"
+            ),
+            Err(e) => return Err(e),
         }
-        for step in driver.leave_steps(&ctx)? {
-            plan.push(step);
-        }
-        apply_unjournaled(&session.host, &plan)?;
-        log::info!("node {node} has left the cluster; resetting it");
     }
     super::reset::run(cli, &ResetArgs { purge: false })
+}
+
+/// Why leaving failed, with what the operator can do; nothing has been changed.
+fn not_left(node: &str, cause: impl std::fmt::Display) -> String {
+    format!(
+        "leave: {node} was not taken out of the cluster: {cause}. Nothing on this node was changed; fix the cause and run `bootstrap leave` again, or add --force to reset it anyway"
+    )
+}
+
+/// Drain and delete with a kubeconfig on this node: the admin one on a controller, or
+/// the operator's `--kubeconfig`.
+fn leave_with_kubeconfig(
+    session: &Session,
+    decision: &role::RoleDecision,
+    args: &LeaveArgs,
+    node: &str,
+    drain_timeout: std::time::Duration,
+) -> Result<(), Error> {
+    let driver = crate::distro::driver(session.image.distro);
+    let kubeconfig = match &args.kubeconfig {
+        Some(path) => path.display().to_string(),
+        None => driver.admin_kubeconfig().to_owned(),
+    };
+    if !session.host.exists(Path::new(&kubeconfig))? {
+        return Err(Error::Failed(not_left(
+            node,
+            format!("{kubeconfig} does not exist; pass --kubeconfig with credentials that may drain and delete nodes"),
+        )));
+    }
+    if decision.role.is_controller() {
+        refuse_last_controller(&session.host, driver, &kubeconfig, node)?;
+    }
+    let ops = NodeOps::new(&session.host, driver, &kubeconfig);
+    let presence = ops
+        .presence(node)
+        .map_err(|e| Error::Failed(not_left(node, e)))?;
+    let ctx = session.distro_context(decision, None);
+    let mut plan = Plan::default();
+    match presence {
+        Presence::Present => {
+            plan.push(Step::new(
+                Phase::Leave,
+                "move its pods elsewhere first",
+                Action::RunCommand {
+                    command: ops.drain_command(node, drain_timeout),
+                    done_when: None,
+                },
+            ));
+            plan.push(Step::new(
+                Phase::Leave,
+                "the cluster forgets the node",
+                Action::RunCommand {
+                    command: ops.delete_command(node),
+                    done_when: None,
+                },
+            ));
+        }
+        Presence::NotFound => log::info!(
+            "{node} is not a Kubernetes node (a controller without workloads); nothing to drain"
+        ),
+    }
+    for step in driver.leave_steps(&ctx)? {
+        plan.push(step);
+    }
+    apply_unjournaled(&session.host, &plan).map_err(|e| Error::Failed(not_left(node, e)))?;
+    Ok(())
+}
+
+/// A worker's kubelet may not evict pods or delete its Node: it asks a controller's
+/// join service to cordon, drain and delete it, proving itself with the join secret or
+/// the node credential its join material holds.
+fn leave_through_controller(
+    session: &Session,
+    decision: &role::RoleDecision,
+    node: &str,
+    drain_timeout: std::time::Duration,
+) -> Result<(), Error> {
+    let material = JoinMaterial::load(&session.host).map_err(DistroError::from)?;
+    let targets = session.join_services(decision)?;
+    let (keys, credential) = match session.join_secret()? {
+        Some(secret) => (JoinKeys::from_secret(&secret), None),
+        None => match material
+            .as_ref()
+            .and_then(|m| m.join.pin.zip(m.join.node_credential.clone()))
+        {
+            Some((pin, own)) => (
+                JoinKeys::from_credential(pin, &own),
+                Some(format!("{NODE_CREDENTIAL_PREFIX}{node}")),
+            ),
+            None => {
+                return Err(Error::Failed(not_left(
+                    node,
+                    "this worker holds neither the join secret nor a node credential from its join material; pass --kubeconfig with credentials that may drain and delete nodes",
+                )))
+            }
+        },
+    };
+    if targets.is_empty() {
+        return Err(Error::Failed(not_left(
+            node,
+            "no join service is known (cluster.controllers is empty and the join material names none)",
+        )));
+    }
+    log::info!(
+        "asking a controller's join service ({}) to cordon, drain (at most {}) and delete {node}",
+        targets.join(", "),
+        humantime::format_duration(drain_timeout)
+    );
+    match crate::join::client::leave(&keys, &targets, node, credential, drain_timeout) {
+        Ok(done) => {
+            log::info!("the join service answered: {done}");
+            Ok(())
+        }
+        Err(cause @ crate::join::Cause::Unreachable(_)) => {
+            Err(Error::PeerTimeout(not_left(node, cause)))
+        }
+        Err(cause) => Err(Error::Failed(not_left(node, cause))),
+    }
 }
 
 /// Counts the control-plane nodes; removing the last one would destroy the cluster.

@@ -168,11 +168,17 @@ pub(crate) fn load_config(cli: &Cli, host: &dyn Host) -> Result<Config, Error> {
             .or_insert_with(|| serde_json::json!({}));
         join["port"] = serde_json::json!(port);
     }
+    // A node that once joined with a line keeps what the line settled.
+    let persisted = match line {
+        Some(_) => None,
+        None => read_manual(host)?,
+    };
     let sources = config::Sources {
         file: cli.config.clone(),
         env: std::env::vars().collect(),
         flags,
         manual_join: line.is_some(),
+        persisted,
     };
     let config = config::load(host, &sources)?;
     for (i, name) in cli.overrides.ignore_preflight.iter().enumerate() {
@@ -185,6 +191,35 @@ pub(crate) fn load_config(cli: &Cli, host: &dyn Host) -> Result<Config, Error> {
         }
     }
     Ok(config)
+}
+
+/// What an earlier `up --join` settled on this node (see [`crate::join::MANUAL_FILE`]).
+fn read_manual(host: &dyn Host) -> Result<Option<config::FlagLayer>, Error> {
+    let path = Path::new(crate::join::MANUAL_FILE);
+    let Some(bytes) = host.read(path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Error::Failed(format!(
+            "{}: unreadable ({e}); remove it, or run `bootstrap reset` to start over",
+            crate::join::MANUAL_FILE
+        ))
+    })
+}
+
+/// Keeps what `up --join` settled: the role, the controller named by the line and its
+/// join port, so `up`, `leave` and `status` see the same configuration later without it.
+pub(crate) fn persist_manual(host: &dyn Host, config: &Config) -> Result<(), Error> {
+    let layer = serde_json::json!({
+        "role": config.role.to_string(),
+        "cluster": {"controllers": config.cluster.controllers},
+        "join": {"port": config.join.port},
+    });
+    host.create_dir_all(Path::new("/var/lib/bootstrap/join"), 0o700)?;
+    let mut text = serde_json::to_vec_pretty(&layer).unwrap_or_default();
+    text.push(b'\n');
+    host.write_atomic(Path::new(crate::join::MANUAL_FILE), &text, 0o600, None)?;
+    Ok(())
 }
 
 /// The join line of `up --join FILE`, read and parsed.
@@ -226,6 +261,28 @@ impl Session {
             facts,
             image,
         })
+    }
+
+    /// The join secret this node's join service and join requests use: the configured
+    /// one, else the one `up` made or received ([`crate::join::NODE_SECRET_FILE`]).
+    pub(crate) fn join_secret(&self) -> Result<Option<crate::secret::Secret>, Error> {
+        if let Some(secret) = self.config.join_secret() {
+            return Ok(Some(secret.clone()));
+        }
+        self.node_secret()
+    }
+
+    /// The secret in [`crate::join::NODE_SECRET_FILE`], if there is one.
+    fn node_secret(&self) -> Result<Option<crate::secret::Secret>, Error> {
+        let path = Path::new(crate::join::NODE_SECRET_FILE);
+        let Some(text) = self.host.read_string(path)? else {
+            return Ok(None);
+        };
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(crate::secret::Secret::new(secret)))
     }
 
     /// Whether bootstrap has changed this host before (its journal has entries).
@@ -314,7 +371,10 @@ impl Session {
             for step in driver.post_install_steps(&ctx)? {
                 plan.push(step);
             }
-            if role.role.is_controller() && self.config.join_secret().is_some() {
+            if role.role.is_controller() {
+                for step in self.join_secret_steps(material.as_ref())? {
+                    plan.push(step);
+                }
                 for step in self.join_service_steps()? {
                     plan.push(step);
                 }
@@ -377,6 +437,83 @@ impl Session {
             }
         }
         Ok(plan)
+    }
+
+    /// On a controller without a configured join secret, the join service's secret: the
+    /// one kept from an earlier run, else the cluster's from controller join material,
+    /// else (a first controller) a new one. It lets this controller hand out join lines
+    /// without any configuration (bare metal).
+    fn join_secret_steps(
+        &self,
+        material: Option<&crate::distro::JoinMaterial>,
+    ) -> Result<Vec<crate::plan::Step>, Error> {
+        use crate::plan::{Action, Contents, Phase, Step};
+        if self.config.join_secret().is_some() {
+            return Ok(Vec::new());
+        }
+        let received = material.and_then(|m| m.join.secret.clone());
+        let secret = match (received, self.node_secret()?) {
+            (Some(secret), _) => secret,
+            (None, Some(kept)) => kept,
+            (None, None) => crate::secret::Secret::new(
+                crate::random::hex(32)
+                    .map_err(|e| Error::Failed(format!("cannot make a join secret: {e}")))?,
+            ),
+        };
+        let mut text = secret.expose().to_owned();
+        text.push('\n');
+        Ok(vec![Step::new(
+            Phase::PostInstall,
+            "the join service's identity: no join secret is configured, so this controller keeps its own (token create hands out join lines for it)",
+            Action::WriteFile {
+                path: PathBuf::from(crate::join::NODE_SECRET_FILE),
+                mode: 0o600,
+                owner: None,
+                contents: Contents::Secret(crate::secret::Secret::new(text)),
+            },
+        )])
+    }
+
+    /// Join material for a node of `role`, minted on this controller, with what the
+    /// node needs to reach the join services later: their addresses and pin, and for a
+    /// controller the join secret (its own join service will need it).
+    pub(crate) fn mint(
+        &self,
+        decision: &RoleDecision,
+        role: crate::distro::JoinRole,
+        ttl: std::time::Duration,
+    ) -> Result<crate::distro::JoinMaterial, Error> {
+        let ctx = self.distro_context(decision, None);
+        let mut material = crate::distro::driver(self.image.distro).mint(&ctx, role, ttl)?;
+        let secret = self.join_secret()?;
+        material.join.services = self.join_services(decision)?;
+        material.join.pin = secret
+            .as_ref()
+            .map(|s| crate::join::JoinKeys::from_secret(s).pin());
+        if role == crate::distro::JoinRole::Controller {
+            material.join.secret = secret;
+        }
+        Ok(material)
+    }
+
+    /// `host:port` of every join service this node knows: the configured controllers',
+    /// those its own join material named, and its own on a controller.
+    pub(crate) fn join_services(&self, decision: &RoleDecision) -> Result<Vec<String>, Error> {
+        let port = self.config.join.port;
+        let mut out = crate::join::targets(&self.config.cluster.controllers, port);
+        if let Some(material) = crate::distro::JoinMaterial::load(&self.host)
+            .map_err(crate::distro::DistroError::from)?
+        {
+            out.extend(material.join.services);
+        }
+        if decision.role.is_controller() {
+            if let Some(address) = self.node_address() {
+                out.push(crate::distro::host_port(&address.to_string(), port));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        out.retain(|t| seen.insert(t.clone()));
+        Ok(out)
     }
 
     /// `bootstrap-join.service`, running the image's bootstrap if it ships one, else the

@@ -14,35 +14,44 @@ use crate::role::{self, RoleDecision};
 
 /// Mints through the distro driver of this controller.
 struct DistroMinter {
-    host: RootedHost,
-    config: crate::config::Config,
-    image: crate::rootfs::ClusterImage,
+    session: Session,
     decision: RoleDecision,
-    node_name: String,
-    node_address: Option<std::net::IpAddr>,
 }
 
 impl server::Minter for DistroMinter {
     fn mint(&self, role: JoinRole, ttl: Duration) -> Result<JoinMaterial, String> {
-        let ctx = crate::distro::Context {
-            host: &self.host,
-            config: &self.config,
-            image: &self.image,
-            role: self.decision.role,
-            node_name: self.node_name.clone(),
-            node_address: self.node_address,
-            material: None,
-        };
-        crate::distro::driver(self.image.distro)
-            .mint(&ctx, role, ttl)
+        self.session
+            .mint(&self.decision, role, ttl)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Removes worker nodes with this controller's admin credentials.
+struct DistroNodes {
+    host: RootedHost,
+    distro: crate::distro::DistroKind,
+}
+
+impl server::Nodes for DistroNodes {
+    fn remove(&self, name: &str, drain_timeout: Duration) -> Result<String, String> {
+        let driver = crate::distro::driver(self.distro);
+        let ops = crate::distro::NodeOps::new(&self.host, driver, driver.admin_kubeconfig());
+        if ops.is_controller(name).map_err(|e| e.to_string())? {
+            return Err(format!(
+                "{name} is a controller; a controller leaves with `bootstrap leave` on itself"
+            ));
+        }
+        ops.remove(name, drain_timeout).map_err(|e| e.to_string())
     }
 }
 
 pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
     let session = Session::open(cli)?;
-    let secret = session.config.join_secret().cloned().ok_or_else(|| {
-        Error::Usage("serve: no join secret configured (cluster.join_secret_file)".into())
+    let secret = session.join_secret()?.ok_or_else(|| {
+        Error::Usage(format!(
+            "serve: no join secret (cluster.join_secret_file, or {} which `up` makes on a controller)",
+            crate::join::NODE_SECRET_FILE
+        ))
     })?;
     let decision = role::load(&session.host)?.ok_or_else(|| {
         Error::Failed("serve: this node has not been set up; run `bootstrap up` first".into())
@@ -70,27 +79,32 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         Admission::new(file, crate::join::admission::LEASE)
     });
     let keys = JoinKeys::from_secret(&secret);
-    let minter = DistroMinter {
-        node_name: session.node_name(),
-        node_address: session.node_address(),
+    let credentials_file = session
+        .host
+        .real_path(std::path::Path::new(crate::join::manual::CREDENTIALS_FILE))?;
+    let nodes = DistroNodes {
         host: session.host.clone(),
-        config: session.config.clone(),
-        image: session.image.clone(),
-        decision,
+        distro: session.image.distro,
     };
+    let ttl = session.config.join.token_ttl;
+    let max_per_peer = args.max_per_peer;
+    let description = format!(
+        "{} {}",
+        session.image.distro, session.image.metadata.version
+    );
+    let minter = DistroMinter { session, decision };
     let service = server::Service::new(
         keys,
         Box::new(minter),
         Box::new(crate::join::manual::CredentialStore {
-            file: session
-                .host
-                .real_path(std::path::Path::new(crate::join::manual::CREDENTIALS_FILE))?,
+            file: credentials_file,
         }),
         admission,
-        session.config.join.token_ttl,
+        ttl,
     )
     .map_err(Error::Failed)?
-    .with_max_per_peer(args.max_per_peer);
+    .with_max_per_peer(max_per_peer)
+    .with_nodes(Box::new(nodes));
     // `[::]` takes IPv4 too on Linux; a host without IPv6 gets 0.0.0.0.
     let listener = TcpListener::bind(&listen)
         .or_else(|e| match &args.listen {
@@ -98,11 +112,7 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
             Some(_) => Err(e),
         })
         .map_err(|e| Error::Failed(format!("serve: cannot listen on {listen}: {e}")))?;
-    log::info!(
-        "join service for this {} {} cluster listening on {listen}",
-        session.image.distro,
-        session.image.metadata.version
-    );
+    log::info!("join service for this {description} cluster listening on {listen}");
     server::serve(
         listener,
         Arc::new(service),

@@ -1,20 +1,29 @@
 //! `bootstrap token create`: join material minted on this controller, printed once.
 
 use super::{Error, Session};
-use crate::cli::{Cli, TokenCommand};
-use crate::config::RoleSetting;
+use crate::cli::{Cli, NewNodeRole, TokenCommand};
 use crate::distro::JoinRole;
 use crate::{lock, role, state};
 
 pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
-    let TokenCommand::Create { ttl, material } = command;
-    // `--role` is the global flag; here it names the role of the node to join.
-    let join_role = match cli.overrides.role {
-        Some(RoleSetting::Worker) => JoinRole::Worker,
-        Some(RoleSetting::Controller) => JoinRole::Controller,
-        _ => {
+    let TokenCommand::Create {
+        role,
+        ttl,
+        material,
+    } = command;
+    if let Some(this) = cli.overrides.role {
+        // `--role` is this node's role everywhere; taking it for the new node's here
+        // once turned a controller into a worker.
+        return Err(Error::Usage(format!(
+            "token create: --role {this} sets this node's role; name the new node's role after the command: `bootstrap token create worker` or `bootstrap token create controller`"
+        )));
+    }
+    let join_role = match role {
+        Some(NewNodeRole::Worker) => JoinRole::Worker,
+        Some(NewNodeRole::Controller) => JoinRole::Controller,
+        None => {
             return Err(Error::Usage(
-                "token create: say which role the new node joins as: --role worker or --role controller".into(),
+                "token create: name the new node's role: `bootstrap token create worker` or `bootstrap token create controller`".into(),
             ))
         }
     };
@@ -49,8 +58,7 @@ pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
     if !*material {
         return print_line(&session, *join_role, ttl);
     }
-    let ctx = session.distro_context(&decision, None);
-    let material = crate::distro::driver(session.image.distro).mint(&ctx, *join_role, ttl)?;
+    let material = session.mint(&decision, *join_role, ttl)?;
     log::info!(
         "join material for a {join_role} of this {} {} cluster, endpoint {}{}",
         material.distro,
@@ -70,10 +78,11 @@ pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
 /// secret) and a new credential for one role, valid for `ttl`.
 fn print_line(session: &Session, role: JoinRole, ttl: std::time::Duration) -> Result<(), Error> {
     use crate::host::Host;
-    let secret = session.config.join_secret().ok_or_else(|| {
-        Error::Usage(
-            "token create: a join line needs the join service, which needs cluster.join_secret_file; use --material to print the join material instead".into(),
-        )
+    let secret = session.join_secret()?.ok_or_else(|| {
+        Error::Failed(format!(
+            "token create: this controller has no join secret (cluster.join_secret_file, or {} which `up` makes); run `bootstrap up` first, or use --material to print the join material instead",
+            crate::join::NODE_SECRET_FILE
+        ))
     })?;
     let address = session.node_address().ok_or_else(|| {
         Error::Failed("token create: this controller's address is unknown; set node.address".into())
@@ -89,7 +98,7 @@ fn print_line(session: &Session, role: JoinRole, ttl: std::time::Duration) -> Re
     let line = crate::join::manual::JoinLine {
         address: crate::join::targets(&[address.to_string()], session.config.join.port).remove(0),
         role,
-        pin: crate::join::JoinKeys::from_secret(secret).pin(),
+        pin: crate::join::JoinKeys::from_secret(&secret).pin(),
         id,
         secret: credential,
     };

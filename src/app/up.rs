@@ -49,6 +49,10 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
         decision.reason
     );
 
+    if cli.join_line.is_some() {
+        super::persist_manual(host, &session.config)?;
+    }
+
     let report = session.preflight(&decision, &cli.overrides.ignore_preflight)?;
     for check in &report.checks {
         use crate::preflight::Outcome;
@@ -124,6 +128,12 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
     host.remove_file(Path::new(state::FAILED_FILE))?;
     if session.config.cluster_api_sentinel && !host.exists(Path::new(state::CAPI_SENTINEL))? {
         host.write_atomic(Path::new(state::CAPI_SENTINEL), b"success", 0o644, None)?;
+    }
+    if decision.role.is_controller() && session.config.join_secret().is_none() {
+        log::info!(
+            "no join secret is configured: this controller's join service uses the one in {} (0600); add nodes with `bootstrap token create worker` or `bootstrap token create controller`",
+            crate::join::NODE_SECRET_FILE
+        );
     }
     if report.applied.is_empty() {
         log::info!(

@@ -2,6 +2,8 @@
 //! run the real binary against it and look at what it did.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -251,6 +253,19 @@ impl Node {
         let mut out = BTreeMap::new();
         walk(self.root(), self.root(), &mut out);
         out
+    }
+
+    /// Files under the root, except the stand-ins' own bookkeeping, the kernel's state the
+    /// stand-ins keep under /proc, and k3s's node password (k3s-uninstall.sh keeps
+    /// `/etc/rancher/node` on purpose, and so does reset): what a reset must take away.
+    pub fn installed_files(&self) -> std::collections::BTreeSet<PathBuf> {
+        self.snapshot()
+            .into_keys()
+            .filter(|p| {
+                let s = p.to_string_lossy();
+                !s.contains(".standin") && !s.starts_with("proc/") && !s.starts_with("etc/rancher")
+            })
+            .collect()
     }
 
     /// Every file's text under the root, excluding the given host paths.

@@ -76,7 +76,16 @@ class Conn:
                  "the right host or port?")
         self.server = flags.get("server") or kc["server"]
         self.ca_pem = kc["ca_pem"]
+        self.user = kc.get("user") or ""
         self.hostport = re.sub(r"^[a-z]+://", "", self.server).rstrip("/")
+
+    def forbid_node_identity(self, what):
+        """RBAC as a real API server has it: a kubelet's identity (system:node:NAME) may
+        read nodes but not evict pods, cordon or delete nodes."""
+        if self.user.startswith("system:node:"):
+            fail(f'Error from server (Forbidden): {what} is forbidden: User "{self.user}" '
+                 "cannot do this: RBAC: the node authorizer allows kubelets only their own "
+                 "node's status and pods")
 
     def check(self, c):
         if not any(c["api_up"].values()):

@@ -59,6 +59,7 @@ def cmd_drain(args, default_kubeconfig):
         fail("error: USAGE: drain NODE [flags]" if not pos else
              "error: the stand-in kubectl drains exactly one node")
     conn = Conn(flags, default_kubeconfig)
+    conn.forbid_node_identity(f'pods "{pos[0]}"/eviction')
     with state.cluster() as c:
         conn.check(c)
         node = _get(c, pos[0])
@@ -85,6 +86,7 @@ def _cordon(args, default_kubeconfig, value):
     if not pos:
         fail(f"error: USAGE: {'cordon' if value else 'uncordon'} NODE [flags]")
     conn = Conn(flags, default_kubeconfig)
+    conn.forbid_node_identity(f'nodes "{pos[0]}"')
     with state.cluster() as c:
         conn.check(c)
         done = []
@@ -114,6 +116,7 @@ def cmd_delete(args, default_kubeconfig):
     _timeout(flags)
     names = _node_targets(pos, "delete")
     conn = Conn(flags, default_kubeconfig)
+    conn.forbid_node_identity(f'nodes "{names[0]}"')
     with state.cluster() as c:
         conn.check(c)
         gone = []
