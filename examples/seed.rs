@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     };
     let (images_dir, storage) = (PathBuf::from(images_dir), PathBuf::from(storage));
     let started = Instant::now();
-    match bootstrap::runtime::seed_images_dir(&images_dir, &storage) {
+    match bootstrap::images::seed_images_dir(&images_dir, &storage) {
         Ok(report) => {
             println!(
                 "seeded {} into {} in {:.2} s: {report}",

@@ -20,6 +20,24 @@ use crate::host::Host;
 use crate::secret::Secret;
 use crate::validate;
 
+/// The preflight checks by name: here, so `preflight.ignore` is checked where it is
+/// read; `preflight` runs them in this order.
+pub const PREFLIGHT_CHECKS: [&str; 13] = [
+    "root",
+    "arch",
+    "cpu",
+    "memory",
+    "disk",
+    "swap",
+    "ip-forward",
+    "modules",
+    "ports",
+    "cgroups",
+    "systemd",
+    "hostname",
+    "address",
+];
+
 /// Where the config file is looked for, under the root, when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bootstrap/config.yaml";
 /// The prefix of configuration environment variables.
@@ -737,10 +755,10 @@ impl Config {
             ));
         }
         for (i, name) in self.preflight.ignore.iter().enumerate() {
-            if !crate::preflight::CHECK_NAMES.contains(&name.as_str()) {
+            if !PREFLIGHT_CHECKS.contains(&name.as_str()) {
                 errors.push(expected(
                     format!("preflight.ignore[{i}]"),
-                    &format!("one of {}", crate::preflight::CHECK_NAMES.join(", ")),
+                    &format!("one of {}", PREFLIGHT_CHECKS.join(", ")),
                     name,
                 ));
             }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::distro::Requirements;
+use crate::distro_kind::Requirements;
 use crate::facts::Facts;
 use crate::host::CommandSpec;
 use crate::plan::{Action, Contents, Phase, Probe, ServiceAction, Step};

@@ -9,28 +9,14 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::distro::{kube_version, DistroKind};
+use crate::distro_kind::{kube_version, DistroKind};
 use crate::facts::Facts;
 use crate::role::Role;
 use crate::rootfs::ClusterImage;
 use crate::validate;
 
-/// Every check's name, as `--ignore-preflight` takes them.
-pub const CHECK_NAMES: [&str; 13] = [
-    "root",
-    "arch",
-    "cpu",
-    "memory",
-    "disk",
-    "swap",
-    "ip-forward",
-    "modules",
-    "ports",
-    "cgroups",
-    "systemd",
-    "hostname",
-    "address",
-];
+/// Every check, by the name `preflight.ignore` and `--ignore-preflight` use.
+pub use crate::config::PREFLIGHT_CHECKS as CHECK_NAMES;
 
 /// Kernel modules every distro needs loaded.
 pub const REQUIRED_MODULES: [&str; 2] = ["overlay", "br_netfilter"];

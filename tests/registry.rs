@@ -24,11 +24,11 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use archives::TestImage;
-use bootstrap::runtime::registry::{
+use bootstrap::images::seed_archive;
+use bootstrap::registry::{
     self, generate_ca, generate_pki, htpasswd_line, CertificateAuthority, HtpasswdAuth,
     RegistryConfig, RegistryPki, RegistryUnit, ServerNames, DEFAULT_BCRYPT_COST,
 };
-use bootstrap::runtime::seed_archive;
 use bootstrap::secret::Secret;
 
 const REGISTRY: &str = "/usr/bin/docker-registry";

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use common::golden;
 
-use bootstrap::runtime::containerd::{self, ConfigVersion, Settings};
-use bootstrap::runtime::mirrors::{self, LocalRegistry};
+use bootstrap::containerd::mirrors::{self, LocalRegistry};
+use bootstrap::containerd::{self, ConfigVersion, Settings};
 
 fn registry() -> LocalRegistry {
     LocalRegistry {

@@ -20,7 +20,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use archives::{self as build, TestImage};
-use bootstrap::runtime::{seed_archive, seed_images_dir, seed_storage_tree, SeedReport};
+use bootstrap::images::{seed_archive, seed_images_dir, seed_storage_tree, SeedReport};
 
 const REGISTRY: &str = "/usr/bin/docker-registry";
 /// The registry answers `/v2/` within a second or two; 10 s is the most we wait.

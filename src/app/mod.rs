@@ -50,7 +50,7 @@ pub enum Error {
     #[error(transparent)]
     Facts(#[from] FactsError),
     #[error(transparent)]
-    Runtime(#[from] crate::runtime::phase::RuntimeError),
+    Runtime(#[from] crate::node_plan::runtime::RuntimeError),
     #[error(transparent)]
     Distro(#[from] crate::distro::DistroError),
     #[error("preflight failed:\n{}", list_failures(.0))]
@@ -324,7 +324,7 @@ impl Session {
         if let Some(step) = self.unpack_step() {
             plan.push(step);
         }
-        let inputs = crate::runtime::phase::Inputs {
+        let inputs = crate::node_plan::runtime::Inputs {
             host: &self.host,
             config: &self.config,
             image: &self.image,
@@ -333,10 +333,10 @@ impl Session {
             registry_auth: material.as_ref().and_then(|m| m.registry_auth.clone()),
         };
         if !self.from_archive {
-            for step in crate::runtime::phase::registry_steps(&inputs)? {
+            for step in crate::node_plan::runtime::registry_steps(&inputs)? {
                 plan.push(step);
             }
-            for step in crate::runtime::phase::runtime_steps(&inputs)? {
+            for step in crate::node_plan::runtime::runtime_steps(&inputs)? {
                 plan.push(step);
             }
             let ctx = self.distro_context(role, material.as_ref());
@@ -357,7 +357,7 @@ impl Session {
                         crate::plan::Phase::Join,
                         "pulls through the local registry trust its CA",
                         crate::plan::Action::WriteFile {
-                            path: PathBuf::from(crate::runtime::mirrors::CA_PATH),
+                            path: PathBuf::from(crate::containerd::mirrors::CA_PATH),
                             mode: 0o644,
                             owner: None,
                             contents: crate::plan::Contents::Public(ca.clone().into_bytes()),
@@ -416,7 +416,7 @@ impl Session {
         if self.from_archive {
             return Ok(plan);
         }
-        let inputs = crate::runtime::phase::Inputs {
+        let inputs = crate::node_plan::runtime::Inputs {
             host: &self.host,
             config: &self.config,
             image: &self.image,
@@ -426,9 +426,9 @@ impl Session {
         };
         let mut candidates = Vec::new();
         if self.config.registry.enabled {
-            candidates.extend(crate::runtime::phase::registry_steps(&inputs)?);
+            candidates.extend(crate::node_plan::runtime::registry_steps(&inputs)?);
         }
-        candidates.extend(crate::runtime::phase::runtime_steps(&inputs)?);
+        candidates.extend(crate::node_plan::runtime::runtime_steps(&inputs)?);
         let ctx = self.distro_context(&decision, None);
         candidates.extend(crate::distro::driver(self.image.distro).install_steps(&ctx)?);
         for step in candidates {
@@ -530,7 +530,7 @@ impl Session {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "/usr/bin/bootstrap".to_owned());
         crate::join::service_steps(image_binary, &running)
-            .map_err(|e| crate::runtime::phase::RuntimeError::from(e).into())
+            .map_err(|e| crate::node_plan::runtime::RuntimeError::from(e).into())
     }
 
     /// The driver's view of this node.

@@ -296,7 +296,7 @@ impl Distro for K3s {
                 0o644,
                 unit_text.clone().into_bytes(),
             ),
-            crate::runtime::phase::daemon_reload(phase, &[&unit_text]),
+            crate::systemd::daemon_reload(phase, &[&unit_text]),
             steps::service(
                 phase,
                 "k3s starts at every boot",

@@ -380,7 +380,7 @@ impl Distro for Kubeadm {
                 0o644,
                 dropin.clone().into_bytes(),
             ),
-            crate::runtime::phase::daemon_reload(Phase::Install, &[&unit, &dropin]),
+            crate::systemd::daemon_reload(Phase::Install, &[&unit, &dropin]),
             // kubeadm's preflight wants kubelet enabled; it crash-loops until init/join.
             steps::service(
                 Phase::Install,

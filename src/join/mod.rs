@@ -40,10 +40,11 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 /// `bootstrap-join.service`: `bootstrap serve`, restarted when it dies.
-pub fn unit_text(binary: &str) -> Result<String, crate::runtime::registry::UnitError> {
-    use crate::runtime::registry::{SystemdUnit, UnitSection};
+pub fn unit_text(binary: &str) -> Result<String, crate::systemd::UnitError> {
+    use crate::systemd::{SystemdUnit, UnitSection};
     SystemdUnit {
         header: vec!["Written by bootstrap; `bootstrap reset` removes it.".to_owned()],
+        gap_after_header: true,
         sections: vec![
             UnitSection::new("Unit")
                 .set(
@@ -70,7 +71,7 @@ pub fn unit_text(binary: &str) -> Result<String, crate::runtime::registry::UnitE
 pub fn service_steps(
     image_binary: Option<std::path::PathBuf>,
     fallback_binary: &str,
-) -> Result<Vec<crate::plan::Step>, crate::runtime::registry::UnitError> {
+) -> Result<Vec<crate::plan::Step>, crate::systemd::UnitError> {
     use crate::plan::{Action, Contents, Phase, ServiceAction, Step};
     const INSTALLED: &str = "/usr/local/bin/bootstrap";
     let mut steps = Vec::new();
@@ -101,10 +102,7 @@ pub fn service_steps(
             contents: Contents::Public(unit.clone().into_bytes()),
         },
     ));
-    steps.push(crate::runtime::phase::daemon_reload(
-        Phase::PostInstall,
-        &[&unit],
-    ));
+    steps.push(crate::systemd::daemon_reload(Phase::PostInstall, &[&unit]));
     for action in [ServiceAction::Enable, ServiceAction::Start] {
         steps.push(Step::new(
             Phase::PostInstall,

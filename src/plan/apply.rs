@@ -251,7 +251,7 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
             ..
         } => {
             let storage = host.real_path(storage).map_err(fail)?;
-            let seed_error = |e: crate::runtime::SeedError| {
+            let seed_error = |e: crate::images::SeedError| {
                 fail(HostError::Failed {
                     command: "seed images".to_owned(),
                     status: "refused".to_owned(),
@@ -262,13 +262,13 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
                 let tree = host.real_path(tree).map_err(fail)?;
                 if tree.exists() {
                     let report =
-                        crate::runtime::seed_storage_tree(&tree, &storage).map_err(seed_error)?;
+                        crate::images::seed_storage_tree(&tree, &storage).map_err(seed_error)?;
                     log::info!("registry tree {}: {report}", tree.display());
                 }
             }
             if let Some(dir) = images_dir {
                 let dir = host.real_path(dir).map_err(fail)?;
-                let report = crate::runtime::seed_images_dir(&dir, &storage).map_err(seed_error)?;
+                let report = crate::images::seed_images_dir(&dir, &storage).map_err(seed_error)?;
                 log::info!("images in {}: {report}", dir.display());
             }
             Ok(())
@@ -281,7 +281,7 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
                 .map_err(fail)?
                 .map(|m| m.mode)
                 .unwrap_or(0o644);
-            let updated = crate::runtime::etc_hosts::with_entry(&current, ip, names);
+            let updated = crate::plan::hosts_file::with_entry(&current, ip, names);
             host.write_atomic(path, updated.as_bytes(), mode, None)
                 .map_err(fail)
         }
@@ -308,7 +308,7 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
                 .map_err(fail)?
                 .map(|m| m.mode)
                 .unwrap_or(0o644);
-            let updated = crate::runtime::etc_hosts::without_entry(&current);
+            let updated = crate::plan::hosts_file::without_entry(&current);
             host.write_atomic(path, updated.as_bytes(), mode, None)
                 .map_err(fail)
         }
@@ -364,14 +364,14 @@ fn copy_file(
         .map_err(io("stat", source))?;
     let mut reader: Box<dyn std::io::Read> = if decompress {
         let mut buffered = BufReader::with_capacity(1 << 20, file);
-        let kind = crate::rootfs::compression::detect(&mut buffered)
+        let kind = crate::io::compression::detect(&mut buffered)
             .map_err(io("read", source))?
             .map_err(|format| {
                 io("decompress", source)(std::io::Error::other(format!(
                     "{format} is not supported"
                 )))
             })?;
-        crate::rootfs::compression::decoder(kind, buffered).map_err(io("read", source))?
+        crate::io::compression::decoder(kind, buffered).map_err(io("read", source))?
     } else {
         Box::new(file)
     };

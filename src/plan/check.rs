@@ -221,11 +221,11 @@ pub fn check(host: &dyn Host, action: &Action) -> Result<Status, HostError> {
         Action::RemoveHostsEntry { .. } => done(
             !host
                 .read_string(std::path::Path::new("/etc/hosts"))?
-                .is_some_and(|t| crate::runtime::etc_hosts::has_any(&t)),
+                .is_some_and(|t| crate::plan::hosts_file::has_any(&t)),
         ),
         Action::HostsEntry { ip, names } => done(
             host.read_string(std::path::Path::new("/etc/hosts"))?
-                .is_some_and(|t| crate::runtime::etc_hosts::has_entry(&t, ip, names)),
+                .is_some_and(|t| crate::plan::hosts_file::has_entry(&t, ip, names)),
         ),
         Action::UnpackRootfs {
             archive,

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod check;
+pub mod hosts_file;
 pub mod journal;
 mod render;
 mod step;

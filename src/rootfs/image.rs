@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::tree::{HostTree, Tree};
-use crate::distro::DistroKind;
+use crate::distro_kind::DistroKind;
 use crate::host::{FileKind, Host, HostError};
 
 /// The architectures a cluster image may carry subfolders for.

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::compression;
 use super::image::{required_binaries, ClusterImage};
 use super::tree::{ListingTree, Node, Tree};
 use super::unpack::UnpackError;
 use crate::host::{FileKind, HostError};
+use crate::io::compression;
 
 /// Metadata files larger than this are not read from archives (they are a few hundred bytes).
 const MAX_METADATA_BYTES: u64 = 1 << 20;

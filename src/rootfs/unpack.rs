@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::compression::{self, Compression};
 use super::extract::{self, ExtractError, ExtractReport, Limits, TailReader};
 use super::image::{ClusterImage, RootfsError};
 use super::tree::HostTree;
 use crate::host::RootedHost;
+use crate::io::compression::{self, Compression};
 
 /// The record left in each unpacked version folder.
 pub const MARKER: &str = ".bootstrap-unpacked.json";
@@ -546,7 +546,7 @@ fn extract_stream(
             message: e.to_string(),
         },
     };
-    let pipeline = super::pipe::spawn(raw, compression, |mut rest| {
+    let pipeline = crate::io::read_ahead::spawn(raw, compression, |mut rest| {
         // Whatever follows the compressed stream still counts toward the digest.
         io::copy(&mut rest, &mut io::sink())?;
         Ok(hex::encode(rest.into_inner().hasher.finalize()))

@@ -10,115 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::RegistryConfig;
 use super::{BINARY, CONFIG_FILE};
-
-/// Why a unit could not be rendered; names the section and key or the field.
-#[derive(Debug, thiserror::Error)]
-pub enum UnitError {
-    #[error("unit section name {name:?}: only letters are allowed")]
-    BadSection { name: String },
-    #[error("unit [{section}] key {key:?}: only letters and digits are allowed")]
-    BadKey { section: String, key: String },
-    #[error("unit [{section}] {key}: {reason}")]
-    BadValue {
-        section: String,
-        key: String,
-        reason: &'static str,
-    },
-    #[error("registry unit {field}: {path} is not an absolute path")]
-    NotAbsolute { field: &'static str, path: PathBuf },
-    #[error("registry unit {field}: {path} {reason}")]
-    BadPath {
-        field: &'static str,
-        path: PathBuf,
-        reason: &'static str,
-    },
-}
-
-/// One `[Section]` of a unit file: keys and values in order (a key may repeat).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnitSection {
-    /// `Unit`, `Service`, `Install`...
-    pub name: String,
-    /// `(key, value)` pairs, written as `key=value` in this order.
-    pub entries: Vec<(String, String)>,
-}
-
-impl UnitSection {
-    /// An empty section.
-    pub fn new(name: impl Into<String>) -> Self {
-        UnitSection {
-            name: name.into(),
-            entries: Vec::new(),
-        }
-    }
-
-    /// Adds `key=value`.
-    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.entries.push((key.into(), value.into()));
-        self
-    }
-}
-
-/// A systemd unit file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SystemdUnit {
-    /// Comment lines written first, each after `# `.
-    pub header: Vec<String>,
-    /// The sections, in order.
-    pub sections: Vec<UnitSection>,
-}
-
-impl SystemdUnit {
-    /// The file's text. Values are checked to stay on their line: no control
-    /// characters, no trailing backslash (a line continuation).
-    pub fn render(&self) -> Result<String, UnitError> {
-        let mut out = String::new();
-        for line in &self.header {
-            if line.chars().any(char::is_control) {
-                return Err(UnitError::BadValue {
-                    section: String::new(),
-                    key: "header comment".into(),
-                    reason: "contains a control character",
-                });
-            }
-            out.push_str("# ");
-            out.push_str(line);
-            out.push('\n');
-        }
-        for (i, section) in self.sections.iter().enumerate() {
-            if !section.name.bytes().all(|b| b.is_ascii_alphabetic()) || section.name.is_empty() {
-                return Err(UnitError::BadSection {
-                    name: section.name.clone(),
-                });
-            }
-            if i > 0 || !self.header.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(&format!("[{}]\n", section.name));
-            for (key, value) in &section.entries {
-                if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                    return Err(UnitError::BadKey {
-                        section: section.name.clone(),
-                        key: key.clone(),
-                    });
-                }
-                let bad = |reason| UnitError::BadValue {
-                    section: section.name.clone(),
-                    key: key.clone(),
-                    reason,
-                };
-                if value.chars().any(char::is_control) {
-                    return Err(bad("contains a control character (a line break?)"));
-                }
-                if value.ends_with('\\') {
-                    return Err(bad("ends with a backslash, which would continue the line"));
-                }
-                out.push_str(&format!("{key}={value}\n"));
-            }
-        }
-        Ok(out)
-    }
-}
+use crate::systemd::{exec_argument, exec_program, path_word, SystemdUnit, UnitError, UnitSection};
 
 /// What `bootstrap-registry.service` runs, and the paths its sandbox must leave open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,11 +65,11 @@ impl RegistryUnit {
 
     /// The unit's sections and keys.
     pub fn unit(&self) -> Result<SystemdUnit, UnitError> {
-        let binary = exec_program("binary", &self.binary)?;
-        let config = exec_argument("config file", &self.config_file)?;
-        let storage = path_word("storage directory", &self.storage_dir)?;
+        let binary = exec_program("registry unit binary", &self.binary)?;
+        let config = exec_argument("registry unit config file", &self.config_file)?;
+        let storage = path_word("registry unit storage directory", &self.storage_dir)?;
         for file in &self.read_files {
-            path_word("file read", file)?;
+            path_word("registry unit file read", file)?;
         }
         let paths: Vec<&Path> = [&self.binary, &self.config_file, &self.storage_dir]
             .into_iter()
@@ -236,66 +128,13 @@ impl RegistryUnit {
                 "Written by bootstrap; edits here are overwritten when it runs again.".into(),
             ],
             sections: vec![unit, service, install],
+            gap_after_header: true,
         })
     }
 
     /// The unit file's text.
     pub fn render(&self) -> Result<String, UnitError> {
         self.unit()?.render()
-    }
-}
-
-/// An absolute, UTF-8 path without control characters.
-fn checked_path<'a>(field: &'static str, path: &'a Path) -> Result<&'a str, UnitError> {
-    if !path.is_absolute() {
-        return Err(UnitError::NotAbsolute {
-            field,
-            path: path.to_path_buf(),
-        });
-    }
-    let text = path.to_str().ok_or_else(|| UnitError::BadPath {
-        field,
-        path: path.to_path_buf(),
-        reason: "is not valid UTF-8",
-    })?;
-    if text.chars().any(char::is_control) {
-        return Err(UnitError::BadPath {
-            field,
-            path: path.to_path_buf(),
-            reason: "contains a control character",
-        });
-    }
-    Ok(text)
-}
-
-/// The program of `ExecStart`: `%` escaped (specifiers), quoted when it holds spaces,
-/// quotes or backslashes. systemd does not expand variables in the program path, so `$`
-/// stays as it is.
-fn exec_program(field: &'static str, path: &Path) -> Result<String, UnitError> {
-    Ok(quote(&checked_path(field, path)?.replace('%', "%%")))
-}
-
-/// An argument of `ExecStart`: like the program, and `$` doubled, since arguments are
-/// subject to variable expansion.
-fn exec_argument(field: &'static str, path: &Path) -> Result<String, UnitError> {
-    let text = checked_path(field, path)?.replace('$', "$$");
-    Ok(quote(&text.replace('%', "%%")))
-}
-
-/// A path as one word of a path list such as `ReadWritePaths` (specifiers expanded, no
-/// variables).
-fn path_word(field: &'static str, path: &Path) -> Result<String, UnitError> {
-    Ok(quote(&checked_path(field, path)?.replace('%', "%%")))
-}
-
-fn quote(word: &str) -> String {
-    if word
-        .chars()
-        .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '\\' || c == ';')
-    {
-        format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\""))
-    } else {
-        word.to_string()
     }
 }
 
@@ -422,11 +261,13 @@ mod tests {
         let continuation = SystemdUnit {
             header: vec![],
             sections: vec![UnitSection::new("Service").set("Environment", "A=b\\")],
+            gap_after_header: true,
         };
         assert!(continuation.render().is_err());
         let bad_key = SystemdUnit {
             header: vec![],
             sections: vec![UnitSection::new("Service").set("Exec Start", "x")],
+            gap_after_header: true,
         };
         assert!(matches!(bad_key.render(), Err(UnitError::BadKey { .. })));
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use super::seed::SeedError;
+use super::report::SeedError;
 use super::storage::{hash_stream, io_error, Digest, Layout, Staging};
 
 /// The small files of docker-save and OCI layouts, read into memory.
@@ -25,7 +25,7 @@ const READ_BUFFER: usize = 256 * 1024;
 const READ_CHUNK: usize = 1024 * 1024;
 const READ_AHEAD: usize = 4;
 
-pub(crate) use crate::rootfs::compression::{sniff, Compression};
+pub(crate) use crate::io::compression::{sniff, Compression};
 
 /// Opens a file decompressed as `compression` says. Decompression runs ahead on a
 /// thread of its own; a plain file is read on the caller's, straight into its buffers:
@@ -79,7 +79,7 @@ fn read_ahead(
 ) {
     // The decoder is made here: it cannot cross threads.
     let raw = BufReader::with_capacity(READ_CHUNK, file);
-    let mut decoder = match crate::rootfs::compression::decoder(compression, raw) {
+    let mut decoder = match crate::io::compression::decoder(compression, raw) {
         Ok(decoder) => decoder,
         Err(e) => {
             let _ = send.send(Err(e));

@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::containerd::{self, ConfigVersion};
-use super::mirrors::{self, LocalRegistry};
 use crate::config::Config;
-use crate::distro::{kube_version, DistroKind};
+use crate::containerd::mirrors::{self, LocalRegistry};
+use crate::containerd::{self, ConfigVersion};
+use crate::distro_kind::{kube_version, DistroKind};
 use crate::host::{CommandSpec, FileKind, Host, HostError};
 use crate::plan::{Action, Contents, Phase, Probe, ServiceAction, Step};
 use crate::role::Role;
 use crate::rootfs::ClusterImage;
+use crate::systemd::daemon_reload;
 
 /// Where k3s imports image archives from at every start.
 pub const K3S_IMAGES_DIR: &str = "/var/lib/rancher/k3s/agent/images";
@@ -35,13 +36,13 @@ pub enum RuntimeError {
     #[error("{binary}: cannot tell the containerd version from `--version` output {output:?}")]
     ContainerdVersion { binary: String, output: String },
     #[error("registry certificates: {0}")]
-    Pki(#[from] super::registry::PkiError),
+    Pki(#[from] crate::registry::PkiError),
     #[error("registry config.yml: {0}")]
-    RegistryConfig(#[from] super::registry::RegistryConfigError),
+    RegistryConfig(#[from] crate::registry::RegistryConfigError),
     #[error("registry unit: {0}")]
-    Unit(#[from] super::registry::UnitError),
+    Unit(#[from] crate::systemd::UnitError),
     #[error("registry htpasswd: {0}")]
-    Htpasswd(#[from] super::registry::HtpasswdError),
+    Htpasswd(#[from] crate::registry::HtpasswdError),
     #[error(transparent)]
     Host(#[from] HostError),
 }
@@ -127,26 +128,6 @@ fn write(phase: Phase, reason: &str, path: &str, mode: u32, contents: Contents) 
     )
 }
 
-/// `systemctl daemon-reload`, keyed by the unit files it follows so that a changed unit
-/// is reloaded again on the next run.
-pub fn daemon_reload(phase: Phase, units: &[&str]) -> Step {
-    let mut hasher = Sha256::new();
-    for unit in units {
-        hasher.update(unit.as_bytes());
-    }
-    let digest = hex::encode(&hasher.finalize()[..6]);
-    let mut s = step(
-        phase,
-        "systemd must read the unit files written above",
-        Action::RunCommand {
-            command: crate::plan::check::systemctl(&["daemon-reload"]),
-            done_when: None,
-        },
-    );
-    s.id = format!("run:systemctl daemon-reload@{digest}");
-    s
-}
-
 /// How long to wait for the registry to answer over TLS.
 const REGISTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The names the serving certificate was issued for, to tell when to issue a new one.
@@ -192,7 +173,7 @@ fn keyed_restart(phase: Phase, unit: &str, inputs: &[&[u8]]) -> Step {
 /// (made once, then reused), `config.yml`, the unit, images seeded into its storage, and
 /// a bounded wait until it answers over TLS with our CA.
 pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
-    use super::registry as reg;
+    use crate::registry as reg;
     let mut steps = Vec::new();
     if !inputs.runs_registry() {
         return Ok(steps);

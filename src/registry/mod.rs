@@ -16,7 +16,7 @@ pub use pki::{
     generate_ca, generate_pki, issue_serving_cert, CertificateAuthority, PkiError, RegistryPki,
     ServerNames, ServingCertificate, BACKDATE, CA_COMMON_NAME, CA_VALIDITY, SERVING_VALIDITY,
 };
-pub use unit::{RegistryUnit, SystemdUnit, UnitError, UnitSection};
+pub use unit::RegistryUnit;
 
 /// The registry's name on every node.
 pub const DEFAULT_DOMAIN: &str = "sea.hub";

@@ -4,12 +4,14 @@
 //! k3s and k0s embed their own containerd; bootstrap never installs a second one for them
 //! (see `mirrors` for how they are pointed at the local registry).
 
+pub mod mirrors;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::registry::{SystemdUnit, UnitSection};
+use crate::systemd::{SystemdUnit, UnitSection};
 
 /// Where the kubeadm path puts containerd's pieces.
 pub const CONFIG_PATH: &str = "/etc/containerd/config.toml";
@@ -272,6 +274,7 @@ pub fn unit() -> SystemdUnit {
     let exec = format!("{BIN_DIR}/containerd --config {CONFIG_PATH}");
     SystemdUnit {
         header: vec!["Written by bootstrap; `bootstrap reset` removes it.".to_owned()],
+        gap_after_header: true,
         sections: vec![
             section(
                 "Unit",

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
-use super::seed::{SeedError, SeedReport};
+use super::report::{SeedError, SeedReport};
 
 /// Where the filesystem driver keeps everything, under its `rootdirectory`.
 const V2: &str = "docker/registry/v2";

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::image_ref::{is_tag, validate_repository};
 use super::manifest::{self, Manifest, MANIFEST_LIMIT};
-use super::seed::{SeedError, SeedReport, SeededImage};
+use super::report::{SeedError, SeedReport, SeededImage};
 use super::storage::{io_error, is_file, read_link, BlobSource, Changes, Digest, Layout, Staging};
 
 /// Repository names have at most 255 characters, so cannot nest deeper than this.
@@ -325,9 +325,9 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::runtime::seed::seed_archive;
-    use crate::runtime::seed::tests::{snapshot, write};
-    use crate::runtime::test_archives::{self as build, TestImage};
+    use crate::images::seed::seed_archive;
+    use crate::images::seed::tests::{snapshot, write};
+    use crate::images::test_archives::{self as build, TestImage};
 
     /// A registry storage tree with two images, made by seeding archives.
     fn source_tree(dir: &Path) -> (PathBuf, Vec<TestImage>) {

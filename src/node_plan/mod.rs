@@ -1,0 +1,3 @@
+//! The node's plan: every phase's steps assembled from one view of the node.
+
+pub mod runtime;
