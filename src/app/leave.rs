@@ -106,7 +106,8 @@ fn leave_with_kubeconfig(
     for step in driver.leave_steps(&ctx)? {
         plan.push(step);
     }
-    apply_unjournaled(&session.host, &plan).map_err(|e| Error::Failed(not_left(node, e)))?;
+    apply_unjournaled(&session.host, &crate::node_plan::NodePayloads, &plan)
+        .map_err(|e| Error::Failed(not_left(node, e)))?;
     Ok(())
 }
 

@@ -66,7 +66,7 @@ pub(super) fn run(cli: &Cli, args: &PlanArgs) -> Result<(), Error> {
         .steps
         .iter()
         .map(|s| {
-            check::check(&session.host, &s.action).map(|status| {
+            check::check(&session.host, &crate::node_plan::NodePayloads, &s.action).map(|status| {
                 if status == Status::Unknown && journal.is_done(&s.id, &s.fingerprint()) {
                     Status::Done
                 } else {

@@ -98,7 +98,7 @@ pub(super) fn run(cli: &Cli, args: &ResetArgs) -> Result<(), Error> {
             path: PathBuf::from(state::CAPI_SENTINEL),
         },
     ));
-    let report = apply_unjournaled(&host, &plan)?;
+    let report = apply_unjournaled(&host, &crate::node_plan::NodePayloads, &plan)?;
     // Folders bootstrap created along with its files go too, when nothing else is in them.
     for (path, top) in created_dirs {
         let mut dir = path.parent();

@@ -94,13 +94,13 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
         log::info!("resuming: step {} did not finish last time", entry.id);
     }
     let mut plan = session.plan(&decision)?;
-    let mut report = apply(host, &plan, &mut journal)?;
+    let mut report = apply(host, &crate::node_plan::NodePayloads, &plan, &mut journal)?;
     if session.from_archive {
         // The image came as an archive: what the runtime needs from it can only be
         // planned now that it is unpacked.
         let unpacked = Session::open(cli)?;
         plan = unpacked.plan(&decision)?;
-        let second = apply(host, &plan, &mut journal)?;
+        let second = apply(host, &crate::node_plan::NodePayloads, &plan, &mut journal)?;
         report.applied.extend(second.applied);
         report.in_place = second.in_place;
     }
@@ -163,10 +163,20 @@ fn install_stage(cli: &Cli) -> Result<(), Error> {
         &format!("pid {} (bootstrap up --stage install)", std::process::id()),
     )?;
     let mut journal = Journal::load(&session.host)?;
-    let mut report = apply(&session.host, &session.install_plan()?, &mut journal)?;
+    let mut report = apply(
+        &session.host,
+        &crate::node_plan::NodePayloads,
+        &session.install_plan()?,
+        &mut journal,
+    )?;
     if session.from_archive {
         let unpacked = Session::open(cli)?;
-        let second = apply(&session.host, &unpacked.install_plan()?, &mut journal)?;
+        let second = apply(
+            &session.host,
+            &crate::node_plan::NodePayloads,
+            &unpacked.install_plan()?,
+            &mut journal,
+        )?;
         report.applied.extend(second.applied);
     }
     log::info!(

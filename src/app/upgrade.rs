@@ -118,7 +118,7 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
         plan.push(step);
     }
     let mut journal = Journal::load(host)?;
-    let report = apply(host, &plan, &mut journal)?;
+    let report = apply(host, &crate::node_plan::NodePayloads, &plan, &mut journal)?;
     state::write_json(
         host,
         state::DONE_FILE,

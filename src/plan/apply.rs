@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::check::{self, Status};
 use super::journal::{EntryStatus, Journal, Undo};
+use super::payloads::{PayloadError, Payloads, Unpack};
 use super::step::{Action, Phase, ServiceAction, Step};
 use super::Plan;
 use crate::host::{Host, HostError};
@@ -44,11 +45,12 @@ pub enum ApplyError {
         why: String,
         last: Option<String>,
     },
+    /// Unpacking or seeding failed; the source names the archive, entry or path.
     #[error("step {id}: {source}")]
-    Unpack {
+    Payload {
         id: String,
         #[source]
-        source: Box<crate::rootfs::unpack::UnpackError>,
+        source: PayloadError,
     },
     #[error("cannot record progress in {path}: {0}", path = state::JOURNAL_FILE)]
     Journal(#[source] HostError),
@@ -67,7 +69,7 @@ impl ApplyError {
             ApplyError::Step { id, .. }
             | ApplyError::Timeout { id, .. }
             | ApplyError::GaveUp { id, .. }
-            | ApplyError::Unpack { id, .. } => Some(id),
+            | ApplyError::Payload { id, .. } => Some(id),
             ApplyError::Journal(_) => None,
         }
     }
@@ -78,6 +80,7 @@ impl ApplyError {
 /// the journal has it done with the same fingerprint.
 pub fn apply(
     host: &dyn Host,
+    payloads: &dyn Payloads,
     plan: &Plan,
     journal: &mut Journal,
 ) -> Result<ApplyReport, ApplyError> {
@@ -85,7 +88,8 @@ pub fn apply(
     let total = plan.len();
     for (index, step) in plan.steps.iter().enumerate() {
         let fingerprint = step.fingerprint();
-        let status = check::check(host, &step.action).map_err(|source| step_error(step, source))?;
+        let status = check::check(host, payloads, &step.action)
+            .map_err(|source| step_error(step, source))?;
         let journaled = journal.is_done(&step.id, &fingerprint);
         if status == Status::Done || (status == Status::Unknown && journaled) {
             if !journaled {
@@ -118,7 +122,7 @@ pub fn apply(
         journal.save(host).map_err(ApplyError::Journal)?;
         log::info!("[{}/{total}] {}", index + 1, step.action);
         let undo = undo_for(host, &step.action).map_err(|source| step_error(step, source))?;
-        match run(host, step) {
+        match run(host, payloads, step) {
             Ok(()) => {
                 journal.record(&step.id, &fingerprint, EntryStatus::Done, None);
                 if let Some(undo) = undo {
@@ -203,8 +207,12 @@ fn step_error(step: &Step, source: HostError) -> ApplyError {
     }
 }
 
-fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
+fn run(host: &dyn Host, payloads: &dyn Payloads, step: &Step) -> Result<(), ApplyError> {
     let fail = |source| step_error(step, source);
+    let payload_failed = |source| ApplyError::Payload {
+        id: step.id.clone(),
+        source,
+    };
     match &step.action {
         Action::MakeDir { path, mode } => host.create_dir_all(path, *mode).map_err(fail),
         Action::WriteFile {
@@ -250,26 +258,17 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
             storage,
             ..
         } => {
-            let storage = host.real_path(storage).map_err(fail)?;
-            let seed_error = |e: crate::images::SeedError| {
-                fail(HostError::Failed {
-                    command: "seed images".to_owned(),
-                    status: "refused".to_owned(),
-                    stderr: e.to_string(),
-                })
+            let real = |path: &Option<std::path::PathBuf>| {
+                path.as_deref().map(|p| host.real_path(p)).transpose()
             };
-            if let Some(tree) = registry_tree {
-                let tree = host.real_path(tree).map_err(fail)?;
-                if tree.exists() {
-                    let report =
-                        crate::images::seed_storage_tree(&tree, &storage).map_err(seed_error)?;
-                    log::info!("registry tree {}: {report}", tree.display());
-                }
-            }
-            if let Some(dir) = images_dir {
-                let dir = host.real_path(dir).map_err(fail)?;
-                let report = crate::images::seed_images_dir(&dir, &storage).map_err(seed_error)?;
-                log::info!("images in {}: {report}", dir.display());
+            let tree = real(registry_tree).map_err(fail)?;
+            let dir = real(images_dir).map_err(fail)?;
+            let storage = host.real_path(storage).map_err(fail)?;
+            let lines = payloads
+                .seed(tree.as_deref(), dir.as_deref(), &storage)
+                .map_err(payload_failed)?;
+            for line in lines {
+                log::info!("{line}");
             }
             Ok(())
         }
@@ -319,20 +318,17 @@ fn run(host: &dyn Host, step: &Step) -> Result<(), ApplyError> {
             sha256_source,
             arch,
         } => {
-            let options = crate::rootfs::unpack::UnpackOptions {
-                sha256: sha256.clone(),
-                sha256_source: sha256_source.clone(),
-                max_size: None,
-                host_arch: arch.clone(),
-            };
             let archive = host.real_path(archive).map_err(fail)?;
             let dest = host.real_path(dest).map_err(fail)?;
-            crate::rootfs::unpack::unpack(&archive, &dest, &options)
-                .map(drop)
-                .map_err(|source| ApplyError::Unpack {
-                    id: step.id.clone(),
-                    source: Box::new(source),
+            payloads
+                .unpack(&Unpack {
+                    archive: &archive,
+                    dest: &dest,
+                    sha256: sha256.as_deref(),
+                    sha256_source: sha256_source.as_deref(),
+                    arch,
                 })
+                .map_err(payload_failed)
         }
     }
 }
@@ -430,18 +426,23 @@ fn probe_with_cause(
 
 /// Applies steps without a journal (`reset`, `leave`): each is checked and run if not in
 /// place; the first failure stops.
-pub fn apply_unjournaled(host: &dyn Host, plan: &Plan) -> Result<ApplyReport, ApplyError> {
+pub fn apply_unjournaled(
+    host: &dyn Host,
+    payloads: &dyn Payloads,
+    plan: &Plan,
+) -> Result<ApplyReport, ApplyError> {
     let mut report = ApplyReport::default();
     let total = plan.len();
     for (index, step) in plan.steps.iter().enumerate() {
-        let status = check::check(host, &step.action).map_err(|source| step_error(step, source))?;
+        let status = check::check(host, payloads, &step.action)
+            .map_err(|source| step_error(step, source))?;
         if status == Status::Done {
             log::debug!("[{}/{total}] in place: {}", index + 1, step.action);
             report.in_place.push(step.id.clone());
             continue;
         }
         log::info!("[{}/{total}] {}", index + 1, step.action);
-        run(host, step)?;
+        run(host, payloads, step)?;
         report.applied.push(step.id.clone());
     }
     Ok(report)
@@ -499,6 +500,7 @@ fn wait_for(
 mod tests {
     use super::*;
     use crate::host::{CommandOutput, CommandSpec, FakeHost};
+    use crate::plan::payloads::NoPayloads;
     use crate::plan::{Contents, Probe};
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -550,7 +552,7 @@ mod tests {
             ..Default::default()
         });
         let mut journal = Journal::default();
-        let err = apply(&host, &plan(), &mut journal).unwrap_err();
+        let err = apply(&host, &NoPayloads, &plan(), &mut journal).unwrap_err();
         assert_eq!(err.step_id(), Some("run:modprobe overlay"));
         assert!(
             err.to_string().contains("Module overlay not found"),
@@ -562,7 +564,7 @@ mod tests {
 
         failing.store(false, Ordering::SeqCst);
         let mut journal = Journal::load(&host).unwrap();
-        let report = apply(&host, &plan(), &mut journal).unwrap();
+        let report = apply(&host, &NoPayloads, &plan(), &mut journal).unwrap();
         assert_eq!(report.in_place, vec!["write:/etc/a.conf"]);
         assert_eq!(
             report.applied,
@@ -570,7 +572,7 @@ mod tests {
         );
 
         let before = host.commands().len();
-        let report = apply(&host, &plan(), &mut journal).unwrap();
+        let report = apply(&host, &NoPayloads, &plan(), &mut journal).unwrap();
         assert!(report.applied.is_empty(), "{report:?}");
         assert_eq!(
             host.commands().len(),
@@ -583,7 +585,7 @@ mod tests {
     fn a_changed_step_is_applied_again() {
         let host = FakeHost::new();
         let mut journal = Journal::default();
-        apply(&host, &plan(), &mut journal).unwrap();
+        apply(&host, &NoPayloads, &plan(), &mut journal).unwrap();
         let mut changed = plan();
         changed.steps[1].action = Action::RunCommand {
             command: CommandSpec::new("modprobe").arg("overlay"),
@@ -591,7 +593,7 @@ mod tests {
                 path: "/nope".into(),
             }),
         };
-        let report = apply(&host, &changed, &mut journal).unwrap();
+        let report = apply(&host, &NoPayloads, &changed, &mut journal).unwrap();
         assert_eq!(report.applied, vec!["run:modprobe overlay"]);
     }
 
@@ -611,7 +613,7 @@ mod tests {
                 interval: Duration::from_millis(20),
             },
         ));
-        let err = apply(&host, &plan, &mut Journal::default()).unwrap_err();
+        let err = apply(&host, &NoPayloads, &plan, &mut Journal::default()).unwrap_err();
         assert!(err.to_string().contains("/run/ready exists"), "{err}");
     }
 
@@ -627,7 +629,7 @@ mod tests {
                 done_when: None,
             },
         ));
-        apply(&host, &plan, &mut Journal::default()).unwrap();
+        apply(&host, &NoPayloads, &plan, &mut Journal::default()).unwrap();
         assert!(host.file(state::JOIN_STARTED_FILE).is_some());
     }
 }

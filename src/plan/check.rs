@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::payloads::Payloads;
 use super::step::{Action, Probe, ServiceAction};
 use crate::host::{CommandSpec, FileKind, Host, HostError};
 
@@ -123,7 +124,11 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// Looks at the host to tell whether `action` is already in place.
-pub fn check(host: &dyn Host, action: &Action) -> Result<Status, HostError> {
+pub fn check(
+    host: &dyn Host,
+    payloads: &dyn Payloads,
+    action: &Action,
+) -> Result<Status, HostError> {
     let done = |yes: bool| if yes { Status::Done } else { Status::Pending };
     Ok(match action {
         Action::MakeDir { path, mode } => done(
@@ -235,10 +240,7 @@ pub fn check(host: &dyn Host, action: &Action) -> Result<Status, HostError> {
         } => {
             let archive = host.real_path(archive)?;
             let dest = host.real_path(dest)?;
-            done(
-                crate::rootfs::unpack::find_unpacked(&archive, &dest, sha256.as_deref())
-                    .is_some_and(|dir| crate::rootfs::unpack::points_at(&dest, &dir)),
-            )
+            done(payloads.is_unpacked(&archive, &dest, sha256.as_deref()))
         }
     })
 }
@@ -247,6 +249,7 @@ pub fn check(host: &dyn Host, action: &Action) -> Result<Status, HostError> {
 mod tests {
     use super::*;
     use crate::host::FakeHost;
+    use crate::plan::payloads::NoPayloads;
     use crate::plan::Contents;
     use std::path::PathBuf;
 
@@ -259,20 +262,20 @@ mod tests {
             owner: None,
             contents: Contents::Public(b"a=1\n".to_vec()),
         };
-        assert_eq!(check(&host, &action).unwrap(), Status::Pending);
+        assert_eq!(check(&host, &NoPayloads, &action).unwrap(), Status::Pending);
         host.write_atomic(Path::new("/etc/x.conf"), b"a=1\n", 0o600, None)
             .unwrap();
         assert_eq!(
-            check(&host, &action).unwrap(),
+            check(&host, &NoPayloads, &action).unwrap(),
             Status::Pending,
             "mode differs"
         );
         host.write_atomic(Path::new("/etc/x.conf"), b"a=1\n", 0o644, None)
             .unwrap();
-        assert_eq!(check(&host, &action).unwrap(), Status::Done);
+        assert_eq!(check(&host, &NoPayloads, &action).unwrap(), Status::Done);
         host.write_atomic(Path::new("/etc/x.conf"), b"a=2\n", 0o644, None)
             .unwrap();
-        assert_eq!(check(&host, &action).unwrap(), Status::Pending);
+        assert_eq!(check(&host, &NoPayloads, &action).unwrap(), Status::Pending);
     }
 
     #[test]
