@@ -1,6 +1,7 @@
 //! The command line (clap derive). Flags that set configuration share the config's field
 //! names and are merged as the last figment layer.
 
+pub use crate::logging::LogFormat;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -82,13 +83,6 @@ pub struct Overrides {
     /// Report this preflight check's failure but go on; repeatable
     #[arg(long, global = true, value_name = "NAME")]
     pub ignore_preflight: Vec<String>,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Output format of reports.

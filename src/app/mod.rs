@@ -18,11 +18,11 @@ use crate::cli::{Cli, Command};
 use crate::config::{self, Config, ConfigError};
 use crate::facts::{Facts, FactsError};
 use crate::host::{Host, HostError, RootedHost};
+use crate::lock;
 use crate::plan::{journal::Journal, ApplyError, Plan};
 use crate::preflight::{self, CheckResult};
 use crate::role::{RoleDecision, RoleError};
 use crate::rootfs::{unpack, ClusterImage, RootfsError};
-use crate::{hostprep, lock};
 
 /// Exit codes (DESIGN.md).
 pub mod exit {
@@ -51,6 +51,8 @@ pub enum Error {
     Facts(#[from] FactsError),
     #[error(transparent)]
     Runtime(#[from] crate::node_plan::runtime::RuntimeError),
+    #[error(transparent)]
+    NodePlan(#[from] crate::node_plan::NodePlanError),
     #[error(transparent)]
     Distro(#[from] crate::distro::DistroError),
     #[error("preflight failed:\n{}", list_failures(.0))]
@@ -263,6 +265,14 @@ impl Session {
         })
     }
 
+    /// Reads the cluster image again, now that `rootfs.archive` is unpacked.
+    pub(crate) fn reopen_image(&mut self) -> Result<(), Error> {
+        let (image, from_archive) = open_image(&self.host, &self.config, &self.facts.arch)?;
+        self.image = image;
+        self.from_archive = from_archive;
+        Ok(())
+    }
+
     /// The join secret this node's join service and join requests use: the configured
     /// one, else the one `up` made or received ([`crate::join::NODE_SECRET_FILE`]).
     pub(crate) fn join_secret(&self) -> Result<Option<crate::secret::Secret>, Error> {
@@ -308,170 +318,54 @@ impl Session {
 
     /// The plan for a role.
     pub(crate) fn plan(&self, role: &RoleDecision) -> Result<Plan, Error> {
-        let requirements = self.image.distro.requirements(role.role.is_controller());
-        let ipv6 = [
-            self.config.cluster.pod_cidr,
-            self.config.cluster.service_cidr,
-        ]
-        .iter()
-        .flatten()
-        .any(|n| matches!(n, ipnet::IpNet::V6(_)));
-        let mut plan = Plan::default();
         let material = self.join_material(role)?;
-        for step in hostprep::steps(&self.facts, &requirements, ipv6) {
-            plan.push(step);
+        let mut view = self.view(role, material.as_ref());
+        if role.role.is_controller() && self.config.join_secret().is_none() {
+            view.kept_join_secret = self.node_secret()?;
         }
-        if let Some(step) = self.unpack_step() {
-            plan.push(step);
-        }
-        let inputs = crate::node_plan::runtime::Inputs {
-            host: &self.host,
-            config: &self.config,
-            image: &self.image,
-            role: role.role,
-            node_address: self.node_address(),
-            registry_auth: material.as_ref().and_then(|m| m.registry_auth.clone()),
-        };
-        if !self.from_archive {
-            for step in crate::node_plan::runtime::registry_steps(&inputs)? {
-                plan.push(step);
-            }
-            for step in crate::node_plan::runtime::runtime_steps(&inputs)? {
-                plan.push(step);
-            }
-            let ctx = self.distro_context(role, material.as_ref());
-            let driver = crate::distro::driver(self.image.distro);
-            for step in driver.install_steps(&ctx)? {
-                plan.push(step);
-            }
-            if role.role.joins() && material.is_none() {
-                log::warn!(
-                    "the join steps are planned once join material is at {}",
-                    crate::distro::MATERIAL_FILE
-                );
-                return Ok(plan);
-            }
-            if let Some(ca) = material.as_ref().and_then(|m| m.registry_ca.as_ref()) {
-                if !inputs.runs_registry() && self.config.registry.enabled {
-                    plan.push(crate::plan::Step::new(
-                        crate::plan::Phase::Join,
-                        "pulls through the local registry trust its CA",
-                        crate::plan::Action::WriteFile {
-                            path: PathBuf::from(crate::containerd::mirrors::CA_PATH),
-                            mode: 0o644,
-                            owner: None,
-                            contents: crate::plan::Contents::Public(ca.clone().into_bytes()),
-                        },
-                    ));
-                }
-            }
-            for step in driver.cluster_steps(&ctx)? {
-                plan.push(step);
-            }
-            for step in driver.post_install_steps(&ctx)? {
-                plan.push(step);
-            }
-            if role.role.is_controller() {
-                for step in self.join_secret_steps(material.as_ref())? {
-                    plan.push(step);
-                }
-                for step in self.join_service_steps()? {
-                    plan.push(step);
-                }
-            }
-        } else {
-            log::info!("the runtime steps are planned once the cluster image is unpacked; run `up` again after it, or let this `up` go on");
-        }
-        Ok(plan)
+        Ok(crate::node_plan::plan(&view)?)
     }
 
-    /// What `up --stage install` puts in place: the steps of every node that neither
-    /// depend on the role nor start anything — configuration files of the host, the
-    /// cluster image, binaries, links and unit files.
+    /// What `up --stage install` puts in place (see [`crate::node_plan::install_plan`]).
     pub(crate) fn install_plan(&self) -> Result<Plan, Error> {
-        use crate::plan::Action;
-        let bakeable = |step: &crate::plan::Step| match &step.action {
-            Action::InstallBinary { .. } | Action::Symlink { .. } => true,
-            Action::WriteFile { path, .. } => {
-                step.phase == crate::plan::Phase::HostPrep
-                    || path.starts_with("/etc/systemd/system")
-            }
-            _ => false,
-        };
         let decision = RoleDecision {
             role: crate::role::Role::InitController,
             reason: "image baking: no role yet".into(),
             decided_at: None,
         };
-        let requirements = self.image.distro.requirements(true);
-        let mut plan = Plan::default();
-        for step in hostprep::steps(&self.facts, &requirements, false) {
-            if bakeable(&step) {
-                plan.push(step);
-            }
-        }
-        if let Some(step) = self.unpack_step() {
-            plan.push(step);
-        }
-        if self.from_archive {
-            return Ok(plan);
-        }
-        let inputs = crate::node_plan::runtime::Inputs {
-            host: &self.host,
-            config: &self.config,
-            image: &self.image,
-            role: decision.role,
-            node_address: self.node_address(),
-            registry_auth: None,
-        };
-        let mut candidates = Vec::new();
-        if self.config.registry.enabled {
-            candidates.extend(crate::node_plan::runtime::registry_steps(&inputs)?);
-        }
-        candidates.extend(crate::node_plan::runtime::runtime_steps(&inputs)?);
-        let ctx = self.distro_context(&decision, None);
-        candidates.extend(crate::distro::driver(self.image.distro).install_steps(&ctx)?);
-        for step in candidates {
-            if bakeable(&step) {
-                plan.push(step);
-            }
-        }
-        Ok(plan)
+        Ok(crate::node_plan::install_plan(&self.view(&decision, None))?)
     }
 
-    /// On a controller without a configured join secret, the join service's secret: the
-    /// one kept from an earlier run, else the cluster's from controller join material,
-    /// else (a first controller) a new one. It lets this controller hand out join lines
-    /// without any configuration (bare metal).
-    fn join_secret_steps(
-        &self,
-        material: Option<&crate::distro::JoinMaterial>,
-    ) -> Result<Vec<crate::plan::Step>, Error> {
-        use crate::plan::{Action, Contents, Phase, Step};
-        if self.config.join_secret().is_some() {
-            return Ok(Vec::new());
+    /// This node as the plan sees it, for a role and (a joiner's) checked material.
+    pub(crate) fn view<'a>(
+        &'a self,
+        role: &RoleDecision,
+        material: Option<&'a crate::distro::JoinMaterial>,
+    ) -> crate::node_plan::NodeView<'a> {
+        crate::node_plan::NodeView {
+            host: &self.host,
+            config: &self.config,
+            facts: &self.facts,
+            image: &self.image,
+            from_archive: self.from_archive,
+            role: role.role,
+            node_name: self.node_name(),
+            node_address: self.node_address(),
+            material,
+            kept_join_secret: None,
+            running_binary: std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "/usr/bin/bootstrap".to_owned()),
         }
-        let received = material.and_then(|m| m.join.secret.clone());
-        let secret = match (received, self.node_secret()?) {
-            (Some(secret), _) => secret,
-            (None, Some(kept)) => kept,
-            (None, None) => crate::secret::Secret::new(
-                crate::random::hex(32)
-                    .map_err(|e| Error::Failed(format!("cannot make a join secret: {e}")))?,
-            ),
-        };
-        let mut text = secret.expose().to_owned();
-        text.push('\n');
-        Ok(vec![Step::new(
-            Phase::PostInstall,
-            "the join service's identity: no join secret is configured, so this controller keeps its own (token create hands out join lines for it)",
-            Action::WriteFile {
-                path: PathBuf::from(crate::join::NODE_SECRET_FILE),
-                mode: 0o600,
-                owner: None,
-                contents: Contents::Secret(crate::secret::Secret::new(text)),
-            },
-        )])
+    }
+
+    /// The driver's view of this node.
+    pub(crate) fn distro_context<'a>(
+        &'a self,
+        role: &RoleDecision,
+        material: Option<&'a crate::distro::JoinMaterial>,
+    ) -> crate::distro::Context<'a> {
+        self.view(role, material).distro_context()
     }
 
     /// Join material for a node of `role`, minted on this controller, with what the
@@ -514,40 +408,6 @@ impl Session {
         let mut seen = std::collections::BTreeSet::new();
         out.retain(|t| seen.insert(t.clone()));
         Ok(out)
-    }
-
-    /// `bootstrap-join.service`, running the image's bootstrap if it ships one, else the
-    /// binary running now.
-    fn join_service_steps(&self) -> Result<Vec<crate::plan::Step>, Error> {
-        let bin_dir = self.image.host_subdir(&self.host, "bin")?;
-        let shipped = bin_dir.join("bootstrap");
-        let image_binary = self
-            .host
-            .stat(&shipped)?
-            .is_some_and(|m| m.kind == crate::host::FileKind::File)
-            .then_some(shipped);
-        let running = std::env::current_exe()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "/usr/bin/bootstrap".to_owned());
-        crate::join::service_steps(image_binary, &running)
-            .map_err(|e| crate::node_plan::runtime::RuntimeError::from(e).into())
-    }
-
-    /// The driver's view of this node.
-    pub(crate) fn distro_context<'a>(
-        &'a self,
-        role: &RoleDecision,
-        material: Option<&'a crate::distro::JoinMaterial>,
-    ) -> crate::distro::Context<'a> {
-        crate::distro::Context {
-            host: &self.host,
-            config: &self.config,
-            image: &self.image,
-            role: role.role,
-            node_name: self.node_name(),
-            node_address: self.node_address(),
-            material,
-        }
     }
 
     /// A joiner's material, checked against this node: same distro, a version the
@@ -595,38 +455,6 @@ impl Session {
             reason: e.0,
         })?;
         Ok(Some(material))
-    }
-
-    /// Unpacking `rootfs.archive` into `rootfs.dir`, when an archive is configured.
-    fn unpack_step(&self) -> Option<crate::plan::Step> {
-        let archive = self.config.rootfs.archive.as_ref()?;
-        let digest = self
-            .host
-            .real_path(archive)
-            .ok()
-            .and_then(|real| {
-                unpack::expected_digest(&real, self.config.rootfs.sha256.as_deref()).ok()
-            })
-            .flatten();
-        let (sha256, source) = match digest {
-            Some((hex, source)) if self.config.rootfs.sha256.is_some() => {
-                (Some(hex), Some(format!("rootfs.sha256 ({source})")))
-            }
-            Some((hex, source)) => (Some(hex), Some(source)),
-            None => (None, None),
-        };
-        Some(crate::plan::Step::new(
-            crate::plan::Phase::ClusterImage,
-            "the cluster image is shipped as an archive (rootfs.archive)",
-            crate::plan::Action::UnpackRootfs {
-                archive: archive.clone(),
-                dest: self.config.rootfs.dir.clone(),
-                sha256,
-                sha256_source: source
-                    .map(|s| s.replacen(&self.host.root().display().to_string(), "", 1)),
-                arch: self.facts.arch.clone(),
-            },
-        ))
     }
 
     /// The node name Kubernetes will know this node by.

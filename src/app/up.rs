@@ -14,7 +14,7 @@ pub(super) fn run(cli: &Cli, args: &UpArgs) -> Result<(), Error> {
         return install_stage(cli);
     }
     // Nothing is written until config, facts, image and role are known to be good.
-    let session = Session::open(cli)?;
+    let mut session = Session::open(cli)?;
     role::resolve(&session.host, &session.config, &session.facts, false)?;
 
     state::ensure_dir(&session.host)?;
@@ -29,7 +29,7 @@ pub(super) fn run(cli: &Cli, args: &UpArgs) -> Result<(), Error> {
         &holder,
     )?;
 
-    let result = converge(cli, &session);
+    let result = converge(cli, &mut session);
     match &result {
         Ok(()) => {}
         Err(error) => record_failure(&session.host, error),
@@ -37,7 +37,7 @@ pub(super) fn run(cli: &Cli, args: &UpArgs) -> Result<(), Error> {
     result
 }
 
-fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
+fn converge(cli: &Cli, session: &mut Session) -> Result<(), Error> {
     let host = &session.host;
     let decision = role::resolve(host, &session.config, &session.facts, true)?;
     log::info!(
@@ -74,8 +74,13 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
 
     // Whether this run brings the node up (a retried `up` after a failed join counts).
     let coming_up = !host.exists(Path::new(state::DONE_FILE))?;
+    let access = decision
+        .role
+        .joins()
+        .then(|| JoinAccess::of(cli.join_line.as_ref(), &session.config))
+        .flatten();
     if decision.role.joins() {
-        fetch_material(cli, session, &decision)?;
+        fetch_material(cli, session, &decision, access.as_ref())?;
     }
     if decision.role.joins() && session.join_material(&decision)?.is_none() {
         return Err(crate::distro::DistroError::NoMaterial {
@@ -98,16 +103,24 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
     if session.from_archive {
         // The image came as an archive: what the runtime needs from it can only be
         // planned now that it is unpacked.
-        let unpacked = Session::open(cli)?;
-        plan = unpacked.plan(&decision)?;
-        let second = apply(host, &crate::node_plan::NodePayloads, &plan, &mut journal)?;
+        session.reopen_image()?;
+        plan = session.plan(&decision)?;
+        let second = apply(
+            &session.host,
+            &crate::node_plan::NodePayloads,
+            &plan,
+            &mut journal,
+        )?;
         report.applied.extend(second.applied);
         report.in_place = second.in_place;
     }
+    let host = &session.host;
 
     // Releasing is harmless when this node does not hold the lease.
     if coming_up && decision.role == crate::role::Role::JoinController {
-        release_lease(cli, session);
+        if let Some(access) = &access {
+            release_lease(session, access);
+        }
     }
 
     let marker_present = host.exists(Path::new(state::DONE_FILE))?;
@@ -155,7 +168,7 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
 /// `up --stage install`: what every node of this image needs, put in place without a role,
 /// a started service or anything node-specific (image baking).
 fn install_stage(cli: &Cli) -> Result<(), Error> {
-    let session = Session::open(cli)?;
+    let mut session = Session::open(cli)?;
     state::ensure_dir(&session.host)?;
     let _lock = lock::acquire(
         &real_path(&session.host, state::LOCK_FILE),
@@ -163,18 +176,19 @@ fn install_stage(cli: &Cli) -> Result<(), Error> {
         &format!("pid {} (bootstrap up --stage install)", std::process::id()),
     )?;
     let mut journal = Journal::load(&session.host)?;
+    let payloads = crate::node_plan::NodePayloads;
     let mut report = apply(
         &session.host,
-        &crate::node_plan::NodePayloads,
+        &payloads,
         &session.install_plan()?,
         &mut journal,
     )?;
     if session.from_archive {
-        let unpacked = Session::open(cli)?;
+        session.reopen_image()?;
         let second = apply(
             &session.host,
-            &crate::node_plan::NodePayloads,
-            &unpacked.install_plan()?,
+            &payloads,
+            &session.install_plan()?,
             &mut journal,
         )?;
         report.applied.extend(second.applied);
@@ -193,6 +207,7 @@ fn fetch_material(
     cli: &Cli,
     session: &Session,
     decision: &role::RoleDecision,
+    access: Option<&JoinAccess>,
 ) -> Result<bool, Error> {
     use crate::distro::{JoinMaterial, JoinRole, MATERIAL_FILE};
     let host = &session.host;
@@ -221,15 +236,15 @@ fn fetch_material(
             )));
         }
     }
-    let Some((keys, targets, credential)) = join_access(cli, session) else {
+    let Some(access) = access else {
         // Nothing to ask with: the caller reports the missing material.
         return Ok(false);
     };
     let fetch = crate::join::Fetch {
-        targets,
+        targets: access.targets.clone(),
         node: session.node_name(),
         role,
-        credential,
+        credential: access.credential.clone(),
         timeout: session.config.join.timeout,
         backoff: crate::join::Backoff::default(),
     };
@@ -238,7 +253,7 @@ fn fetch_material(
         fetch.targets.join(", "),
         humantime::format_duration(fetch.timeout)
     );
-    let material = crate::join::client::fetch(&keys, &fetch)
+    let material = crate::join::client::fetch(&access.keys, &fetch)
         .map_err(|gave_up| Error::PeerTimeout(format!("join: {gave_up}")))?;
     host.create_dir_all(Path::new("/var/lib/bootstrap/join"), 0o700)?;
     host.write_atomic(
@@ -250,39 +265,48 @@ fn fetch_material(
     Ok(true)
 }
 
-/// How this joiner reaches the join service: the keys, the `host:port` to ask and the
-/// manual credential's id — from a join line, or from the join secret and
-/// `cluster.controllers`; `None` when it has neither.
-fn join_access(
-    cli: &Cli,
-    session: &Session,
-) -> Option<(crate::join::JoinKeys, Vec<String>, Option<String>)> {
-    if let Some(line) = &cli.join_line {
-        return Some((
-            line.keys(),
-            vec![line.address.clone()],
-            Some(line.id.clone()),
-        ));
-    }
-    let secret = session.config.join_secret()?;
-    let controllers = &session.config.cluster.controllers;
-    (!controllers.is_empty()).then(|| {
-        (
-            crate::join::JoinKeys::from_secret(secret),
-            crate::join::targets(controllers, session.config.join.port),
-            None,
-        )
-    })
+/// How this joiner reaches the join service, worked out once per run (deriving the
+/// keys is deliberately slow).
+struct JoinAccess {
+    keys: crate::join::JoinKeys,
+    /// `host:port` of the join services to ask.
+    targets: Vec<String>,
+    /// A join line's credential id.
+    credential: Option<String>,
 }
 
-/// Tells the first controller this controller has joined, so the next may.
-fn release_lease(cli: &Cli, session: &Session) {
-    let Some((keys, targets, credential)) = join_access(cli, session) else {
-        return;
-    };
-    if let Err(cause) =
-        crate::join::client::release(&keys, &targets, &session.node_name(), credential)
-    {
+impl JoinAccess {
+    /// From a join line, or from the join secret and `cluster.controllers`; `None` when
+    /// this node has neither.
+    fn of(
+        line: Option<&crate::join::manual::JoinLine>,
+        config: &crate::config::Config,
+    ) -> Option<JoinAccess> {
+        if let Some(line) = line {
+            return Some(JoinAccess {
+                keys: line.keys(),
+                targets: vec![line.address.clone()],
+                credential: Some(line.id.clone()),
+            });
+        }
+        let secret = config.join_secret()?;
+        let controllers = &config.cluster.controllers;
+        (!controllers.is_empty()).then(|| JoinAccess {
+            keys: crate::join::JoinKeys::from_secret(secret),
+            targets: crate::join::targets(controllers, config.join.port),
+            credential: None,
+        })
+    }
+}
+
+/// Tells the controllers this controller has joined, so the next may.
+fn release_lease(session: &Session, access: &JoinAccess) {
+    if let Err(cause) = crate::join::client::release(
+        &access.keys,
+        &access.targets,
+        &session.node_name(),
+        access.credential.clone(),
+    ) {
         log::warn!("could not release the control-plane join lease ({cause}); it lapses by itself");
     }
 }

@@ -131,7 +131,8 @@ pub fn install_command(ctx: &Context<'_>) -> CommandSpec {
     command
 }
 
-fn readiness(ctx: &Context<'_>, phase: Phase) -> Vec<Step> {
+/// k0s's own status first, then the shared readiness.
+fn status_then_ready(ctx: &Context<'_>, phase: Phase) -> Vec<Step> {
     let unit = unit_name(ctx.role);
     let status = steps::until_ready(
         phase,
@@ -141,16 +142,7 @@ fn readiness(ctx: &Context<'_>, phase: Phase) -> Vec<Step> {
         },
         unit,
     );
-    let ready = if ctx.role.is_controller() {
-        steps::until_readyz(phase, K0s.kubectl(ADMIN_KUBECONFIG), unit)
-    } else {
-        steps::until_ready(
-            phase,
-            "the worker has joined (its kubelet kubeconfig exists)",
-            steps::file_exists(NODE_KUBECONFIG),
-            unit,
-        )
-    };
+    let ready = K0s.readiness(ctx, phase);
     vec![status, ready]
 }
 
@@ -205,7 +197,7 @@ impl Distro for K0s {
             CommandSpec::new(BIN).arg("start"),
             Some(steps::active(unit)),
         ));
-        out.extend(readiness(ctx, phase));
+        out.extend(status_then_ready(ctx, phase));
         Ok(out)
     }
 
@@ -256,7 +248,18 @@ impl Distro for K0s {
     }
 
     fn kubectl(&self, kubeconfig: &str) -> CommandSpec {
-        CommandSpec::new(BIN).args(["kubectl", "--kubeconfig", kubeconfig])
+        steps::embedded_kubectl(BIN, kubeconfig)
+    }
+
+    fn unit(&self, role: Role) -> &'static str {
+        unit_name(role)
+    }
+
+    fn worker_joined(&self) -> (&'static str, Probe) {
+        (
+            "the worker has joined (its kubelet kubeconfig exists)",
+            steps::file_exists(NODE_KUBECONFIG),
+        )
     }
 
     /// Controllers without workloads are no Kubernetes nodes; etcd knows them all.
@@ -349,7 +352,7 @@ impl Distro for K0s {
             )
             .keyed(&[version.as_bytes()]),
         ];
-        out.extend(readiness(ctx, Phase::Upgrade));
+        out.extend(status_then_ready(ctx, Phase::Upgrade));
         Ok(out)
     }
 }

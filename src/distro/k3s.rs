@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use super::steps;
 use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole};
 use crate::host::CommandSpec;
-use crate::plan::{Phase, ServiceAction, Step};
+use crate::plan::{Phase, Probe, ServiceAction, Step};
 use crate::role::Role;
 use crate::secret::Secret;
 
@@ -218,20 +218,6 @@ fn token(ctx: &Context<'_>) -> Result<Secret, DistroError> {
     Ok(ctx.material()?.token.clone())
 }
 
-fn readiness(ctx: &Context<'_>, phase: Phase) -> Step {
-    let unit = unit_name(ctx.role);
-    if ctx.role.is_controller() {
-        steps::until_readyz(phase, K3s.kubectl(KUBECONFIG), unit)
-    } else {
-        steps::until_ready(
-            phase,
-            "the agent has registered with a server (its kubelet kubeconfig exists)",
-            steps::file_exists(AGENT_KUBECONFIG),
-            unit,
-        )
-    }
-}
-
 impl Distro for K3s {
     fn kind(&self) -> DistroKind {
         DistroKind::K3s
@@ -321,7 +307,7 @@ impl Distro for K3s {
                 ServiceAction::StartNoBlock,
             ),
         ];
-        out.push(readiness(ctx, phase));
+        out.push(self.readiness(ctx, phase));
         Ok(out)
     }
 
@@ -385,7 +371,18 @@ impl Distro for K3s {
     }
 
     fn kubectl(&self, kubeconfig: &str) -> CommandSpec {
-        CommandSpec::new(BIN).args(["kubectl", "--kubeconfig", kubeconfig])
+        steps::embedded_kubectl(BIN, kubeconfig)
+    }
+
+    fn unit(&self, role: Role) -> &'static str {
+        unit_name(role)
+    }
+
+    fn worker_joined(&self) -> (&'static str, Probe) {
+        (
+            "the agent has registered with a server (its kubelet kubeconfig exists)",
+            steps::file_exists(AGENT_KUBECONFIG),
+        )
     }
 
     fn leave_steps(&self, _ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
@@ -447,7 +444,7 @@ impl Distro for K3s {
                 ServiceAction::RestartNoBlock,
             )
             .keyed(&[version.as_bytes()]),
-            readiness(ctx, Phase::Upgrade),
+            self.readiness(ctx, Phase::Upgrade),
         ])
     }
 }

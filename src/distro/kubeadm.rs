@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::steps;
 use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole};
 use crate::host::CommandSpec;
-use crate::plan::{Phase, ServiceAction, Step};
+use crate::plan::{Phase, Probe, ServiceAction, Step};
 use crate::role::Role;
 use crate::secret::Secret;
 
@@ -326,19 +326,6 @@ pub fn ca_cert_hash(pem: &[u8]) -> Result<String, String> {
     Ok(format!("sha256:{}", hex::encode(Sha256::digest(spki))))
 }
 
-fn readiness(ctx: &Context<'_>, phase: Phase) -> Step {
-    if ctx.role.is_controller() {
-        steps::until_readyz(phase, Kubeadm.kubectl(ADMIN_KUBECONFIG), KUBELET_UNIT)
-    } else {
-        steps::until_ready(
-            phase,
-            "the kubelet runs with its cluster credentials",
-            steps::active(KUBELET_UNIT),
-            KUBELET_UNIT,
-        )
-    }
-}
-
 impl Distro for Kubeadm {
     fn kind(&self) -> DistroKind {
         DistroKind::Kubeadm
@@ -424,7 +411,7 @@ impl Distro for Kubeadm {
                     .timeout(KUBEADM_TIMEOUT),
                 Some(steps::file_exists(ADMIN_KUBECONFIG)),
             ));
-            out.push(readiness(ctx, Phase::Init));
+            out.push(self.readiness(ctx, Phase::Init));
         } else {
             let material = ctx.material()?;
             out.push(steps::write_secret(
@@ -445,7 +432,7 @@ impl Distro for Kubeadm {
                     .timeout(KUBEADM_TIMEOUT),
                 Some(steps::file_exists(KUBELET_KUBECONFIG)),
             ));
-            out.push(readiness(ctx, Phase::Join));
+            out.push(self.readiness(ctx, Phase::Join));
         }
         Ok(out)
     }
@@ -526,6 +513,17 @@ impl Distro for Kubeadm {
 
     fn kubectl(&self, kubeconfig: &str) -> CommandSpec {
         CommandSpec::new(KUBECTL).args(["--kubeconfig", kubeconfig])
+    }
+
+    fn unit(&self, _role: Role) -> &'static str {
+        KUBELET_UNIT
+    }
+
+    fn worker_joined(&self) -> (&'static str, Probe) {
+        (
+            "the kubelet runs with its cluster credentials",
+            steps::active(KUBELET_UNIT),
+        )
     }
 
     fn leave_steps(&self, _ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
@@ -653,7 +651,7 @@ impl Distro for Kubeadm {
                 ServiceAction::Restart,
             )
             .keyed(&[target.as_bytes()]),
-            readiness(ctx, Phase::Upgrade),
+            self.readiness(ctx, Phase::Upgrade),
         ]);
         if drain {
             out.push(

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 pub use crate::distro_kind::{kube_version, DistroKind, Requirements};
 use crate::host::{CommandSpec, FileKind, Host, HostError};
-use crate::plan::Step;
+use crate::plan::{Phase, Probe, Step};
 use crate::role::Role;
 use crate::rootfs::ClusterImage;
 pub use material::{JoinAccess, JoinMaterial, JoinRole, MATERIAL_FILE};
@@ -253,6 +253,24 @@ pub trait Distro {
 
     /// `kubectl --kubeconfig KUBECONFIG`, the distro's way.
     fn kubectl(&self, kubeconfig: &str) -> CommandSpec;
+
+    /// The systemd unit that runs the distro on a node of `role`.
+    fn unit(&self, role: Role) -> &'static str;
+
+    /// What shows that a worker has joined: why, and the probe.
+    fn worker_joined(&self) -> (&'static str, Probe);
+
+    /// Waits until the node is up: the API answers `/readyz` on a controller, the worker
+    /// has joined elsewhere; a failed unit ends the wait early.
+    fn readiness(&self, ctx: &Context<'_>, phase: Phase) -> Step {
+        let unit = self.unit(ctx.role);
+        if ctx.role.is_controller() {
+            steps::until_readyz(phase, self.kubectl(self.admin_kubeconfig()), unit)
+        } else {
+            let (reason, probe) = self.worker_joined();
+            steps::until_ready(phase, reason, probe, unit)
+        }
+    }
 
     /// The names of the cluster's controllers (to refuse removing the last one).
     fn controllers(&self, host: &dyn Host, kubeconfig: &str) -> Result<Vec<String>, DistroError> {

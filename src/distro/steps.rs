@@ -123,6 +123,11 @@ pub fn until_readyz(phase: Phase, kubectl: CommandSpec, unit: &str) -> Step {
     )
 }
 
+/// `BIN kubectl --kubeconfig KUBECONFIG`: the kubectl k3s and k0s build in.
+pub fn embedded_kubectl(bin: &str, kubeconfig: &str) -> CommandSpec {
+    CommandSpec::new(bin).args(["kubectl", "--kubeconfig", kubeconfig])
+}
+
 pub fn file_exists(path: &str) -> Probe {
     Probe::FileExists {
         path: PathBuf::from(path),

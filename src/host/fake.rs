@@ -71,6 +71,21 @@ impl FakeHost {
             .map(|e| e.contents.clone())
     }
 
+    /// Puts `entry` at `path`, making its parent folders as `mkdir -p` would.
+    fn put(&self, path: &Path, kind: FileKind, mode: u32, owner: Owner, contents: Vec<u8>) {
+        let mut files = self.files.lock().expect("fake lock");
+        if let Some(parent) = path.parent() {
+            Self::mkdirs(&mut files, parent);
+        }
+        let entry = Entry {
+            kind,
+            mode,
+            owner,
+            contents,
+        };
+        files.insert(path.to_path_buf(), entry);
+    }
+
     fn mkdirs(files: &mut BTreeMap<PathBuf, Entry>, path: &Path) {
         for ancestor in path.ancestors() {
             files.entry(ancestor.to_path_buf()).or_insert(Entry {
@@ -149,19 +164,8 @@ impl Host for FakeHost {
         owner: Option<Owner>,
     ) -> Result<(), HostError> {
         check_host_path(path)?;
-        let mut files = self.files.lock().expect("fake lock");
-        if let Some(parent) = path.parent() {
-            Self::mkdirs(&mut files, parent);
-        }
-        files.insert(
-            path.to_path_buf(),
-            Entry {
-                kind: FileKind::File,
-                mode,
-                owner: owner.unwrap_or(Owner { uid: 0, gid: 0 }),
-                contents: contents.to_vec(),
-            },
-        );
+        let owner = owner.unwrap_or(Owner { uid: 0, gid: 0 });
+        self.put(path, FileKind::File, mode, owner, contents.to_vec());
         Ok(())
     }
 
@@ -183,18 +187,13 @@ impl Host for FakeHost {
 
     fn symlink(&self, target: &Path, path: &Path) -> Result<(), HostError> {
         check_host_path(path)?;
-        let mut files = self.files.lock().expect("fake lock");
-        if let Some(parent) = path.parent() {
-            Self::mkdirs(&mut files, parent);
-        }
-        files.insert(
-            path.to_path_buf(),
-            Entry {
-                kind: FileKind::Symlink,
-                mode: 0o777,
-                owner: Owner { uid: 0, gid: 0 },
-                contents: target.as_os_str().as_encoded_bytes().to_vec(),
-            },
+        let target = target.as_os_str().as_encoded_bytes().to_vec();
+        self.put(
+            path,
+            FileKind::Symlink,
+            0o777,
+            Owner { uid: 0, gid: 0 },
+            target,
         );
         Ok(())
     }

@@ -48,13 +48,8 @@ pub struct Owner {
 /// A failed host operation; always names the path or command involved.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io::PathError),
     #[error("`{command}` could not be started: {source}")]
     Spawn {
         command: String,
@@ -85,11 +80,7 @@ fn stderr_suffix(stderr: &str) -> String {
 impl HostError {
     /// Wraps an I/O error with the operation and the host path it concerned.
     pub fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
-        HostError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
+        HostError::Io(crate::io::PathError::new(op, path, source))
     }
 }
 

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
+use super::report::io_error;
 use super::report::SeedError;
-use super::storage::{hash_stream, io_error, Digest, Layout, Staging};
+use super::storage::{hash_stream, Digest, Layout, Staging};
 
 /// The small files of docker-save and OCI layouts, read into memory.
 const METADATA_FILES: [&str; 4] = ["manifest.json", "index.json", "oci-layout", "repositories"];

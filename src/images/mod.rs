@@ -11,6 +11,7 @@ mod report;
 mod seed;
 mod storage;
 mod tree;
+mod writer;
 
 #[cfg(test)]
 #[path = "../../tests/seed_support/archives.rs"]

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -12,13 +12,8 @@ use super::image_ref::ImageRefError;
 /// or path involved.
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io::PathError),
     #[error("{archive}: reading {}: {source}", entry.as_deref().unwrap_or("the archive"))]
     Read {
         archive: PathBuf,
@@ -134,4 +129,9 @@ impl fmt::Display for SeedReport {
             self.blobs_skipped
         )
     }
+}
+
+/// Wraps an I/O error with the operation and path.
+pub(crate) fn io_error(op: &'static str, path: &Path, source: io::Error) -> SeedError {
+    SeedError::Io(crate::io::PathError::new(op, path, source))
 }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use super::archive::{self, ArchiveContents, ArchiveFile, Compression, METADATA_LIMIT};
 use super::image_ref::ImageRef;
 use super::manifest::{self, Descriptor, Manifest, MANIFEST_LIMIT};
-use super::report::{SeedError, SeedReport, SeededImage};
-use super::storage::{hash_stream, io_error, BlobSource, Changes, Digest, Layout, Staging};
+use super::report::{io_error, SeedError, SeedReport, SeededImage};
+use super::storage::{hash_stream, BlobSource, Changes, Digest, Layout, Staging};
 
 /// Indexes may nest (an index of indexes); deeper than this is a loop or an attack.
 const MAX_INDEX_DEPTH: usize = 4;

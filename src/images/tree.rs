@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use super::image_ref::{is_tag, validate_repository};
 use super::manifest::{self, Manifest, MANIFEST_LIMIT};
-use super::report::{SeedError, SeedReport, SeededImage};
-use super::storage::{io_error, is_file, read_link, BlobSource, Changes, Digest, Layout, Staging};
+use super::report::{io_error, SeedError, SeedReport, SeededImage};
+use super::storage::{is_file, read_link, BlobSource, Changes, Digest, Layout, Staging};
 
 /// Repository names have at most 255 characters, so cannot nest deeper than this.
 const MAX_REPOSITORY_DEPTH: usize = 128;

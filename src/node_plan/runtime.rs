@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
 use crate::containerd::mirrors::{self, LocalRegistry};
 use crate::containerd::{self, ConfigVersion};
+use crate::distro::Context;
 use crate::distro_kind::{kube_version, DistroKind};
 use crate::host::{CommandSpec, FileKind, Host, HostError};
 use crate::plan::{Action, Contents, Phase, Probe, ServiceAction, Step};
 use crate::role::Role;
-use crate::rootfs::ClusterImage;
 use crate::systemd::daemon_reload;
 
 /// Where k3s imports image archives from at every start.
@@ -47,15 +46,24 @@ pub enum RuntimeError {
     Host(#[from] HostError),
 }
 
-/// Everything the runtime phase is computed from.
+/// Everything the runtime phase is computed from: the driver's view of the node (the
+/// same one the distro plans from).
 pub struct Inputs<'a> {
-    pub host: &'a dyn Host,
-    pub config: &'a Config,
-    pub image: &'a ClusterImage,
-    pub role: Role,
-    pub node_address: Option<IpAddr>,
-    /// Registry credentials from join material, for a joiner not configured with its own.
-    pub registry_auth: Option<(String, crate::secret::Secret)>,
+    ctx: &'a Context<'a>,
+}
+
+impl<'a> Inputs<'a> {
+    pub fn new(ctx: &'a Context<'a>) -> Self {
+        Inputs { ctx }
+    }
+}
+
+impl<'a> std::ops::Deref for Inputs<'a> {
+    type Target = Context<'a>;
+
+    fn deref(&self) -> &Context<'a> {
+        self.ctx
+    }
 }
 
 impl Inputs<'_> {
@@ -70,7 +78,7 @@ impl Inputs<'_> {
             auth: self
                 .config
                 .registry_credentials()
-                .or_else(|| self.registry_auth.clone()),
+                .or_else(|| self.material.and_then(|m| m.registry_auth.clone())),
         }
     }
 

@@ -36,13 +36,8 @@ pub enum ExtractError {
         after: Option<String>,
         message: String,
     },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io::PathError),
 }
 
 fn refuse(entry: &str, reason: impl Into<String>) -> ExtractError {
@@ -53,11 +48,7 @@ fn refuse(entry: &str, reason: impl Into<String>) -> ExtractError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ExtractError + 'a {
-    move |source| ExtractError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ExtractError::Io(crate::io::PathError::new(op, path, source))
 }
 
 /// What was extracted.

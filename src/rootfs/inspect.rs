@@ -142,11 +142,7 @@ pub fn list_archive(
     archive: &Path,
 ) -> Result<(ListingTree, compression::Compression), UnpackError> {
     let io_err = |op: &'static str| {
-        move |source: io::Error| UnpackError::Io {
-            op,
-            path: archive.to_path_buf(),
-            source,
-        }
+        move |source: io::Error| UnpackError::Io(crate::io::PathError::new(op, archive, source))
     };
     let file = std::fs::File::open(archive).map_err(io_err("open"))?;
     let mut raw = BufReader::with_capacity(1 << 20, file);
@@ -165,11 +161,8 @@ pub fn list_archive(
         archive: archive.to_path_buf(),
         ..ListingTree::default()
     };
-    let corrupt = |e: io::Error| UnpackError::Io {
-        op: "read archive",
-        path: archive.to_path_buf(),
-        source: e,
-    };
+    let corrupt =
+        |e: io::Error| UnpackError::Io(crate::io::PathError::new("read archive", archive, e));
     for entry in tar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         let raw_path = entry.path_bytes().into_owned();

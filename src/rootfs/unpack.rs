@@ -28,13 +28,8 @@ pub const MARKER: &str = ".bootstrap-unpacked.json";
 /// Why an archive was not unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::io::PathError),
     #[error("{archive}: {format} archives are not supported; use a plain, gzip or zstd tar")]
     Unsupported {
         archive: PathBuf,
@@ -68,11 +63,7 @@ pub enum UnpackError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
-    move |source| UnpackError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| UnpackError::Io(crate::io::PathError::new(op, path, source))
 }
 
 /// What to check while unpacking.
