@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::thread::JoinHandle;
 
 use super::report::io_error;
 use super::report::SeedError;
@@ -27,6 +25,7 @@ const READ_CHUNK: usize = 1024 * 1024;
 const READ_AHEAD: usize = 4;
 
 pub(crate) use crate::io::compression::{sniff, Compression};
+use crate::io::read_ahead::{self, Shape};
 
 /// Opens a file decompressed as `compression` says. Decompression runs ahead on a
 /// thread of its own; a plain file is read on the caller's, straight into its buffers:
@@ -38,118 +37,15 @@ pub(crate) fn open_decompressed(
     let file = File::open(path)?;
     Ok(match compression {
         Compression::None => Box::new(BufReader::with_capacity(READ_BUFFER, file)),
-        _ => Box::new(ReadAhead::spawn(file, compression)),
+        _ => {
+            let raw = BufReader::with_capacity(READ_CHUNK, file);
+            let shape = Shape {
+                chunk: READ_CHUNK,
+                depth: READ_AHEAD,
+            };
+            Box::new(read_ahead::spawn(raw, compression, shape, |_| Ok(())))
+        }
     })
-}
-
-/// A file's decompressed bytes, read and decompressed on a thread of its own so that
-/// this work overlaps with the caller's hashing instead of taking turns with it (as
-/// `crate::rootfs`'s unpacking pipeline does). Memory stays bounded: at most
-/// [`READ_AHEAD`] chunks wait, and spent ones go back for reuse.
-pub(crate) struct ReadAhead {
-    /// `None` once dropped, which stops the thread at its next chunk.
-    chunks: Option<Receiver<io::Result<Vec<u8>>>>,
-    give_back: SyncSender<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ReadAhead {
-    fn spawn(file: File, compression: Compression) -> ReadAhead {
-        let (send, chunks) = mpsc::sync_channel(READ_AHEAD);
-        let (give_back, spare) = mpsc::sync_channel(READ_AHEAD + 2);
-        let thread = std::thread::spawn(move || read_ahead(file, compression, send, spare));
-        ReadAhead {
-            chunks: Some(chunks),
-            give_back,
-            current: Vec::new(),
-            pos: 0,
-            thread: Some(thread),
-        }
-    }
-}
-
-/// The read-ahead thread: sends chunks until the stream ends, fails (the error is sent
-/// on) or the reader goes away.
-fn read_ahead(
-    file: File,
-    compression: Compression,
-    send: SyncSender<io::Result<Vec<u8>>>,
-    spare: Receiver<Vec<u8>>,
-) {
-    // The decoder is made here: it cannot cross threads.
-    let raw = BufReader::with_capacity(READ_CHUNK, file);
-    let mut decoder = match crate::io::compression::decoder(compression, raw) {
-        Ok(decoder) => decoder,
-        Err(e) => {
-            let _ = send.send(Err(e));
-            return;
-        }
-    };
-    loop {
-        let mut buf = spare.try_recv().unwrap_or_default();
-        match fill(&mut decoder, &mut buf) {
-            Ok(0) => return,
-            Ok(_) => {
-                if send.send(Ok(buf)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                let _ = send.send(Err(e));
-                return;
-            }
-        }
-    }
-}
-
-/// Reads up to [`READ_CHUNK`] bytes into `buf` (replacing what it held); 0 at the end.
-fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<usize> {
-    buf.resize(READ_CHUNK, 0);
-    let mut filled = 0;
-    while filled < READ_CHUNK {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(filled)
-}
-
-impl Read for ReadAhead {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.current.len() {
-            let spent = std::mem::take(&mut self.current);
-            if spent.capacity() > 0 {
-                let _ = self.give_back.try_send(spent);
-            }
-            self.pos = 0;
-            match self.chunks.as_ref().map(Receiver::recv) {
-                Some(Ok(Ok(buf))) => self.current = buf,
-                Some(Ok(Err(e))) => return Err(e),
-                // The thread ended: the stream is over.
-                Some(Err(_)) | None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.current.len() - self.pos);
-        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        // Dropping the receiver ends a thread waiting to send; then it can be joined.
-        self.chunks = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// One file of an archive: what it hashed to, and where its bytes are now.

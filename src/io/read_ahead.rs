@@ -1,6 +1,7 @@
-//! Reading, hashing and decompressing an archive on a thread of its own, so that the
-//! extraction (file creation and writes) runs alongside it — as GNU tar and its `zstd`
-//! child do. Memory stays bounded: a few fixed-size chunks are in flight at a time.
+//! Reading and decompressing a stream on a thread of its own, so that the consumer's
+//! work (extracting files, hashing blobs) runs alongside it — as GNU tar and its `zstd`
+//! child do. Memory stays bounded: a few fixed-size chunks are in flight at a time, and
+//! spent ones go back for reuse. The cluster image's unpacking and image seeding share it.
 
 use std::io::{self, BufRead, Read};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -8,91 +9,110 @@ use std::thread::JoinHandle;
 
 use super::compression::{self, Compression};
 
-const CHUNK: usize = 512 * 1024;
-/// Chunks queued between the threads (8 × 512 KiB = 4 MiB at most).
-const DEPTH: usize = 8;
+/// How much is read ahead: `depth` chunks of `chunk` bytes at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub chunk: usize,
+    pub depth: usize,
+}
+
+impl Default for Shape {
+    /// 8 × 512 KiB = 4 MiB at most.
+    fn default() -> Self {
+        Shape {
+            chunk: 512 * 1024,
+            depth: 8,
+        }
+    }
+}
 
 /// The decompressed stream, read on the consumer side.
-pub struct Pipeline<T> {
-    rx: Receiver<io::Result<Vec<u8>>>,
-    recycle: SyncSender<Vec<u8>>,
+pub struct ReadAhead<T> {
+    /// `None` once finished or dropped, which stops the thread at its next chunk.
+    chunks: Option<Receiver<io::Result<Vec<u8>>>>,
+    give_back: SyncSender<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
-    handle: Option<JoinHandle<io::Result<T>>>,
+    thread: Option<JoinHandle<io::Result<T>>>,
 }
 
 /// Starts decompressing `raw` on a new thread. When the compressed stream ends, `finish`
 /// is called with `raw` (to drain and hash what follows) and its result is kept for
-/// [`Pipeline::finish`].
-pub fn spawn<R, T, F>(mut raw: R, compression: Compression, finish: F) -> Pipeline<T>
+/// [`ReadAhead::finish`].
+pub fn spawn<R, T, F>(mut raw: R, compression: Compression, shape: Shape, finish: F) -> ReadAhead<T>
 where
     R: BufRead + Send + 'static,
     T: Send + 'static,
     F: FnOnce(R) -> io::Result<T> + Send + 'static,
 {
-    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(DEPTH);
-    let (recycle, recycled) = mpsc::sync_channel::<Vec<u8>>(DEPTH + 2);
-    let handle = std::thread::spawn(move || {
+    let (send, chunks) = mpsc::sync_channel::<io::Result<Vec<u8>>>(shape.depth);
+    let (give_back, spare) = mpsc::sync_channel::<Vec<u8>>(shape.depth + 2);
+    let thread = std::thread::spawn(move || {
+        // The decoder is made here: it cannot cross threads.
         let produced = (|| -> io::Result<bool> {
             let mut decoder = compression::decoder(compression, &mut raw)?;
             loop {
-                let mut buf = recycled
-                    .try_recv()
-                    .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-                buf.resize(CHUNK, 0);
-                let mut filled = 0;
-                while filled < CHUNK {
-                    match decoder.read(&mut buf[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                if filled == 0 {
+                let mut buf = spare.try_recv().unwrap_or_default();
+                if fill(&mut decoder, &mut buf, shape.chunk)? == 0 {
                     return Ok(true);
                 }
-                buf.truncate(filled);
-                if tx.send(Ok(buf)).is_err() {
-                    // The consumer gave up (a refused entry); nothing more to do.
+                if send.send(Ok(buf)).is_err() {
+                    // The consumer gave up (a refused entry, an early drop).
                     return Ok(false);
                 }
             }
         })();
         match produced {
             Ok(true) => {
-                drop(tx);
+                drop(send);
                 finish(raw)
             }
-            Ok(false) => Err(io::Error::other("extraction stopped early")),
+            Ok(false) => Err(io::Error::other("the reader stopped before the end")),
             Err(e) => {
                 let copy = io::Error::new(e.kind(), e.to_string());
-                let _ = tx.send(Err(e));
+                let _ = send.send(Err(e));
                 Err(copy)
             }
         }
     });
-    Pipeline {
-        rx,
-        recycle,
+    ReadAhead {
+        chunks: Some(chunks),
+        give_back,
         current: Vec::new(),
         pos: 0,
-        handle: Some(handle),
+        thread: Some(thread),
     }
 }
 
-impl<T> Read for Pipeline<T> {
+/// Reads up to `chunk` bytes into `buf` (replacing what it held); 0 at the end.
+fn fill(reader: &mut dyn Read, buf: &mut Vec<u8>, chunk: usize) -> io::Result<usize> {
+    buf.resize(chunk, 0);
+    let mut filled = 0;
+    while filled < chunk {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(filled)
+}
+
+impl<T> Read for ReadAhead<T> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.current.len() {
             let spent = std::mem::take(&mut self.current);
             if spent.capacity() > 0 {
-                let _ = self.recycle.try_send(spent);
+                let _ = self.give_back.try_send(spent);
             }
             self.pos = 0;
-            match self.rx.recv() {
-                Ok(Ok(buf)) => self.current = buf,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
+            match self.chunks.as_ref().map(Receiver::recv) {
+                Some(Ok(Ok(buf))) => self.current = buf,
+                Some(Ok(Err(e))) => return Err(e),
+                // The thread ended: the stream is over.
+                Some(Err(_)) | None => return Ok(0),
             }
         }
         let n = out.len().min(self.current.len() - self.pos);
@@ -102,15 +122,28 @@ impl<T> Read for Pipeline<T> {
     }
 }
 
-impl<T> Pipeline<T> {
-    /// Waits for the producer and returns what its `finish` returned. Call after reading
-    /// the stream to its end.
+impl<T> ReadAhead<T> {
+    /// Waits for the thread and returns what its `finish` returned — an error if the
+    /// stream was not read to its end.
     pub fn finish(mut self) -> io::Result<T> {
-        match self.handle.take().map(|h| h.join()) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(io::Error::other("the decompression thread panicked")),
-            None => Err(io::Error::other("pipeline already finished")),
-        }
+        self.join()
+            .unwrap_or_else(|| Err(io::Error::other("read-ahead already finished")))
+    }
+
+    fn join(&mut self) -> Option<io::Result<T>> {
+        // Dropping the receiver ends a thread waiting to send; then it can be joined.
+        self.chunks = None;
+        let thread = self.thread.take()?;
+        Some(match thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::other("the read-ahead thread panicked")),
+        })
+    }
+}
+
+impl<T> Drop for ReadAhead<T> {
+    fn drop(&mut self) {
+        let _ = self.join();
     }
 }
 
@@ -123,7 +156,7 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let compressed = zstd::encode_all(&data[..], 3).unwrap();
         let reader = io::BufReader::new(io::Cursor::new(compressed));
-        let mut pipe = spawn(reader, Compression::Zstd, |_rest| Ok(42));
+        let mut pipe = spawn(reader, Compression::Zstd, Shape::default(), |_rest| Ok(42));
         let mut out = Vec::new();
         pipe.read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
@@ -135,9 +168,25 @@ mod tests {
         let mut compressed = zstd::encode_all(&[5u8; 100_000][..], 3).unwrap();
         compressed.truncate(compressed.len() / 2);
         let reader = io::BufReader::new(io::Cursor::new(compressed));
-        let mut pipe = spawn(reader, Compression::Zstd, |_rest| Ok(()));
+        let mut pipe = spawn(reader, Compression::Zstd, Shape::default(), |_rest| Ok(()));
         let mut out = Vec::new();
         assert!(pipe.read_to_end(&mut out).is_err());
+        assert!(pipe.finish().is_err());
+    }
+
+    #[test]
+    fn dropping_the_reader_early_stops_the_thread() {
+        let data = vec![7u8; 8 << 20];
+        let compressed = zstd::encode_all(&data[..], 1).unwrap();
+        let reader = io::BufReader::new(io::Cursor::new(compressed));
+        let small = Shape {
+            chunk: 4096,
+            depth: 1,
+        };
+        let mut pipe = spawn(reader, Compression::Zstd, small, |_rest| Ok(()));
+        let mut first = [0u8; 10];
+        pipe.read_exact(&mut first).unwrap();
+        // Finishing before the end neither hangs nor pretends the stream was whole.
         assert!(pipe.finish().is_err());
     }
 }

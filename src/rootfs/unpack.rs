@@ -537,7 +537,8 @@ fn extract_stream(
             message: e.to_string(),
         },
     };
-    let pipeline = crate::io::read_ahead::spawn(raw, compression, |mut rest| {
+    let shape = crate::io::read_ahead::Shape::default();
+    let pipeline = crate::io::read_ahead::spawn(raw, compression, shape, |mut rest| {
         // Whatever follows the compressed stream still counts toward the digest.
         io::copy(&mut rest, &mut io::sink())?;
         Ok(hex::encode(rest.into_inner().hasher.finalize()))
