@@ -45,6 +45,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
+echo "== module layers: floors, no import cycles, short files (tests/architecture.rs)"
+cargo test --locked --test architecture --quiet
+
 echo "== static build"
 scripts/build-static.sh
 static_bin=${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-musl/release/bootstrap

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use super::steps;
-use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole};
+use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole, Joined, Layout};
 use crate::host::CommandSpec;
 use crate::plan::{Phase, Probe, Step};
 use crate::role::Role;
@@ -146,9 +146,21 @@ fn status_then_ready(ctx: &Context<'_>, phase: Phase) -> Vec<Step> {
     vec![status, ready]
 }
 
+const LAYOUT: Layout = Layout {
+    kind: DistroKind::K0s,
+    admin_kubeconfig: ADMIN_KUBECONFIG,
+    node_kubeconfig: NODE_KUBECONFIG,
+    kubectl: (BIN, &["kubectl"]),
+    units: (CONTROLLER_UNIT, WORKER_UNIT),
+    worker_joined: (
+        "the worker has joined (its kubelet kubeconfig exists)",
+        Joined::FileExists(NODE_KUBECONFIG),
+    ),
+};
+
 impl Distro for K0s {
-    fn kind(&self) -> DistroKind {
-        DistroKind::K0s
+    fn layout(&self) -> &'static Layout {
+        &LAYOUT
     }
 
     fn install_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
@@ -237,29 +249,6 @@ impl Distro for K0s {
             });
         }
         super::material(ctx, role, Secret::new(token), Some(super::expiry(ttl)))
-    }
-
-    fn admin_kubeconfig(&self) -> &'static str {
-        ADMIN_KUBECONFIG
-    }
-
-    fn node_kubeconfig(&self, _role: Role) -> &'static str {
-        NODE_KUBECONFIG
-    }
-
-    fn kubectl(&self, kubeconfig: &str) -> CommandSpec {
-        steps::embedded_kubectl(BIN, kubeconfig)
-    }
-
-    fn unit(&self, role: Role) -> &'static str {
-        unit_name(role)
-    }
-
-    fn worker_joined(&self) -> (&'static str, Probe) {
-        (
-            "the worker has joined (its kubelet kubeconfig exists)",
-            steps::file_exists(NODE_KUBECONFIG),
-        )
     }
 
     /// Controllers without workloads are no Kubernetes nodes; etcd knows them all.

@@ -6,9 +6,9 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use super::steps;
-use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole};
+use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole, Joined, Layout};
 use crate::host::CommandSpec;
-use crate::plan::{Phase, Probe, ServiceAction, Step};
+use crate::plan::{Phase, ServiceAction, Step};
 use crate::role::Role;
 use crate::secret::Secret;
 
@@ -218,9 +218,21 @@ fn token(ctx: &Context<'_>) -> Result<Secret, DistroError> {
     Ok(ctx.material()?.token.clone())
 }
 
+const LAYOUT: Layout = Layout {
+    kind: DistroKind::K3s,
+    admin_kubeconfig: KUBECONFIG,
+    node_kubeconfig: AGENT_KUBECONFIG,
+    kubectl: (BIN, &["kubectl"]),
+    units: (SERVER_UNIT, AGENT_UNIT),
+    worker_joined: (
+        "the agent has registered with a server (its kubelet kubeconfig exists)",
+        Joined::FileExists(AGENT_KUBECONFIG),
+    ),
+};
+
 impl Distro for K3s {
-    fn kind(&self) -> DistroKind {
-        DistroKind::K3s
+    fn layout(&self) -> &'static Layout {
+        &LAYOUT
     }
 
     fn install_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
@@ -360,29 +372,6 @@ impl Distro for K3s {
             }
         };
         super::material(ctx, role, token, expires_at)
-    }
-
-    fn admin_kubeconfig(&self) -> &'static str {
-        KUBECONFIG
-    }
-
-    fn node_kubeconfig(&self, _role: Role) -> &'static str {
-        AGENT_KUBECONFIG
-    }
-
-    fn kubectl(&self, kubeconfig: &str) -> CommandSpec {
-        steps::embedded_kubectl(BIN, kubeconfig)
-    }
-
-    fn unit(&self, role: Role) -> &'static str {
-        unit_name(role)
-    }
-
-    fn worker_joined(&self) -> (&'static str, Probe) {
-        (
-            "the agent has registered with a server (its kubelet kubeconfig exists)",
-            steps::file_exists(AGENT_KUBECONFIG),
-        )
     }
 
     fn leave_steps(&self, _ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {

@@ -4,14 +4,17 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
+#[cfg(test)]
+use super::kubeadm_config::taint;
+pub use super::kubeadm_config::{api_version, CRI_SOCKET, KINDS};
+use super::kubeadm_config::{render_docs, render_init, render_join, Secrets};
 use super::steps;
-use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole};
+use super::{Context, Distro, DistroError, DistroKind, JoinMaterial, JoinRole, Joined, Layout};
 use crate::host::CommandSpec;
-use crate::plan::{Phase, Probe, ServiceAction, Step};
+use crate::plan::{Phase, ServiceAction, Step};
 use crate::role::Role;
 use crate::secret::Secret;
 
@@ -32,148 +35,14 @@ pub const CERTS_UPLOADED: &str = "/var/lib/bootstrap/kubeadm/certs-uploaded";
 pub const ADMIN_KUBECONFIG: &str = "/etc/kubernetes/admin.conf";
 pub const KUBELET_KUBECONFIG: &str = "/etc/kubernetes/kubelet.conf";
 pub const CA_CERT: &str = "/etc/kubernetes/pki/ca.crt";
-pub const CRI_SOCKET: &str = "unix:///var/run/containerd/containerd.sock";
 /// kubeadm deletes the uploaded certificates after 2 h; a controller joining on a key
 /// uploaded longer ago than this gets a fresh upload first.
 const CERTS_REUPLOAD_AFTER: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 const KUBEADM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 /// Bound on draining a controller before its kubelet is replaced.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
-/// The kinds `distro.kubeadm` may carry, each merged into the document of that kind.
-pub const KINDS: [&str; 5] = [
-    "InitConfiguration",
-    "ClusterConfiguration",
-    "JoinConfiguration",
-    "KubeletConfiguration",
-    "KubeProxyConfiguration",
-];
 
 pub struct Kubeadm;
-
-/// The secrets chosen before `kubeadm init`.
-#[derive(Serialize, Deserialize)]
-struct Secrets {
-    token: String,
-    certificate_key: String,
-}
-
-/// `kubeadm.k8s.io/v1beta4` from Kubernetes 1.31, `v1beta3` before.
-pub fn api_version(ctx: &Context<'_>) -> &'static str {
-    match super::kube_version(&ctx.kube_version()) {
-        Some((1, minor, _)) if minor < 31 => "kubeadm.k8s.io/v1beta3",
-        _ => "kubeadm.k8s.io/v1beta4",
-    }
-}
-
-fn is_v1beta4(ctx: &Context<'_>) -> bool {
-    api_version(ctx).ends_with("v1beta4")
-}
-
-/// `{name: value}` in v1beta3, a list of `{name, value}` in v1beta4.
-fn args(ctx: &Context<'_>, pairs: &[(&str, String)]) -> Value {
-    if is_v1beta4(ctx) {
-        Value::Array(
-            pairs
-                .iter()
-                .map(|(n, v)| json!({"name": n, "value": v}))
-                .collect(),
-        )
-    } else {
-        Value::Object(
-            pairs
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), json!(v)))
-                .collect(),
-        )
-    }
-}
-
-/// `key[=value]:Effect` as kubeadm's taint object.
-fn taint(text: &str) -> Value {
-    let (kv, effect) = text.rsplit_once(':').unwrap_or((text, "NoSchedule"));
-    match kv.split_once('=') {
-        Some((key, value)) => json!({"key": key, "value": value, "effect": effect}),
-        None => json!({"key": kv, "effect": effect}),
-    }
-}
-
-fn node_registration(ctx: &Context<'_>) -> Value {
-    let mut kubelet_args = Vec::new();
-    if let Some(ip) = ctx.node_address {
-        kubelet_args.push(("node-ip", ip.to_string()));
-    }
-    let labels = ctx.labels();
-    if !labels.is_empty() {
-        kubelet_args.push(("node-labels", labels.join(",")));
-    }
-    let mut taints: Vec<Value> = ctx.config.node.taints.iter().map(|t| taint(t)).collect();
-    // A lone controller must run workloads; on a bigger cluster controllers keep
-    // kubeadm's usual NoSchedule taint unless cluster.controller_workloads lifts it.
-    if ctx.role.is_controller() && !ctx.controllers_run_workloads(false) {
-        taints.insert(
-            0,
-            json!({"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}),
-        );
-    }
-    json!({
-        "name": ctx.node_name,
-        "criSocket": CRI_SOCKET,
-        "taints": taints,
-        "kubeletExtraArgs": args(ctx, &kubelet_args),
-        // Images come through the local registry mirror, or were imported; never from
-        // the Internet (containerd's hosts.toml has no upstream fallback).
-        "imagePullPolicy": "IfNotPresent",
-    })
-}
-
-fn user_docs<'a>(
-    ctx: &Context<'a>,
-) -> Result<&'a std::collections::BTreeMap<String, Value>, DistroError> {
-    for key in ctx.config.distro.kubeadm.keys() {
-        if !KINDS.contains(&key.as_str()) {
-            return Err(DistroError::Config {
-                field: format!("distro.kubeadm.{key}"),
-                message: format!("not a kubeadm kind; expected one of {}", KINDS.join(", ")),
-            });
-        }
-    }
-    Ok(&ctx.config.distro.kubeadm)
-}
-
-/// Each document merged with `distro.kubeadm.<kind>`, joined as a multi-document file
-/// of JSON objects (valid YAML, unambiguous types).
-fn render_docs(ctx: &Context<'_>, mut docs: Vec<Value>) -> Result<String, DistroError> {
-    let user = user_docs(ctx)?;
-    let present: Vec<String> = docs
-        .iter()
-        .filter_map(|d| d["kind"].as_str().map(str::to_owned))
-        .collect();
-    if present.iter().any(|k| k == "ClusterConfiguration")
-        && user.contains_key("KubeProxyConfiguration")
-    {
-        docs.push(json!({
-            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-            "kind": "KubeProxyConfiguration",
-        }));
-    }
-    let mut out = String::new();
-    for mut doc in docs {
-        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
-        if let Some(extra) = user.get(&kind) {
-            if !extra.is_object() {
-                return Err(DistroError::Config {
-                    field: format!("distro.kubeadm.{kind}"),
-                    message: "expected a map of fields".into(),
-                });
-            }
-            super::merge_json(&mut doc, extra);
-        }
-        out.push_str("---\n");
-        out.push_str(&serde_json::to_string_pretty(&doc).unwrap_or_default());
-        out.push('\n');
-    }
-    Ok(out)
-}
 
 fn secrets(ctx: &Context<'_>) -> Result<Secrets, DistroError> {
     if let Some(text) = ctx.host.read_string(Path::new(SECRETS))? {
@@ -189,95 +58,6 @@ fn secrets(ctx: &Context<'_>) -> Result<Secrets, DistroError> {
         token: format!("{id}.{secret}"),
         certificate_key: crate::random::hex(32).map_err(DistroError::Random)?,
     })
-}
-
-/// The init configuration: InitConfiguration (pre-chosen token and certificate key),
-/// ClusterConfiguration (pinned version, endpoint, SANs, subnets), KubeletConfiguration.
-fn render_init(ctx: &Context<'_>, secrets: &Secrets) -> Result<String, DistroError> {
-    let api = api_version(ctx);
-    let mut init = json!({
-        "apiVersion": api,
-        "kind": "InitConfiguration",
-        "bootstrapTokens": [{
-            "token": secrets.token,
-            "ttl": super::go_duration(ctx.config.join.token_ttl),
-            "usages": ["signing", "authentication"],
-            "groups": ["system:bootstrappers:kubeadm:default-node-token"],
-            "description": "bootstrap: the first joins",
-        }],
-        "nodeRegistration": node_registration(ctx),
-        "certificateKey": secrets.certificate_key,
-    });
-    if let Some(ip) = ctx.node_address {
-        init["localAPIEndpoint"] =
-            json!({"advertiseAddress": ip.to_string(), "bindPort": super::API_PORT});
-    }
-    let mut networking = serde_json::Map::new();
-    let (pod, service) = ctx.cidrs();
-    if let Some(pod) = pod {
-        networking.insert("podSubnet".into(), json!(pod));
-    }
-    if let Some(service) = service {
-        networking.insert("serviceSubnet".into(), json!(service));
-    }
-    let cluster = json!({
-        "apiVersion": api,
-        "kind": "ClusterConfiguration",
-        // Pinned: without it kubeadm asks the Internet for "stable-1".
-        "kubernetesVersion": ctx.kube_version(),
-        // Set at init, or the control plane can never grow.
-        "controlPlaneEndpoint": ctx.endpoint(),
-        "networking": Value::Object(networking),
-        "apiServer": {"certSANs": ctx.sans()},
-    });
-    let kubelet = json!({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        // Matches containerd's SystemdCgroup = true.
-        "cgroupDriver": "systemd",
-        "failSwapOn": true,
-        "containerRuntimeEndpoint": CRI_SOCKET,
-    });
-    render_docs(ctx, vec![init, cluster, kubelet])
-}
-
-fn render_join(ctx: &Context<'_>, material: &JoinMaterial) -> Result<String, DistroError> {
-    let hash = material
-        .ca_cert_hash
-        .clone()
-        .ok_or_else(|| DistroError::Mismatch {
-            path: super::MATERIAL_FILE,
-            reason: "kubeadm material has no ca_cert_hash".into(),
-        })?;
-    let mut join = json!({
-        "apiVersion": api_version(ctx),
-        "kind": "JoinConfiguration",
-        "discovery": {
-            "bootstrapToken": {
-                "token": material.token.expose(),
-                "apiServerEndpoint": material.endpoint,
-                // Pinned: never unsafeSkipCAVerification.
-                "caCertHashes": [hash],
-            },
-        },
-        "nodeRegistration": node_registration(ctx),
-    });
-    if ctx.role.is_controller() {
-        let key = material
-            .certificate_key
-            .as_ref()
-            .ok_or_else(|| DistroError::Mismatch {
-                path: super::MATERIAL_FILE,
-                reason: "a controller join needs the certificate key".into(),
-            })?;
-        let mut control_plane = json!({"certificateKey": key.expose()});
-        if let Some(ip) = ctx.node_address {
-            control_plane["localAPIEndpoint"] =
-                json!({"advertiseAddress": ip.to_string(), "bindPort": super::API_PORT});
-        }
-        join["controlPlane"] = control_plane;
-    }
-    render_docs(ctx, vec![join])
 }
 
 /// `kubelet.service` as the Kubernetes packages ship it, for our binary path.
@@ -326,9 +106,21 @@ pub fn ca_cert_hash(pem: &[u8]) -> Result<String, String> {
     Ok(format!("sha256:{}", hex::encode(Sha256::digest(spki))))
 }
 
+const LAYOUT: Layout = Layout {
+    kind: DistroKind::Kubeadm,
+    admin_kubeconfig: ADMIN_KUBECONFIG,
+    node_kubeconfig: KUBELET_KUBECONFIG,
+    kubectl: (KUBECTL, &[]),
+    units: (KUBELET_UNIT, KUBELET_UNIT),
+    worker_joined: (
+        "the kubelet runs with its cluster credentials",
+        Joined::Active(KUBELET_UNIT),
+    ),
+};
+
 impl Distro for Kubeadm {
-    fn kind(&self) -> DistroKind {
-        DistroKind::Kubeadm
+    fn layout(&self) -> &'static Layout {
+        &LAYOUT
     }
 
     fn install_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
@@ -501,29 +293,6 @@ impl Distro for Kubeadm {
             material.certificate_key = Some(certificate_key_for_join(ctx)?);
         }
         Ok(material)
-    }
-
-    fn admin_kubeconfig(&self) -> &'static str {
-        ADMIN_KUBECONFIG
-    }
-
-    fn node_kubeconfig(&self, _role: Role) -> &'static str {
-        KUBELET_KUBECONFIG
-    }
-
-    fn kubectl(&self, kubeconfig: &str) -> CommandSpec {
-        CommandSpec::new(KUBECTL).args(["--kubeconfig", kubeconfig])
-    }
-
-    fn unit(&self, _role: Role) -> &'static str {
-        KUBELET_UNIT
-    }
-
-    fn worker_joined(&self) -> (&'static str, Probe) {
-        (
-            "the kubelet runs with its cluster credentials",
-            steps::active(KUBELET_UNIT),
-        )
     }
 
     fn leave_steps(&self, _ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {

@@ -6,6 +6,7 @@
 pub mod k0s;
 pub mod k3s;
 pub mod kubeadm;
+mod kubeadm_config;
 pub mod material;
 pub mod node_ops;
 pub mod skew;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 pub use crate::distro_kind::{kube_version, DistroKind, Requirements};
 use crate::host::{CommandSpec, FileKind, Host, HostError};
-use crate::plan::{Phase, Probe, Step};
+use crate::plan::{Phase, Step};
 use crate::role::Role;
 use crate::rootfs::ClusterImage;
 pub use material::{JoinAccess, JoinMaterial, JoinRole, MATERIAL_FILE};
@@ -224,9 +225,35 @@ impl Context<'_> {
     }
 }
 
+/// The fixed facts of a distro on a node, as data.
+pub struct Layout {
+    pub kind: DistroKind,
+    /// The admin kubeconfig on a controller.
+    pub admin_kubeconfig: &'static str,
+    /// The kubeconfig the kubelet uses.
+    pub node_kubeconfig: &'static str,
+    /// The kubectl program and the arguments before `--kubeconfig`.
+    pub kubectl: (&'static str, &'static [&'static str]),
+    /// The systemd units on a controller and on a worker.
+    pub units: (&'static str, &'static str),
+    /// What shows that a worker has joined, and why it does.
+    pub worker_joined: (&'static str, Joined),
+}
+
+/// A sign that a worker has joined.
+#[derive(Debug, Clone, Copy)]
+pub enum Joined {
+    /// Its kubelet kubeconfig exists.
+    FileExists(&'static str),
+    /// Its unit is active.
+    Active(&'static str),
+}
+
 /// One distribution's driver.
 pub trait Distro {
-    fn kind(&self) -> DistroKind;
+    fn kind(&self) -> DistroKind {
+        self.layout().kind
+    }
 
     /// Binaries and units, the same on every node (what baking an image installs).
     fn install_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError>;
@@ -245,20 +272,37 @@ pub trait Distro {
         ttl: std::time::Duration,
     ) -> Result<JoinMaterial, DistroError>;
 
+    /// Where the distro keeps its kubeconfigs, what runs it and how a joined worker
+    /// shows.
+    fn layout(&self) -> &'static Layout;
+
     /// The admin kubeconfig on a controller.
-    fn admin_kubeconfig(&self) -> &'static str;
+    fn admin_kubeconfig(&self) -> &'static str {
+        self.layout().admin_kubeconfig
+    }
 
     /// The kubeconfig this node's kubelet uses.
-    fn node_kubeconfig(&self, role: Role) -> &'static str;
+    fn node_kubeconfig(&self, _role: Role) -> &'static str {
+        self.layout().node_kubeconfig
+    }
 
     /// `kubectl --kubeconfig KUBECONFIG`, the distro's way.
-    fn kubectl(&self, kubeconfig: &str) -> CommandSpec;
+    fn kubectl(&self, kubeconfig: &str) -> CommandSpec {
+        let (program, args) = self.layout().kubectl;
+        CommandSpec::new(program)
+            .args(args.iter().copied())
+            .args(["--kubeconfig", kubeconfig])
+    }
 
     /// The systemd unit that runs the distro on a node of `role`.
-    fn unit(&self, role: Role) -> &'static str;
-
-    /// What shows that a worker has joined: why, and the probe.
-    fn worker_joined(&self) -> (&'static str, Probe);
+    fn unit(&self, role: Role) -> &'static str {
+        let (controller, worker) = self.layout().units;
+        if role.is_controller() {
+            controller
+        } else {
+            worker
+        }
+    }
 
     /// Waits until the node is up: the API answers `/readyz` on a controller, the worker
     /// has joined elsewhere; a failed unit ends the wait early.
@@ -267,7 +311,11 @@ pub trait Distro {
         if ctx.role.is_controller() {
             steps::until_readyz(phase, self.kubectl(self.admin_kubeconfig()), unit)
         } else {
-            let (reason, probe) = self.worker_joined();
+            let (reason, joined) = self.layout().worker_joined;
+            let probe = match joined {
+                Joined::FileExists(path) => steps::file_exists(path),
+                Joined::Active(unit) => steps::active(unit),
+            };
             steps::until_ready(phase, reason, probe, unit)
         }
     }

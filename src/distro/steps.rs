@@ -8,29 +8,11 @@ use crate::plan::{Action, Contents, Phase, Probe, ServiceAction, Step};
 use crate::secret::Secret;
 
 pub fn write(phase: Phase, reason: &str, path: &str, mode: u32, bytes: Vec<u8>) -> Step {
-    Step::new(
-        phase,
-        reason,
-        Action::WriteFile {
-            path: PathBuf::from(path),
-            mode,
-            owner: None,
-            contents: Contents::Public(bytes),
-        },
-    )
+    Step::write_file(phase, reason, path, mode, Contents::Public(bytes))
 }
 
 pub fn write_secret(phase: Phase, reason: &str, path: &str, secret: Secret) -> Step {
-    Step::new(
-        phase,
-        reason,
-        Action::WriteFile {
-            path: PathBuf::from(path),
-            mode: 0o600,
-            owner: None,
-            contents: Contents::Secret(secret),
-        },
-    )
+    Step::write_file(phase, reason, path, 0o600, Contents::Secret(secret))
 }
 
 pub fn install(phase: Phase, reason: &str, source: PathBuf, dest: &str) -> Step {
@@ -121,11 +103,6 @@ pub fn until_readyz(phase: Phase, kubectl: CommandSpec, unit: &str) -> Step {
         },
         unit,
     )
-}
-
-/// `BIN kubectl --kubeconfig KUBECONFIG`: the kubectl k3s and k0s build in.
-pub fn embedded_kubectl(bin: &str, kubeconfig: &str) -> CommandSpec {
-    CommandSpec::new(bin).args(["kubectl", "--kubeconfig", kubeconfig])
 }
 
 pub fn file_exists(path: &str) -> Probe {

@@ -71,6 +71,12 @@ impl FakeHost {
             .map(|e| e.contents.clone())
     }
 
+    /// A copy of what is at `path`.
+    fn entry(&self, path: &Path) -> Result<Option<Entry>, HostError> {
+        check_host_path(path)?;
+        Ok(self.files.lock().expect("fake lock").get(path).cloned())
+    }
+
     /// Puts `entry` at `path`, making its parent folders as `mkdir -p` would.
     fn put(&self, path: &Path, kind: FileKind, mode: u32, owner: Owner, contents: Vec<u8>) {
         let mut files = self.files.lock().expect("fake lock");
@@ -104,30 +110,20 @@ impl Host for FakeHost {
     }
 
     fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, HostError> {
-        check_host_path(path)?;
         Ok(self
-            .files
-            .lock()
-            .expect("fake lock")
-            .get(path)
+            .entry(path)?
             .filter(|e| e.kind == FileKind::File)
-            .map(|e| e.contents.clone()))
+            .map(|e| e.contents))
     }
 
     fn metadata(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {
-        check_host_path(path)?;
-        Ok(self
-            .files
-            .lock()
-            .expect("fake lock")
-            .get(path)
-            .map(|e| FileInfo {
-                kind: e.kind,
-                mode: e.mode,
-                uid: e.owner.uid,
-                gid: e.owner.gid,
-                len: e.contents.len() as u64,
-            }))
+        Ok(self.entry(path)?.map(|e| FileInfo {
+            kind: e.kind,
+            mode: e.mode,
+            uid: e.owner.uid,
+            gid: e.owner.gid,
+            len: e.contents.len() as u64,
+        }))
     }
 
     fn stat(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {

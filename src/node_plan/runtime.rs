@@ -124,16 +124,7 @@ fn step(phase: Phase, reason: &str, action: Action) -> Step {
 }
 
 fn write(phase: Phase, reason: &str, path: &str, mode: u32, contents: Contents) -> Step {
-    step(
-        phase,
-        reason,
-        Action::WriteFile {
-            path: PathBuf::from(path),
-            mode,
-            owner: None,
-            contents,
-        },
-    )
+    Step::write_file(phase, reason, path, mode, contents)
 }
 
 /// How long to wait for the registry to answer over TLS.

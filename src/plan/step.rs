@@ -283,6 +283,23 @@ impl Step {
         }
     }
 
+    /// Writing `contents` to `path` (owned by root).
+    pub fn write_file(
+        phase: Phase,
+        reason: impl Into<String>,
+        path: impl Into<PathBuf>,
+        mode: u32,
+        contents: Contents,
+    ) -> Step {
+        let action = Action::WriteFile {
+            path: path.into(),
+            mode,
+            owner: None,
+            contents,
+        };
+        Step::new(phase, reason, action)
+    }
+
     /// This step, run once per distinct `inputs`: its id carries their digest, so a
     /// change runs it again and an unchanged re-run finds it journaled (for steps the
     /// host cannot judge: a restart, a command).

@@ -503,6 +503,17 @@ mod tests {
             .collect()
     }
 
+    fn authority_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+        cert.extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+                }
+                _ => None,
+            })
+    }
+
     #[test]
     fn ca_is_a_ten_year_signing_only_ca() {
         let ca = generate_ca(now()).unwrap();
@@ -556,15 +567,7 @@ mod tests {
         let eku = leaf.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && !eku.client_auth);
         assert!(!leaf.basic_constraints().unwrap().unwrap().value.ca);
-        let aki = leaf
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                    aki.key_identifier.as_ref().map(|k| k.0.to_vec())
-                }
-                _ => None,
-            });
+        let aki = authority_key_id(&leaf);
         let ski = ca
             .extensions()
             .iter()
@@ -697,15 +700,7 @@ mod tests {
             now() + Duration::days(100),
             "never outlives its CA"
         );
-        let aki = leaf
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                    aki.key_identifier.as_ref().map(|k| k.0.to_vec())
-                }
-                _ => None,
-            });
+        let aki = authority_key_id(&leaf);
         assert_eq!(aki, Some(vec![1, 2, 3, 4]));
     }
 
