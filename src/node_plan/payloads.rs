@@ -24,7 +24,7 @@ impl Payloads for NodePayloads {
         };
         unpack::unpack(request.archive, request.dest, &options)
             .map(drop)
-            .map_err(Into::into)
+            .map_err(PayloadError::of)
     }
 
     fn seed(
@@ -32,16 +32,16 @@ impl Payloads for NodePayloads {
         registry_tree: Option<&Path>,
         images_dir: Option<&Path>,
         storage: &Path,
-    ) -> Result<Vec<String>, PayloadError> {
-        let mut lines = Vec::new();
+    ) -> Result<(), PayloadError> {
         if let Some(tree) = registry_tree.filter(|t| t.exists()) {
-            let report = crate::images::seed_storage_tree(tree, storage)?;
-            lines.push(format!("registry tree {}: {report}", tree.display()));
+            let report =
+                crate::images::seed_storage_tree(tree, storage).map_err(PayloadError::of)?;
+            log::info!("registry tree {}: {report}", tree.display());
         }
         if let Some(dir) = images_dir {
-            let report = crate::images::seed_images_dir(dir, storage)?;
-            lines.push(format!("images in {}: {report}", dir.display()));
+            let report = crate::images::seed_images_dir(dir, storage).map_err(PayloadError::of)?;
+            log::info!("images in {}: {report}", dir.display());
         }
-        Ok(lines)
+        Ok(())
     }
 }

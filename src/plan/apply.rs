@@ -264,13 +264,9 @@ fn run(host: &dyn Host, payloads: &dyn Payloads, step: &Step) -> Result<(), Appl
             let tree = real(registry_tree).map_err(fail)?;
             let dir = real(images_dir).map_err(fail)?;
             let storage = host.real_path(storage).map_err(fail)?;
-            let lines = payloads
+            payloads
                 .seed(tree.as_deref(), dir.as_deref(), &storage)
-                .map_err(payload_failed)?;
-            for line in lines {
-                log::info!("{line}");
-            }
-            Ok(())
+                .map_err(payload_failed)
         }
         Action::HostsEntry { ip, names } => {
             let path = std::path::Path::new("/etc/hosts");
@@ -358,8 +354,8 @@ fn copy_file(
         .metadata()
         .and_then(|m| m.modified())
         .map_err(io("stat", source))?;
-    let mut reader: Box<dyn std::io::Read> = if decompress {
-        let mut buffered = BufReader::with_capacity(1 << 20, file);
+    let mut buffered = BufReader::with_capacity(1 << 20, file);
+    let mut reader: Box<dyn std::io::Read + '_> = if decompress {
         let kind = crate::io::compression::detect(&mut buffered)
             .map_err(io("read", source))?
             .map_err(|format| {
@@ -367,9 +363,9 @@ fn copy_file(
                     "{format} is not supported"
                 )))
             })?;
-        crate::io::compression::decoder(kind, buffered).map_err(io("read", source))?
+        crate::io::compression::decoder(kind, &mut buffered).map_err(io("read", source))?
     } else {
-        Box::new(file)
+        Box::new(&mut buffered)
     };
     let temp = parent.join(format!(
         ".{}.bootstrap-{}",

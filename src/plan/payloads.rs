@@ -4,9 +4,17 @@
 
 use std::path::Path;
 
-/// Why a payload action failed (the subsystem's own error, which names the archive,
-/// entry or path).
-pub type PayloadError = Box<dyn std::error::Error + Send + Sync>;
+/// Why a payload action failed: the subsystem's own error, which names the archive,
+/// entry or path, as its message (the engine only ever shows it).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PayloadError(pub String);
+
+impl PayloadError {
+    pub fn of(error: impl std::fmt::Display) -> Self {
+        PayloadError(error.to_string())
+    }
+}
 
 /// One unpacking of a cluster image archive, as the plan's step describes it.
 #[derive(Debug, Clone, Copy)]
@@ -29,14 +37,13 @@ pub trait Payloads {
     fn unpack(&self, unpack: &Unpack<'_>) -> Result<(), PayloadError>;
 
     /// Seeds a registry storage tree and then an images folder (either may be absent)
-    /// into the registry storage at `storage` (real paths); one line per source says
-    /// what it did.
+    /// into the registry storage at `storage` (real paths).
     fn seed(
         &self,
         registry_tree: Option<&Path>,
         images_dir: Option<&Path>,
         storage: &Path,
-    ) -> Result<Vec<String>, PayloadError>;
+    ) -> Result<(), PayloadError>;
 }
 
 /// For tests of the engine alone: nothing is unpacked, and payload steps fail.
@@ -50,15 +57,10 @@ impl Payloads for NoPayloads {
     }
 
     fn unpack(&self, _: &Unpack<'_>) -> Result<(), PayloadError> {
-        Err("no payloads in this test".into())
+        Err(PayloadError::of("no payloads in this test"))
     }
 
-    fn seed(
-        &self,
-        _: Option<&Path>,
-        _: Option<&Path>,
-        _: &Path,
-    ) -> Result<Vec<String>, PayloadError> {
-        Err("no payloads in this test".into())
+    fn seed(&self, _: Option<&Path>, _: Option<&Path>, _: &Path) -> Result<(), PayloadError> {
+        Err(PayloadError::of("no payloads in this test"))
     }
 }

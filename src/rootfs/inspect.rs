@@ -155,7 +155,7 @@ pub fn list_archive(
             })
         }
     };
-    let decoder = compression::decoder(compression, raw).map_err(io_err("read"))?;
+    let decoder = compression::decoder(compression, &mut raw).map_err(io_err("read"))?;
     let mut tar = tar::Archive::new(decoder);
     let mut listing = ListingTree {
         archive: archive.to_path_buf(),
