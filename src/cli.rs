@@ -163,6 +163,10 @@ pub struct UpArgs {
     /// FILE (`-`: standard input) — never from argv, which other users can read
     #[arg(long, value_name = "FILE")]
     pub join: Option<PathBuf>,
+    /// On cluster.controllers[0]: initialise a new cluster even though another listed
+    /// controller reports one (a deliberate new cluster; never needed on a fresh one)
+    #[arg(long)]
+    pub new_cluster: bool,
 }
 
 /// How much of `up` to run.

@@ -58,6 +58,11 @@ pub struct RoleDecision {
     /// When it was first persisted (RFC 3339); `None` for a decision not yet written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<String>,
+    /// Set when `cluster.controllers[0]` found its cluster already running (it was
+    /// replaced) and joined it: the cluster's id. The config still says "initialise";
+    /// this record says why the node did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_existing: Option<String>,
 }
 
 /// Why no role could be settled.
@@ -95,6 +100,7 @@ pub fn decide(config: &Config, facts: &Facts) -> Result<RoleDecision, RoleError>
             role,
             reason,
             decided_at: None,
+            joined_existing: None,
         })
     };
     if controllers.is_empty() {
@@ -152,6 +158,13 @@ pub fn resolve(
     let computed = decide(config, facts)?;
     match load(host)? {
         Some(persisted) if persisted.role == computed.role => Ok(persisted),
+        Some(persisted)
+            if persisted.joined_existing.is_some()
+                && persisted.role == Role::JoinController
+                && computed.role == Role::InitController =>
+        {
+            Ok(persisted)
+        }
         Some(persisted) if persisted.role.joins() && !computed.role.joins() => {
             Err(RoleError::NeverInitAfterJoin {
                 marker: state::ROLE_FILE.to_owned(),
@@ -172,19 +185,30 @@ pub fn resolve(
                     computed: computed.role,
                 });
             }
+            if !computed.role.joins() && host.exists(Path::new(state::CLUSTER_FILE))? {
+                return Err(RoleError::NeverInitAfterJoin {
+                    marker: state::CLUSTER_FILE.to_owned(),
+                    computed: computed.role,
+                });
+            }
             if !persist {
                 return Ok(computed);
             }
-            let decision = RoleDecision {
-                decided_at: Some(state::now_rfc3339()),
-                ..computed
-            };
-            let json = serde_json::to_vec_pretty(&decision).unwrap_or_default();
-            host.write_atomic(Path::new(state::ROLE_FILE), &json, 0o600, None)?;
-            log::info!("role decided: {} ({})", decision.role, decision.reason);
-            Ok(decision)
+            record(host, computed)
         }
     }
+}
+
+/// Persists a first decision.
+pub fn record(host: &dyn Host, decision: RoleDecision) -> Result<RoleDecision, RoleError> {
+    let decision = RoleDecision {
+        decided_at: Some(state::now_rfc3339()),
+        ..decision
+    };
+    let json = serde_json::to_vec_pretty(&decision).unwrap_or_default();
+    host.write_atomic(Path::new(state::ROLE_FILE), &json, 0o600, None)?;
+    log::info!("role decided: {} ({})", decision.role, decision.reason);
+    Ok(decision)
 }
 
 #[cfg(test)]

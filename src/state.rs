@@ -20,6 +20,8 @@ pub const DONE_FILE: &str = "/var/lib/bootstrap/done.json";
 pub const FAILED_FILE: &str = "/var/lib/bootstrap/failed.json";
 /// One `up` at a time.
 pub const LOCK_FILE: &str = "/var/lib/bootstrap/lock";
+/// The cluster this node belongs to, recorded once it has initialised or joined one.
+pub const CLUSTER_FILE: &str = "/var/lib/bootstrap/cluster.json";
 /// The Cluster API bootstrap success sentinel.
 pub const CAPI_SENTINEL: &str = "/run/cluster-api/bootstrap-success.complete";
 
@@ -37,6 +39,16 @@ pub struct DoneMarker {
     pub distro: String,
     pub distro_version: String,
     pub steps: usize,
+}
+
+/// The cluster record: which cluster this node belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    /// Chosen by the controller that initialised the cluster; carried in join material.
+    pub id: String,
+    pub distro: String,
+    /// When this node joined or initialised it (RFC 3339).
+    pub since: String,
 }
 
 /// What the failure marker records.

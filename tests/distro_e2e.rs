@@ -74,7 +74,8 @@ fn node(
     );
     if !controllers.is_empty() {
         config.push_str(&format!(
-            "cluster:\n  controllers: [{}]\n  join_secret: {SECRET}\n  pod_cidr: 10.244.0.0/16\n",
+            // The first controller comes up alone here: no other controller to wait for.
+            "cluster:\n  controllers: [{}]\n  join_secret: {SECRET}\n  pod_cidr: 10.244.0.0/16\n  init_wait: 1s\n",
             controllers.join(", ")
         ));
     }

@@ -72,7 +72,7 @@ fn write_config(node: &Node, name: &str, role: &str, timeout: &str) {
          node: {{name: {name}, address: {}}}\n\
          preflight: {{ignore: [address]}}\n\
          registry: {{enabled: false}}\n\
-         cluster:\n  controllers: [{}]\n  join_secret_file: /etc/bootstrap/join-secret\n\
+         cluster:\n  controllers: [{}]\n  join_secret_file: /etc/bootstrap/join-secret\n  init_wait: 20s\n\
          join: {{port: {JOIN_PORT}, timeout: {timeout}}}\n",
         address(name),
         controllers.join(", ")

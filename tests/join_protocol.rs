@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bootstrap::distro::{JoinMaterial, JoinRole};
 use bootstrap::join::admission::{Admission, LEASE};
-use bootstrap::join::proto::{self, Request, RequestKind, Response, Status};
+use bootstrap::join::proto::{self, ClusterInfo, Request, RequestKind, Response, Status};
 use bootstrap::join::server::{self, Credentials, Minter, Service};
 use bootstrap::join::{client, tls, Backoff, Cause, Fetch, JoinKeys};
 use bootstrap::secret::Secret;
@@ -220,6 +220,34 @@ impl server::Nodes for FakeNodes {
         }
         Ok(format!("cordoned, drained and deleted node {name}"))
     }
+
+    /// `cp-alive` stands for a controller whose old node still looks alive.
+    fn replace(&self, name: &str, _address: std::net::IpAddr) -> Result<Option<String>, String> {
+        match name {
+            "cp-alive" => Err("node cp-alive is still Ready".into()),
+            "cp-replaced" => Ok(Some("node cp-replaced and its etcd member".into())),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A node that belongs to a cluster (or, with `None`, to none yet).
+struct FakeCluster(Option<ClusterInfo>);
+
+impl server::ClusterView for FakeCluster {
+    fn cluster(&self) -> Option<ClusterInfo> {
+        self.0.clone()
+    }
+}
+
+fn some_cluster() -> ClusterInfo {
+    ClusterInfo {
+        id: "4f2a9c0e".into(),
+        distro: "k3s".into(),
+        version: "v1.31.4+k3s1".into(),
+        ca_hash: Some("sha256:ab".into()),
+        members: vec!["c2".into(), "c3".into()],
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -258,6 +286,8 @@ struct Options {
     credentials: Box<dyn Credentials>,
     /// Whether the service removes nodes on request (as `bootstrap serve` does).
     nodes: bool,
+    /// `Some`: the service answers whether a cluster exists, with this.
+    cluster: Option<Option<ClusterInfo>>,
 }
 
 impl Default for Options {
@@ -268,6 +298,7 @@ impl Default for Options {
             ttl: TTL,
             credentials: Box::new(server::NoCredentials),
             nodes: true,
+            cluster: None,
         }
     }
 }
@@ -286,6 +317,9 @@ fn start(options: Options) -> Harness {
     .unwrap();
     if options.nodes {
         service = service.with_nodes(Box::new(FakeNodes(removed.clone())));
+    }
+    if let Some(cluster) = options.cluster {
+        service = service.with_cluster(Box::new(FakeCluster(cluster)));
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -501,6 +535,7 @@ fn answer(
             )
             .to_file_text()
         }),
+        cluster: None,
     };
     let out = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
     let mut reply_tag = match reply {
@@ -1087,7 +1122,7 @@ fn a_controller_that_cannot_be_served_does_not_keep_the_lease() {
 }
 
 #[test]
-fn only_the_admitting_controller_takes_controller_joins() {
+fn a_service_without_admission_sends_controllers_elsewhere() {
     let service = start(Options::default());
     let cause = client::ask(
         &service.target(),
@@ -1096,7 +1131,7 @@ fn only_the_admitting_controller_takes_controller_joins() {
     )
     .unwrap_err();
     assert!(
-        matches!(&cause, Cause::Busy(m) if m.contains("first controller")),
+        matches!(&cause, Cause::Busy(m) if m.contains("does not admit controller joins")),
         "{cause:?}"
     );
     assert_eq!(service.minter.calls(), 0);
@@ -1415,4 +1450,123 @@ fn a_service_that_does_not_remove_nodes_says_so() {
         matches!(&cause, Cause::Refused(m) if m.contains("does not remove nodes")),
         "{cause:?}"
     );
+}
+
+fn cluster_request(node: &str) -> Request {
+    Request {
+        kind: RequestKind::Cluster,
+        ..request(JoinRole::Controller, node)
+    }
+}
+
+#[test]
+fn a_controller_learns_whether_a_cluster_exists_only_with_the_secret() {
+    let member = start(Options {
+        cluster: Some(Some(some_cluster())),
+        ..Options::default()
+    });
+    let answer = client::ask(&member.target(), right(), &cluster_request("c1")).unwrap();
+    assert_eq!(answer.cluster, Some(some_cluster()));
+    let stranger = client::ask(&member.target(), wrong(), &cluster_request("c1")).unwrap_err();
+    assert!(
+        matches!(stranger, Cause::Tls(_) | Cause::Refused(_)),
+        "{stranger:?}"
+    );
+    // A node's own credential only lets that node leave.
+    let node_keys = JoinKeys::from_credential(right().pin(), &right().node_secret("w1").unwrap());
+    let by_node = client::ask(
+        &member.target(),
+        &node_keys,
+        &Request {
+            credential: Some("node:w1".into()),
+            ..cluster_request("w1")
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&by_node, Cause::Refused(m) if m.contains("only lets that node leave")),
+        "{by_node:?}"
+    );
+
+    let waiting = start(Options {
+        cluster: Some(None),
+        ..Options::default()
+    });
+    let none = client::ask(&waiting.target(), right(), &cluster_request("c1")).unwrap();
+    assert_eq!((none.status, none.cluster), (Status::Ok, None));
+    let mute = start(Options::default());
+    let unknown = client::ask(&mute.target(), right(), &cluster_request("c1")).unwrap_err();
+    assert!(matches!(unknown, Cause::Failed(_)), "{unknown:?}");
+    assert_eq!(member.minter.calls() + waiting.minter.calls(), 0);
+}
+
+#[test]
+fn a_survey_stops_at_the_first_cluster_and_waits_out_silent_peers() {
+    let waiting = start(Options {
+        cluster: Some(None),
+        ..Options::default()
+    });
+    let member = start(Options {
+        cluster: Some(Some(some_cluster())),
+        ..Options::default()
+    });
+    // Nothing listens here.
+    let silent = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let found = client::survey(
+        right(),
+        &[waiting.target(), member.target(), silent.clone()],
+        "c1",
+        Duration::from_secs(30),
+    );
+    assert_eq!(found.found, Some((member.target(), some_cluster())));
+
+    let start_at = Instant::now();
+    let none = client::survey(
+        right(),
+        &[waiting.target(), silent.clone()],
+        "c1",
+        Duration::from_secs(2),
+    );
+    assert!(none.found.is_none());
+    assert_eq!(none.none, [waiting.target()]);
+    assert_eq!(none.silent.len(), 1);
+    assert_eq!(none.silent[0].0, silent);
+    assert!(
+        start_at.elapsed() >= Duration::from_secs(2),
+        "silent peers get the whole wait"
+    );
+    assert!(start_at.elapsed() < Duration::from_secs(15));
+
+    // Every peer answered "none": no waiting at all.
+    let quick = Instant::now();
+    let all_none = client::survey(right(), &[waiting.target()], "c1", Duration::from_secs(30));
+    assert!(all_none.found.is_none() && all_none.silent.is_empty());
+    assert!(quick.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_controller_takes_a_dead_ones_place_or_waits_while_it_looks_alive() {
+    let service = start(Options {
+        admission: true,
+        ..Options::default()
+    });
+    let target = service.target();
+    let alive =
+        client::ask(&target, right(), &request(JoinRole::Controller, "cp-alive")).unwrap_err();
+    assert!(
+        matches!(&alive, Cause::Busy(m) if m.contains("still Ready")),
+        "{alive:?}"
+    );
+    // The refused joiner does not keep the lease.
+    let replaced = client::ask(
+        &target,
+        right(),
+        &request(JoinRole::Controller, "cp-replaced"),
+    )
+    .unwrap();
+    assert_eq!(replaced.status, Status::Ok);
+    assert_eq!(service.minter.calls(), 1);
 }

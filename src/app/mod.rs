@@ -1,6 +1,7 @@
 //! The commands: each loads what it needs through one [`Session`] and returns a typed
 //! [`Error`] that `main` maps to an exit code.
 
+mod init_check;
 mod leave;
 mod plan_cmd;
 mod preflight_cmd;
@@ -332,6 +333,7 @@ impl Session {
             role: crate::role::Role::InitController,
             reason: "image baking: no role yet".into(),
             decided_at: None,
+            joined_existing: None,
         };
         Ok(crate::node_plan::install_plan(&self.view(&decision, None))?)
     }
@@ -381,6 +383,11 @@ impl Session {
         let mut material = crate::distro::driver(self.image.distro).mint(&ctx, role, ttl)?;
         let secret = self.join_secret()?;
         material.join.services = self.join_services(decision)?;
+        material.join.cluster_id = crate::state::read_json::<crate::state::ClusterRecord>(
+            &self.host,
+            crate::state::CLUSTER_FILE,
+        )
+        .map(|r| r.id);
         material.join.pin = secret
             .as_ref()
             .map(|s| crate::join::JoinKeys::from_secret(s).pin());

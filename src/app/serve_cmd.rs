@@ -9,7 +9,7 @@ use super::{Error, Session};
 use crate::cli::{Cli, ServeArgs};
 use crate::distro::{JoinMaterial, JoinRole};
 use crate::host::{Host, RootedHost};
-use crate::join::{admission::Admission, server, JoinKeys};
+use crate::join::{server, JoinKeys};
 use crate::role::{self, RoleDecision};
 
 /// Mints through the distro driver of this controller.
@@ -30,6 +30,8 @@ impl server::Minter for DistroMinter {
 struct DistroNodes {
     host: RootedHost,
     distro: crate::distro::DistroKind,
+    /// This controller's node name.
+    this_node: String,
 }
 
 impl server::Nodes for DistroNodes {
@@ -42,6 +44,106 @@ impl server::Nodes for DistroNodes {
             ));
         }
         ops.remove(name, drain_timeout).map_err(|e| e.to_string())
+    }
+
+    /// A controller asking for join material has no join material of its own: it is a
+    /// new machine. A Node of its name or address that is NotReady is the machine it
+    /// replaces; that Node and its etcd member go first, so the new one joins in its
+    /// place. Removing a member that is down never costs quorum, but only a control plane
+    /// that has quorum now (its API answers /readyz) may change its membership.
+    fn replace(&self, name: &str, address: std::net::IpAddr) -> Result<Option<String>, String> {
+        let driver = crate::distro::driver(self.distro);
+        let ops = crate::distro::NodeOps::new(&self.host, driver, driver.admin_kubeconfig());
+        let found = ops.find(name, Some(address)).map_err(|e| e.to_string())?;
+        let stale = match found {
+            Some((node, true)) => {
+                if node == name {
+                    // Ready under its own name: the same machine asking again.
+                    return Ok(None);
+                }
+                return Err(format!(
+                    "node {node} still has address {address} and is Ready; a new controller cannot take its place until it is gone"
+                ));
+            }
+            Some((node, false)) => Some(node),
+            None => None,
+        };
+        if !ops.api_ready().map_err(|e| e.to_string())? {
+            return Err("the control plane does not answer /readyz (no quorum?); not changing its membership now".into());
+        }
+        let removed = driver
+            .forget_controller(&self.host, &self.this_node, stale.as_deref(), address)
+            .map_err(|e| e.to_string())?;
+        Ok((!removed.is_empty()).then(|| removed.join(", ")))
+    }
+}
+
+/// The control-plane join lease in the cluster, through this controller's kubectl.
+struct InClusterAdmission {
+    host: RootedHost,
+    distro: crate::distro::DistroKind,
+}
+
+impl InClusterAdmission {
+    fn lease(&self) -> crate::distro::lease::ClusterLease<'_> {
+        crate::distro::lease::ClusterLease {
+            host: &self.host,
+            driver: crate::distro::driver(self.distro),
+            duration: crate::join::admission::LEASE,
+        }
+    }
+}
+
+impl server::Admit for InClusterAdmission {
+    fn acquire(&self, node: &str) -> Result<(), String> {
+        self.lease().acquire(node)
+    }
+
+    fn release(&self, node: &str) {
+        if let Err(e) = self.lease().release(node) {
+            log::warn!("could not release the control-plane join lease of {node}: {e}; it lapses by itself");
+        }
+    }
+}
+
+/// What this controller knows of its cluster, for a first controller asking before it
+/// initialises.
+struct NodeCluster {
+    host: RootedHost,
+    distro: crate::distro::DistroKind,
+    version: String,
+}
+
+impl server::ClusterView for NodeCluster {
+    fn cluster(&self) -> Option<crate::join::proto::ClusterInfo> {
+        use crate::state::{self, ClusterRecord};
+        use sha2::Digest;
+        let record: Option<ClusterRecord> = state::read_json(&self.host, state::CLUSTER_FILE);
+        let done = self
+            .host
+            .exists(std::path::Path::new(state::DONE_FILE))
+            .unwrap_or(false);
+        if record.is_none() && !done {
+            return None;
+        }
+        let driver = crate::distro::driver(self.distro);
+        let ca_hash = self
+            .host
+            .read(std::path::Path::new(driver.layout().ca_cert))
+            .ok()
+            .flatten()
+            .map(|pem| format!("sha256:{}", hex::encode(sha2::Sha256::digest(pem))));
+        let members = driver
+            .controllers(&self.host, driver.admin_kubeconfig())
+            .unwrap_or_default();
+        Some(crate::join::proto::ClusterInfo {
+            // A controller set up before clusters had ids is in a cluster all the same.
+            id: record.map(|r| r.id).unwrap_or_else(|| "unrecorded".into()),
+            distro: self.distro.to_string(),
+            version: self.version.clone(),
+            ca_hash,
+            members,
+        })
     }
 }
 
@@ -67,17 +169,6 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         .listen
         .clone()
         .unwrap_or_else(|| format!("[::]:{port}"));
-    // The first controller admits controller joins, one at a time.
-    let admission = (decision.role == crate::role::Role::InitController).then(|| {
-        let file = session
-            .host
-            .real_path(std::path::Path::new(crate::join::LEASE_FILE))
-            .ok();
-        if let Some(dir) = file.as_ref().and_then(|f| f.parent()) {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        Admission::new(file, crate::join::admission::LEASE)
-    });
     let keys = JoinKeys::from_secret(&secret);
     let credentials_file = session
         .host
@@ -85,6 +176,7 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
     let nodes = DistroNodes {
         host: session.host.clone(),
         distro: session.image.distro,
+        this_node: session.node_name(),
     };
     let ttl = session.config.join.token_ttl;
     let max_per_peer = args.max_per_peer;
@@ -92,6 +184,17 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         "{} {}",
         session.image.distro, session.image.metadata.version
     );
+    // Every controller admits controller joins, one at a time, from the lease in the
+    // cluster; and answers whether a cluster exists.
+    let admission = InClusterAdmission {
+        host: session.host.clone(),
+        distro: session.image.distro,
+    };
+    let cluster = NodeCluster {
+        host: session.host.clone(),
+        distro: session.image.distro,
+        version: session.image.metadata.version.clone(),
+    };
     let minter = DistroMinter { session, decision };
     let service = server::Service::new(
         keys,
@@ -99,10 +202,12 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         Box::new(crate::join::manual::CredentialStore {
             file: credentials_file,
         }),
-        admission,
+        None,
         ttl,
     )
     .map_err(Error::Failed)?
+    .with_admission(Box::new(admission))
+    .with_cluster(Box::new(cluster))
     .with_max_per_peer(max_per_peer)
     .with_nodes(Box::new(nodes));
     // `[::]` takes IPv4 too on Linux; a host without IPv6 gets 0.0.0.0.

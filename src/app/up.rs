@@ -39,6 +39,9 @@ pub(super) fn run(cli: &Cli, args: &UpArgs) -> Result<(), Error> {
 
 fn converge(cli: &Cli, session: &mut Session) -> Result<(), Error> {
     let host = &session.host;
+    let new_cluster = matches!(&cli.command, Some(crate::cli::Command::Up(a)) if a.new_cluster);
+    let computed = role::resolve(host, &session.config, &session.facts, false)?;
+    super::init_check::settle(session, &computed, new_cluster)?;
     let decision = role::resolve(host, &session.config, &session.facts, true)?;
     log::info!(
         "node {} is a {} of a {} {} cluster ({})",
@@ -123,6 +126,7 @@ fn converge(cli: &Cli, session: &mut Session) -> Result<(), Error> {
         }
     }
 
+    record_cluster(session, &decision)?;
     let marker_present = host.exists(Path::new(state::DONE_FILE))?;
     if !report.applied.is_empty() || !marker_present {
         state::write_json(
@@ -240,6 +244,11 @@ fn fetch_material(
         // Nothing to ask with: the caller reports the missing material.
         return Ok(false);
     };
+    // While it waits, a controller tells a first controller asking "is there a cluster?"
+    // that it belongs to none yet (only with the cluster's keys: a join line's differ).
+    let _answering = (role == JoinRole::Controller && access.credential.is_none())
+        .then(|| crate::join::responder::start(access.keys.clone(), session.config.join.port))
+        .flatten();
     let fetch = crate::join::Fetch {
         targets: access.targets.clone(),
         node: session.node_name(),
@@ -309,6 +318,35 @@ fn release_lease(session: &Session, access: &JoinAccess) {
     ) {
         log::warn!("could not release the control-plane join lease ({cause}); it lapses by itself");
     }
+}
+
+/// Records which cluster this node belongs to (once): the id the first controller chose,
+/// as join material carries it.
+fn record_cluster(session: &Session, decision: &role::RoleDecision) -> Result<(), Error> {
+    let host = &session.host;
+    if host.exists(Path::new(state::CLUSTER_FILE))? {
+        return Ok(());
+    }
+    let id = if decision.role.joins() {
+        crate::distro::JoinMaterial::load(host)
+            .map_err(crate::distro::DistroError::from)?
+            .and_then(|m| m.join.cluster_id)
+    } else {
+        Some(
+            crate::random::hex(16)
+                .map_err(|e| Error::Failed(format!("cannot choose a cluster id: {e}")))?,
+        )
+    };
+    let Some(id) = id else {
+        return Ok(());
+    };
+    let record = state::ClusterRecord {
+        id,
+        distro: session.image.distro.to_string(),
+        since: state::now_rfc3339(),
+    };
+    state::write_json(host, state::CLUSTER_FILE, &record)?;
+    Ok(())
 }
 
 fn record_failure(host: &dyn Host, error: &Error) {

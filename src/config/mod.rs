@@ -131,7 +131,7 @@ pub struct NodeConfig {
 }
 
 /// The cluster this node belongs to.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Controller addresses or names; `[0]` initialises, the others join it.
@@ -156,6 +156,26 @@ pub struct ClusterConfig {
     /// Whether controllers also run workloads; unset, each distro's default (k3s: yes;
     /// k0s and kubeadm: only on a one-node cluster).
     pub controller_workloads: Option<bool>,
+    /// How long `controllers[0]`, before it initialises, waits for the other controllers
+    /// to say whether a cluster already exists (those that stay silent that long count
+    /// as "no cluster").
+    #[serde(with = "crate::duration_serde")]
+    pub init_wait: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            controllers: Vec::new(),
+            endpoint: None,
+            join_secret: None,
+            join_secret_file: None,
+            pod_cidr: None,
+            service_cidr: None,
+            controller_workloads: None,
+            init_wait: Duration::from_secs(120),
+        }
+    }
 }
 
 /// Where the cluster image comes from.

@@ -156,6 +156,7 @@ const LAYOUT: Layout = Layout {
         "the worker has joined (its kubelet kubeconfig exists)",
         Joined::FileExists(NODE_KUBECONFIG),
     ),
+    ca_cert: "/var/lib/k0s/pki/ca.crt",
 };
 
 impl Distro for K0s {
@@ -268,6 +269,50 @@ impl Distro for K0s {
             .as_object()
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default())
+    }
+
+    /// The Node (a controller with workloads has one) and, since k0s does not remove a
+    /// member by itself, the etcd member at `address`.
+    fn forget_controller(
+        &self,
+        host: &dyn crate::host::Host,
+        _this_node: &str,
+        name: Option<&str>,
+        address: std::net::IpAddr,
+    ) -> Result<Vec<String>, DistroError> {
+        let mut removed = Vec::new();
+        if let Some(name) = name {
+            let command =
+                self.kubectl(ADMIN_KUBECONFIG)
+                    .args(["delete", "node", name, "--ignore-not-found"]);
+            host.run_checked(&command)?;
+            removed.push(format!("node {name}"));
+        }
+        let list = host.run_checked(&CommandSpec::new(BIN).args(["etcd", "member-list"]))?;
+        let members: Value =
+            serde_json::from_slice(&list.stdout).map_err(|e| DistroError::Cluster {
+                what: "k0s etcd member-list".into(),
+                reason: format!("unreadable: {e}"),
+            })?;
+        let peer = super::host_port(&address.to_string(), 2380);
+        let member = members["members"].as_object().and_then(|m| {
+            m.iter()
+                .find(|(_, url)| {
+                    url.as_str()
+                        .is_some_and(|u| u.ends_with(&format!("//{peer}")))
+                })
+                .map(|(n, _)| n.clone())
+        });
+        if let Some(member) = member {
+            host.run_checked(&CommandSpec::new(BIN).args([
+                "etcd".to_owned(),
+                "leave".to_owned(),
+                "--peer-address".to_owned(),
+                address.to_string(),
+            ]))?;
+            removed.push(format!("etcd member {member} ({peer})"));
+        }
+        Ok(removed)
     }
 
     fn leave_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {

@@ -228,6 +228,7 @@ const LAYOUT: Layout = Layout {
         "the agent has registered with a server (its kubelet kubeconfig exists)",
         Joined::FileExists(AGENT_KUBECONFIG),
     ),
+    ca_cert: "/var/lib/rancher/k3s/server/tls/server-ca.crt",
 };
 
 impl Distro for K3s {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 #[cfg(test)]
@@ -116,6 +116,7 @@ const LAYOUT: Layout = Layout {
         "the kubelet runs with its cluster credentials",
         Joined::Active(KUBELET_UNIT),
     ),
+    ca_cert: CA_CERT,
 };
 
 impl Distro for Kubeadm {
@@ -293,6 +294,61 @@ impl Distro for Kubeadm {
             material.certificate_key = Some(certificate_key_for_join(ctx)?);
         }
         Ok(material)
+    }
+
+    /// The Node, then its stacked etcd member, removed with etcdctl in this controller's
+    /// etcd static pod (kubeadm removes a member only on `kubeadm reset` of that node).
+    fn forget_controller(
+        &self,
+        host: &dyn crate::host::Host,
+        this_node: &str,
+        name: Option<&str>,
+        address: std::net::IpAddr,
+    ) -> Result<Vec<String>, DistroError> {
+        let mut removed = Vec::new();
+        if let Some(name) = name {
+            let command =
+                self.kubectl(ADMIN_KUBECONFIG)
+                    .args(["delete", "node", name, "--ignore-not-found"]);
+            host.run_checked(&command)?;
+            removed.push(format!("node {name}"));
+        }
+        let etcdctl = |args: &[&str]| {
+            let pod = format!("etcd-{this_node}");
+            self.kubectl(ADMIN_KUBECONFIG)
+                .args(["-n", "kube-system", "exec", pod.as_str(), "--", "etcdctl"])
+                .args([
+                    "--endpoints=https://127.0.0.1:2379",
+                    "--cacert=/etc/kubernetes/pki/etcd/ca.crt",
+                    "--cert=/etc/kubernetes/pki/etcd/server.crt",
+                    "--key=/etc/kubernetes/pki/etcd/server.key",
+                ])
+                .args(args.iter().copied())
+        };
+        let list = host.run_checked(&etcdctl(&["member", "list", "-w", "json"]))?;
+        let members: Value =
+            serde_json::from_slice(&list.stdout).map_err(|e| DistroError::Cluster {
+                what: "etcdctl member list".into(),
+                reason: format!("unreadable: {e}"),
+            })?;
+        let peer = format!("https://{}", super::host_port(&address.to_string(), 2380));
+        let stale = members["members"].as_array().and_then(|all| {
+            all.iter().find(|m| {
+                m["peerURLs"]
+                    .as_array()
+                    .is_some_and(|urls| urls.iter().any(|u| u == &Value::from(peer.as_str())))
+            })
+        });
+        if let Some(member) = stale {
+            let id = member["ID"].as_u64().unwrap_or_default();
+            let hex_id = format!("{id:x}");
+            host.run_checked(&etcdctl(&["member", "remove", hex_id.as_str()]))?;
+            removed.push(format!(
+                "etcd member {} ({peer})",
+                member["name"].as_str().unwrap_or(&hex_id)
+            ));
+        }
+        Ok(removed)
     }
 
     fn leave_steps(&self, _ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {

@@ -70,6 +70,8 @@ pub struct JoinAccess {
     /// Controllers: the cluster's join secret, so this controller's join service has
     /// the same identity as the others'.
     pub secret: Option<Secret>,
+    /// The id the cluster was given when it was initialised; every node records it.
+    pub cluster_id: Option<String>,
 }
 
 /// The file form: the same fields, secrets in the clear (the file is 0600 and never
@@ -107,6 +109,8 @@ struct Wire {
     node_credential: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     join_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<String>,
 }
 
 /// Why join material could not be read.
@@ -149,6 +153,7 @@ impl JoinMaterial {
                 .as_ref()
                 .map(|c| c.expose().to_owned()),
             join_secret: self.join.secret.as_ref().map(|s| s.expose().to_owned()),
+            cluster_id: self.join.cluster_id.clone(),
         };
         let mut text = serde_json::to_string_pretty(&wire).unwrap_or_default();
         text.push('\n');
@@ -222,6 +227,7 @@ impl JoinMaterial {
                 pin: join_pin,
                 node_credential: wire.node_credential.map(Secret::new),
                 secret: wire.join_secret.map(Secret::new),
+                cluster_id: wire.cluster_id,
             },
         })
     }
@@ -271,6 +277,7 @@ mod tests {
                 pin: Some([3u8; 32]),
                 node_credential: Some(Secret::new("node-credential-1")),
                 secret: Some(Secret::new("join-secret-1")),
+                cluster_id: Some("c0ffee".into()),
             },
         }
     }

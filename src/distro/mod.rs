@@ -7,6 +7,7 @@ pub mod k0s;
 pub mod k3s;
 pub mod kubeadm;
 mod kubeadm_config;
+pub mod lease;
 pub mod material;
 pub mod node_ops;
 pub mod skew;
@@ -238,6 +239,8 @@ pub struct Layout {
     pub units: (&'static str, &'static str),
     /// What shows that a worker has joined, and why it does.
     pub worker_joined: (&'static str, Joined),
+    /// The cluster CA certificate on a controller.
+    pub ca_cert: &'static str,
 }
 
 /// A sign that a worker has joined.
@@ -336,6 +339,33 @@ pub trait Distro {
             .split_whitespace()
             .map(str::to_owned)
             .collect())
+    }
+
+    /// Removes a controller whose machine is gone from the cluster, through this live
+    /// controller (`this_node`): its Node (`name`, when it has one) and its etcd member
+    /// (by `address`). What was removed, for the logs.
+    fn forget_controller(
+        &self,
+        host: &dyn Host,
+        this_node: &str,
+        name: Option<&str>,
+        address: IpAddr,
+    ) -> Result<Vec<String>, DistroError> {
+        let _ = (this_node, address);
+        // k3s and kubeadm-style defaults: deleting the Node is what removes the member
+        // where the distro does that itself (k3s's etcd controller).
+        let mut removed = Vec::new();
+        if let Some(name) = name {
+            let command = self.kubectl(self.admin_kubeconfig()).args([
+                "delete",
+                "node",
+                name,
+                "--ignore-not-found",
+            ]);
+            host.run_checked(&command)?;
+            removed.push(format!("node {name} and its etcd member"));
+        }
+        Ok(removed)
     }
 
     /// What leaving takes beyond drain and delete (an etcd member the distro does not

@@ -61,6 +61,55 @@ impl<'a> NodeOps<'a> {
         .into())
     }
 
+    /// The node named `name`, or else one whose InternalIP is `address`: its name and
+    /// whether it is Ready.
+    pub fn find(
+        &self,
+        name: &str,
+        address: Option<std::net::IpAddr>,
+    ) -> Result<Option<(String, bool)>, DistroError> {
+        let command = self.kubectl(["get", "nodes", "-o", "json"]);
+        let output = self.host.run_checked(&command)?;
+        let list: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(|e| DistroError::Cluster {
+                what: command.to_string(),
+                reason: format!("unreadable node list: {e}"),
+            })?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let ready = |node: &serde_json::Value| {
+            node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        };
+        let has_address = |node: &serde_json::Value| {
+            address.is_some_and(|a| {
+                node["status"]["addresses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["type"] == "InternalIP" && x["address"] == a.to_string())
+            })
+        };
+        let by_name = items.iter().find(|n| n["metadata"]["name"] == name);
+        let found = by_name.or_else(|| items.iter().find(|n| has_address(n)));
+        Ok(found.map(|n| {
+            (
+                n["metadata"]["name"].as_str().unwrap_or(name).to_owned(),
+                ready(n),
+            )
+        }))
+    }
+
+    /// Whether the API server answers `/readyz` (with etcd: its quorum holds).
+    pub fn api_ready(&self) -> Result<bool, DistroError> {
+        let command = self
+            .kubectl(["get", "--raw", "/readyz"])
+            .timeout(Duration::from_secs(20));
+        Ok(self.host.run(&command)?.success())
+    }
+
     /// Whether node `name` is one of the cluster's controllers.
     pub fn is_controller(&self, name: &str) -> Result<bool, DistroError> {
         Ok(self

@@ -94,6 +94,12 @@ impl CommandSpec {
         self.timeout = timeout;
         self
     }
+
+    /// Feeds `input` on standard input (never in argv or logs).
+    pub fn stdin(mut self, input: Secret) -> Self {
+        self.stdin = Some(input);
+        self
+    }
 }
 
 impl fmt::Display for CommandSpec {

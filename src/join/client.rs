@@ -1,6 +1,7 @@
 //! The joiner's side: ask the controllers in turn for join material, with exponential
 //! backoff and full jitter until a deadline, logging why each try failed.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -299,6 +300,70 @@ pub fn release(
         std::thread::sleep(backoff.delay(round).min(left));
     }
     Err(last)
+}
+
+/// What the other controllers said when asked whether a cluster exists.
+#[derive(Debug, Clone, Default)]
+pub struct Survey {
+    /// The first controller that belongs to a cluster, and that cluster.
+    pub found: Option<(String, super::proto::ClusterInfo)>,
+    /// Controllers that answered: no cluster here.
+    pub none: Vec<String>,
+    /// Controllers that could not be asked, with the last cause.
+    pub silent: Vec<(String, String)>,
+}
+
+/// Asks every target whether it belongs to a cluster, again and again until one says
+/// yes, every one has said no, or `wait` has passed (then the rest count as silent).
+pub fn survey(keys: &JoinKeys, targets: &[String], node: &str, wait: Duration) -> Survey {
+    let request = Request {
+        version: 1,
+        kind: RequestKind::Cluster,
+        role: JoinRole::Controller,
+        node: node.to_owned(),
+        credential: None,
+        drain_timeout_secs: None,
+    };
+    let start = Instant::now();
+    let backoff = Backoff::default();
+    let mut survey = Survey::default();
+    let mut pending: Vec<String> = targets.to_vec();
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for round in 0.. {
+        let mut still = Vec::new();
+        for target in pending {
+            match ask_within(&target, keys, &request, Duration::from_secs(5)) {
+                Ok(Response {
+                    cluster: Some(cluster),
+                    ..
+                }) => {
+                    survey.found = Some((target, cluster));
+                    return survey;
+                }
+                Ok(_) => survey.none.push(target),
+                // A refusal (wrong secret) or a broken answer will not change by asking
+                // again: the node is counted as silent, not as "no cluster".
+                Err(cause @ (Cause::Refused(_) | Cause::Protocol(_) | Cause::Tls(_))) => {
+                    survey.silent.push((target, cause.to_string()));
+                }
+                Err(cause) => {
+                    last.insert(target.clone(), cause.to_string());
+                    still.push(target);
+                }
+            }
+        }
+        pending = still;
+        let left = wait.saturating_sub(start.elapsed());
+        if pending.is_empty() || left.is_zero() {
+            break;
+        }
+        std::thread::sleep(backoff.delay(round).min(left).min(Duration::from_secs(5)));
+    }
+    for target in pending {
+        let cause = last.remove(&target).unwrap_or_default();
+        survey.silent.push((target, cause));
+    }
+    survey
 }
 
 /// Asks a controller's join service to cordon, drain and delete worker `node`: each

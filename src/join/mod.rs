@@ -6,6 +6,7 @@ pub mod client;
 pub mod keys;
 pub mod manual;
 pub mod proto;
+pub mod responder;
 pub mod server;
 pub mod tls;
 

@@ -29,6 +29,9 @@ pub enum RequestKind {
     Release,
     /// A worker asks to be cordoned, drained and deleted from the cluster.
     Leave,
+    /// A controller about to initialise asks whether this node already belongs to a
+    /// cluster (answered by joining controllers too, with none).
+    Cluster,
 }
 
 /// A request.
@@ -73,6 +76,36 @@ pub struct Response {
     /// The join material's file text (see `distro::material`), with `Ok` to a join.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub material: Option<String>,
+    /// With `Ok` to [`RequestKind::Cluster`]: the cluster this node belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+}
+
+impl Response {
+    /// An answer without material or cluster.
+    pub fn plain(status: Status, message: impl Into<String>) -> Response {
+        Response {
+            status,
+            message: message.into(),
+            material: None,
+            cluster: None,
+        }
+    }
+}
+
+/// A cluster as one of its controllers knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Chosen when the cluster was initialised; every node records it.
+    pub id: String,
+    pub distro: String,
+    pub version: String,
+    /// `sha256:<hex>` of the cluster CA certificate, when the controller can read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_hash: Option<String>,
+    /// The controllers the answering node knows of.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 /// A broken frame.

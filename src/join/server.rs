@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::admission::Admission;
 use super::keys::JoinKeys;
-use super::proto::{self, Request, RequestKind, Response, Status};
+use super::proto::{self, ClusterInfo, Request, RequestKind, Response, Status};
 use crate::distro::{JoinMaterial, JoinRole};
 
 /// Worker threads serving connections.
@@ -45,6 +45,43 @@ pub trait Nodes: Send + Sync {
     /// Cordons, drains (within `drain_timeout`) and deletes worker node `name`; what was
     /// done, or why it could not be.
     fn remove(&self, name: &str, drain_timeout: Duration) -> Result<String, String>;
+
+    /// Before controller `name` at `address` gets join material: removes a controller of
+    /// that name or address whose machine is gone (a replaced first controller), so the
+    /// new one joins in its place. `Ok(Some(what))` when something was removed; `Err`
+    /// when the joiner must wait (the old node still looks alive, or quorum is lost).
+    fn replace(&self, name: &str, address: IpAddr) -> Result<Option<String>, String> {
+        let _ = (name, address);
+        Ok(None)
+    }
+}
+
+/// Control-plane admission: one controller joins at a time. The lease may live in a file
+/// of this node ([`Admission`]) or in the cluster, where every controller's join service
+/// grants from the same lease.
+pub trait Admit: Send + Sync {
+    /// Gives the lease to `node` (again, if it holds it); `Err` says who holds it, or why
+    /// the lease cannot be read now.
+    fn acquire(&self, node: &str) -> Result<(), String>;
+    /// Ends `node`'s lease (a no-op for anyone else).
+    fn release(&self, node: &str);
+}
+
+impl Admit for Mutex<Admission> {
+    fn acquire(&self, node: &str) -> Result<(), String> {
+        lock(self).acquire(node)
+    }
+
+    fn release(&self, node: &str) {
+        lock(self).release(node)
+    }
+}
+
+/// What this node knows of the cluster it belongs to, for [`RequestKind::Cluster`].
+pub trait ClusterView: Send + Sync {
+    /// The cluster, or `None` while this node belongs to none (a controller still waiting
+    /// to join, or about to initialise).
+    fn cluster(&self) -> Option<ClusterInfo>;
 }
 
 /// The longest drain a leave request may ask for.
@@ -76,8 +113,10 @@ pub struct Service {
     tls: Arc<rustls::ServerConfig>,
     minter: Box<dyn Minter>,
     credentials: Box<dyn Credentials>,
-    /// `Some` on the node that admits controller joins (the first controller).
-    admission: Option<Mutex<Admission>>,
+    /// `Some` on a node that admits controller joins.
+    admission: Option<Box<dyn Admit>>,
+    /// `None`: this service does not answer whether a cluster exists.
+    cluster: Option<Box<dyn ClusterView>>,
     ttl: Duration,
     cache: Mutex<HashMap<JoinRole, JoinMaterial>>,
     /// One mint at a time: concurrent joiners wait for the one mint and share it.
@@ -100,7 +139,8 @@ impl Service {
             keys,
             minter,
             credentials,
-            admission: admission.map(Mutex::new),
+            admission: admission.map(|a| Box::new(Mutex::new(a)) as Box<dyn Admit>),
+            cluster: None,
             ttl,
             cache: Mutex::new(HashMap::new()),
             minting: Mutex::new(()),
@@ -113,6 +153,18 @@ impl Service {
     /// Lets workers ask this service to remove them from the cluster.
     pub fn with_nodes(mut self, nodes: Box<dyn Nodes>) -> Self {
         self.nodes = Some(nodes);
+        self
+    }
+
+    /// Admits controller joins through `admission` (a lease in the cluster, say).
+    pub fn with_admission(mut self, admission: Box<dyn Admit>) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// Answers whether a cluster exists from `view`.
+    pub fn with_cluster(mut self, view: Box<dyn ClusterView>) -> Self {
+        self.cluster = Some(view);
         self
     }
 
@@ -136,11 +188,7 @@ impl Service {
     }
 
     fn answer(&self, request: &Request, peer: SocketAddr) -> Response {
-        let reply = |status, message: String| Response {
-            status,
-            message,
-            material: None,
-        };
+        let reply = |status, message: String| Response::plain(status, message);
         if request.version != 1 {
             return reply(
                 Status::Refused,
@@ -159,14 +207,35 @@ impl Service {
                 "only a controller gives the admission lease back".into(),
             );
         }
+        if request.kind == RequestKind::Cluster {
+            let Some(view) = &self.cluster else {
+                return reply(
+                    Status::Failed,
+                    "this join service does not know its cluster".into(),
+                );
+            };
+            let cluster = view.cluster();
+            log::info!(
+                "{} ({peer}) asks whether a cluster exists: {}",
+                request.node,
+                cluster
+                    .as_ref()
+                    .map(|c| format!("cluster {}", c.id))
+                    .unwrap_or_else(|| "none here".into())
+            );
+            return Response {
+                cluster,
+                ..Response::plain(Status::Ok, "ok")
+            };
+        }
         if request.role == JoinRole::Controller || request.kind == RequestKind::Release {
             let Some(admission) = &self.admission else {
                 return reply(
                     Status::Busy,
-                    "controller joins are admitted by the first controller; try it".into(),
+                    "this join service does not admit controller joins; ask another controller"
+                        .into(),
                 );
             };
-            let mut admission = lock(admission);
             if request.kind == RequestKind::Release {
                 admission.release(&request.node);
                 log::info!(
@@ -178,6 +247,20 @@ impl Service {
             if let Err(busy) = admission.acquire(&request.node) {
                 log::info!("{} ({peer}) waits: {busy}", request.node);
                 return reply(Status::Busy, busy);
+            }
+            if let Some(nodes) = &self.nodes {
+                match nodes.replace(&request.node, peer.ip().to_canonical()) {
+                    Ok(Some(removed)) => log::warn!(
+                        "{} ({peer}) takes the place of a controller that is gone: removed {removed}",
+                        request.node
+                    ),
+                    Ok(None) => {}
+                    Err(why) => {
+                        admission.release(&request.node);
+                        log::info!("{} ({peer}) waits: {why}", request.node);
+                        return reply(Status::Busy, why);
+                    }
+                }
             }
         }
         match self.material(request.role) {
@@ -194,15 +277,14 @@ impl Service {
                     material.join.pin = Some(self.keys.pin());
                 }
                 Response {
-                    status: Status::Ok,
-                    message: "ok".into(),
                     material: Some(material.to_file_text()),
+                    ..Response::plain(Status::Ok, "ok")
                 }
             }
             Err(why) => {
                 if request.role == JoinRole::Controller {
                     if let Some(admission) = &self.admission {
-                        lock(admission).release(&request.node);
+                        admission.release(&request.node);
                     }
                 }
                 log::info!("{} ({peer}): not ready: {why}", request.node);
@@ -213,11 +295,7 @@ impl Service {
 
     /// A worker's leave: cordon, drain and delete it through this controller.
     fn leave(&self, request: &Request, peer: SocketAddr) -> Response {
-        let reply = |status, message: String| Response {
-            status,
-            message,
-            material: None,
-        };
+        let reply = |status, message: String| Response::plain(status, message);
         if request.role != JoinRole::Worker {
             return reply(
                 Status::Refused,
@@ -283,11 +361,7 @@ impl Service {
         let authentic = key.as_ref().is_some_and(|(key, _)| {
             proto::verify(key, proto::REQUEST_LABEL, &binding, &body, &tag)
         });
-        let refuse = |message: &str| Response {
-            status: Status::Refused,
-            message: message.into(),
-            material: None,
-        };
+        let refuse = |message: &str| Response::plain(Status::Refused, message);
         let response = match (&request, authentic) {
             (Some(request), true) => match key.as_ref().map(|(_, scope)| scope) {
                 Some(Scope::Manual(role)) if *role != request.role => {

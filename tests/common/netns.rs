@@ -253,6 +253,25 @@ impl Lab {
         (code, fs::read_to_string(out).unwrap_or_default())
     }
 
+    /// Kills every process inside the node's namespace (its machine is gone).
+    pub fn kill_all(&self, node: &str) {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &self.ns(node)])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
     /// Everything the processes wrote, for failure messages.
     pub fn dump(&self) -> String {
         let mut out = String::new();

@@ -455,6 +455,12 @@ def daemon_controller(flags, c, name):
         why = check_join_token(c, read_token_file(flags["token-file"]), "controller")
         if why:
             state.die(f"Error: failed to join controller: {why}")
+        peer = (_get(cfg, "spec.storage.etcd.peerAddress") or _get(cfg, "spec.api.address")
+                or "")
+        if peer and peer in c["etcd"].values():
+            # etcd's MemberAdd refuses a peer URL a member (a dead one, say) still has.
+            state.die(f"Error: failed to join controller: etcdserver: Peer URLs already exists "
+                      f"(https://{peer}:2380)")
         state.write_file(f"{d}/pki/ca.crt", c["ca_pem"], 0o644)
         state.write_file(f"{d}/pki/ca.key", k.get("ca_key") or "", 0o600)
     elif not ca_crt.exists():

@@ -654,6 +654,11 @@ def join_control_plane(c, k, name, key, advertise, port):
     if key != k.get("certificate_key"):
         state.die(f"{phase}error downloading certs: error decoding certificate key: cipher: "
                   "message authentication failed")
+    if advertise in c["etcd"].values():
+        # etcd's MemberAdd refuses a peer URL a member (a dead one, say) still has.
+        state.die("error execution phase control-plane-join/etcd: error creating local etcd "
+                  "static pod manifest file: etcdserver: Peer URLs already exists "
+                  f"(https://{advertise}:2380)")
     for f, text in (k.get("certs") or {}).items():
         state.write_file(f"{PKI}/{f}", text, 0o600 if f.endswith(".key") else 0o644)
     write_control_plane(c, name, c["version"], k["endpoint"], advertise,

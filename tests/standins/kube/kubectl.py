@@ -115,6 +115,10 @@ def kubectl_main(args, default_kubeconfig=None):
         return cmd_version(args, default_kubeconfig)
     from kube import kubectl_ops
 
+    if verb in ("create", "replace"):
+        from kube import kubectl_leases
+
+        return getattr(kubectl_leases, verb)(args, default_kubeconfig)
     if verb in kubectl_ops.VERBS:
         return kubectl_ops.VERBS[verb](args, default_kubeconfig)
     fail(f'error: unknown command "{verb}" for "kubectl"')
@@ -232,6 +236,10 @@ def cmd_get(args, default_kubeconfig):
     if "/" in kind:
         kind, _, first = kind.partition("/")
         names = [first, *names]
+    from kube import kubectl_leases
+
+    if kind in kubectl_leases.KINDS:
+        return kubectl_leases.get(args, default_kubeconfig, names)
     with state.cluster() as c:
         conn.check(c)
         nodes = dict(c["nodes"])

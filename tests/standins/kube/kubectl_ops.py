@@ -1,5 +1,6 @@
 """kubectl's mutating verbs against the stand-in cluster: drain, cordon, uncordon,
 delete node, label node, taint node, apply -f (see kube/kubectl.py for the rest)."""
+import hashlib
 import json
 import re
 import sys
@@ -125,10 +126,13 @@ def cmd_delete(args, default_kubeconfig):
                 if flags.get("ignore-not-found"):
                     continue
                 fail(f'Error from server (NotFound): nodes "{name}" not found')
-            # Deleting the Node also removes its etcd member (k3s) and its password Secret.
+            # Deleting a k3s Node also removes its etcd member (k3s's etcd controller) and
+            # its password Secret; k0s and kubeadm members stay until removed in etcd.
+            k3s = c["nodes"][name].get("distro") == "k3s"
             del c["nodes"][name]
             c["api_up"].pop(name, None)
-            c["etcd"].pop(name, None)
+            if k3s:
+                c["etcd"].pop(name, None)
             gone.append(name)
     for name in gone:
         print(f'node "{name}" deleted')
@@ -315,5 +319,50 @@ def cmd_apply(args, default_kubeconfig):
     return 0
 
 
-VERBS = {"drain": cmd_drain, "cordon": cmd_cordon, "uncordon": cmd_uncordon,
+def cmd_exec(args, default_kubeconfig):
+    """`kubectl exec etcd-NODE -- etcdctl … member list -w json | member remove HEXID`:
+    the one exec bootstrap does, into a kubeadm control plane's etcd static pod."""
+    if "--" not in args:
+        fail("error: you must specify at least one command for the container")
+    cut = args.index("--")
+    flags, pos = parse(args[:cut], {"container": True, "stdin": False, "tty": False},
+                       {"c": "container", "i": "stdin", "t": "tty"})
+    command = args[cut + 1:]
+    if len(pos) != 1 or not pos[0].startswith("etcd-") or command[:1] != ["etcdctl"]:
+        fail("error: the stand-in execs only etcdctl in an etcd-NODE pod")
+    if flags.get("namespace") != "kube-system":
+        fail(f'Error from server (NotFound): pods "{pos[0]}" not found')
+    words = [w for w in command[1:] if not w.startswith("--")]
+    needed = ("--endpoints=", "--cacert=", "--cert=", "--key=")
+    if not all(any(w.startswith(n) for w in command) for n in needed):
+        fail("Error: context deadline exceeded (etcdctl needs --endpoints and the client TLS "
+             "files inside the pod)")
+    conn = Conn(flags, default_kubeconfig)
+    conn.forbid_node_identity(f'pods "{pos[0]}"')
+
+    def member_id(name):
+        return int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
+
+    with state.cluster() as c:
+        conn.check(c)
+        if pos[0][len("etcd-"):] not in c["etcd"]:
+            fail(f'Error from server (NotFound): pods "{pos[0]}" not found')
+        if words[:2] == ["member", "list"]:
+            members = [{"ID": member_id(n), "name": n,
+                        "peerURLs": [f"https://{p}:2380"],
+                        "clientURLs": [f"https://{p}:2379"]}
+                       for n, p in sorted(c["etcd"].items())]
+            print(json.dumps({"header": {"cluster_id": 1}, "members": members}))
+            return 0
+        if words[:2] == ["member", "remove"] and len(words) == 3:
+            for n in list(c["etcd"]):
+                if format(member_id(n), "x") == words[2]:
+                    del c["etcd"][n]
+                    print(f"Member {words[2]} removed from cluster 1")
+                    return 0
+            fail(f"Error: etcdserver: member not found ({words[2]})")
+    fail(f"Error: unknown command {' '.join(words)!r} for the etcdctl stand-in")
+
+
+VERBS = {"exec": cmd_exec, "drain": cmd_drain, "cordon": cmd_cordon, "uncordon": cmd_uncordon,
          "delete": cmd_delete, "label": cmd_label, "taint": cmd_taint, "apply": cmd_apply}
