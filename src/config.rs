@@ -226,6 +226,24 @@ pub struct PreflightConfig {
     pub ignore: Vec<String>,
 }
 
+/// The shortest lifetime of a minted join token (`join.token_ttl`, `token create --ttl`).
+pub const TOKEN_TTL_MIN: Duration = Duration::from_secs(60);
+/// The longest lifetime of a minted join token: a leaked one is good for no longer.
+pub const TOKEN_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether `ttl` is a lifetime join tokens may have; `Err` says what is expected.
+pub fn check_token_ttl(ttl: Duration) -> Result<(), String> {
+    if (TOKEN_TTL_MIN..=TOKEN_TTL_MAX).contains(&ttl) {
+        Ok(())
+    } else {
+        // humantime would write 24h as "1day".
+        Err(format!(
+            "expected a duration from 1m to 24h, got {}",
+            humantime::format_duration(ttl)
+        ))
+    }
+}
+
 /// Ports a distro binds on some node; the registry and join service must not take them.
 const RESERVED_PORTS: [u16; 9] = [2379, 2380, 6443, 6444, 8132, 9443, 10250, 10257, 10259];
 
@@ -726,15 +744,8 @@ impl Config {
                 format!("port {} is already registry.port", self.join.port),
             ));
         }
-        let ttl = self.join.token_ttl;
-        if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(24 * 3600) {
-            errors.push(err(
-                "join.token_ttl",
-                format!(
-                    "expected a duration from 1m to 24h, got {}",
-                    humantime::format_duration(ttl)
-                ),
-            ));
+        if let Err(what) = check_token_ttl(self.join.token_ttl) {
+            errors.push(err("join.token_ttl", what));
         }
         for (i, name) in self.preflight.ignore.iter().enumerate() {
             if !crate::preflight::CHECK_NAMES.contains(&name.as_str()) {

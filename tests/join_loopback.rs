@@ -134,6 +134,18 @@ fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
         "{}",
         run.all()
     );
+    // A lifetime under a second became a token that never expires (`0h0m0s`), and a
+    // century was taken as asked: --ttl keeps to join.token_ttl's range.
+    for ttl in ["500ms", "59s", "25h", "100y"] {
+        let run = a.run(&["token", "create", "worker", "--ttl", ttl]);
+        run.assert_code(2);
+        assert!(
+            run.stderr.contains(&format!("--ttl {ttl}: expected a duration from 1m to 24h")),
+            "{}",
+            run.all()
+        );
+        assert!(run.stdout.is_empty(), "a line was printed: {}", run.stdout);
+    }
     let run = a.run(&["token", "create", "worker", "--ttl", "10m"]);
     run.assert_code(0);
     let line = run.stdout.trim().to_owned();

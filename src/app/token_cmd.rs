@@ -28,17 +28,21 @@ pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
         }
     };
     let join_role = &join_role;
-    let session = Session::open(cli)?;
     let ttl = match ttl {
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|e| Error::Usage(format!("--ttl {text:?}: {e} (e.g. 30m, 2h)")))?,
-        None => session.config.join.token_ttl,
+        Some(text) => {
+            let ttl = humantime::parse_duration(text)
+                .map_err(|e| Error::Usage(format!("--ttl {text:?}: {e} (e.g. 30m, 2h)")))?;
+            // The distros round a lifetime under a second down to 0, which kubeadm
+            // reads as "never expires"; a long one is a long-lived leak. Same range as
+            // join.token_ttl.
+            crate::config::check_token_ttl(ttl)
+                .map_err(|what| Error::Usage(format!("--ttl {text}: {what}")))?;
+            Some(ttl)
+        }
+        None => None,
     };
-    if ttl.is_zero() {
-        return Err(Error::Usage(
-            "--ttl 0: tokens that never expire are not handed out".into(),
-        ));
-    }
+    let session = Session::open(cli)?;
+    let ttl = ttl.unwrap_or(session.config.join.token_ttl);
     let decision = role::load(&session.host)?.ok_or_else(|| {
         Error::Failed(
             "this node has not been set up (no role recorded); run `bootstrap up` first".into(),
