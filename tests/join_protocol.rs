@@ -1102,6 +1102,79 @@ fn only_the_admitting_controller_takes_controller_joins() {
     assert_eq!(service.minter.calls(), 0);
 }
 
+#[test]
+fn node_names_that_kubernetes_would_refuse_are_refused_before_anything_happens() {
+    let service = start(Options {
+        admission: true,
+        ..Options::default()
+    });
+    let target = service.target();
+    let long = format!("{}.{}", "a".repeat(63), "b".repeat(190));
+    assert_eq!(long.len(), 254);
+    for bad in [
+        "",
+        "Node-1",
+        "-node",
+        "node-",
+        "node_1",
+        "node 1",
+        "node..1",
+        ".node",
+        "node\nlevel=INFO forged",
+        "nöde",
+        long.as_str(),
+    ] {
+        for role in [JoinRole::Worker, JoinRole::Controller] {
+            let cause = client::ask(&target, right(), &request(role, bad)).unwrap_err();
+            assert!(
+                matches!(&cause, Cause::Refused(m) if m.contains("node name") && m.contains("RFC 1123")),
+                "{bad:?} as a {role}: {cause:?}"
+            );
+        }
+        let cause = client::ask(&target, right(), &leave_request(bad, None)).unwrap_err();
+        assert!(
+            matches!(&cause, Cause::Refused(m) if m.contains("node name")),
+            "{bad:?} leaving: {cause:?}"
+        );
+    }
+    // Nothing was minted, removed or admitted: a valid controller gets the lease at once.
+    assert_eq!(service.minter.calls(), 0);
+    assert!(lock(&service.removed).is_empty());
+    // The refusal is logged with the name quoted and cut short, never as raw text.
+    // (The service logs from its own threads.)
+    let logged: Vec<String> = all_log_lines()
+        .into_iter()
+        .filter(|l| l.contains("is not a valid node name"))
+        .collect();
+    assert!(
+        logged.iter().any(|l| l.contains(r#""node\nlevel=INFO forged""#)),
+        "{logged:?}"
+    );
+    assert!(
+        logged.iter().all(|l| !l.contains('\n') && l.len() < 400),
+        "{logged:?}"
+    );
+    // The longest valid names, and names with dots, are served.
+    let longest = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    assert_eq!(longest.len(), 253);
+    for good in [longest.as_str(), "node-1.example.com", "0"] {
+        let answer = client::ask(&target, right(), &request(JoinRole::Worker, good)).unwrap();
+        assert_eq!(answer.status, Status::Ok, "{good}");
+    }
+    assert_eq!(
+        client::ask(&target, right(), &request(JoinRole::Controller, "cp-1"))
+            .unwrap()
+            .status,
+        Status::Ok
+    );
+}
+
 // =======================================================================================
 // The client's retries, against scripted servers
 
