@@ -453,12 +453,20 @@ pub fn runtime_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
     match inputs.image.distro {
         DistroKind::K3s => {
             if use_registry {
+                let text = mirrors::k3s_registries(&registry);
+                // With credentials it holds the registry password: no digest of it in
+                // plans or logs, where it could be checked against guesses.
+                let contents = if registry.auth.is_some() {
+                    Contents::Secret(crate::secret::Secret::new(text))
+                } else {
+                    Contents::Public(text.into_bytes())
+                };
                 steps.push(write(
                     Phase::Runtime,
                     "k3s's containerd pulls every image through the local registry",
                     mirrors::K3S_REGISTRIES,
                     0o600,
-                    Contents::Public(mirrors::k3s_registries(&registry).into_bytes()),
+                    contents,
                 ));
                 steps.push(write(
                     Phase::Runtime,
