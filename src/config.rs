@@ -71,6 +71,8 @@ pub struct Config {
     resolved_secret: Option<Secret>,
     #[serde(skip)]
     resolved_registry_password: Option<Secret>,
+    #[serde(skip)]
+    resolved_push_password: Option<Secret>,
 }
 
 impl Default for Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             lock_wait: Duration::from_secs(120),
             resolved_secret: None,
             resolved_registry_password: None,
+            resolved_push_password: None,
         }
     }
 }
@@ -173,6 +176,29 @@ pub struct RegistryConfig {
     pub username: Option<String>,
     /// The registry password (8 to 71 bytes); must not be readable by group or others.
     pub password_file: Option<PathBuf>,
+    /// Pushing, off unless set: a second, writable registry on loopback that asks for
+    /// these credentials. The registry every node pulls from is always read-only.
+    pub push: Option<RegistryPushConfig>,
+}
+
+/// The writable registry for pushes (`registry.push`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryPushConfig {
+    /// The user pushes authenticate as.
+    pub username: String,
+    /// The push password (8 to 71 bytes); must not be readable by group or others.
+    pub password_file: PathBuf,
+    /// The port it listens on, on loopback only.
+    #[serde(default = "default_push_port")]
+    pub port: u16,
+}
+
+/// The push registry's port unless `registry.push.port` says otherwise.
+pub const DEFAULT_PUSH_PORT: u16 = 5001;
+
+fn default_push_port() -> u16 {
+    DEFAULT_PUSH_PORT
 }
 
 impl Default for RegistryConfig {
@@ -184,6 +210,7 @@ impl Default for RegistryConfig {
             ha: false,
             username: None,
             password_file: None,
+            push: None,
         }
     }
 }
@@ -363,6 +390,19 @@ pub fn load(host: &dyn Host, sources: &Sources) -> Result<Config, ConfigError> {
     match config.read_registry_password(host) {
         Ok(password) => config.resolved_registry_password = password,
         Err(e) => errors.push(e),
+    }
+    match config.read_push_password(host) {
+        Ok(password) => config.resolved_push_password = password,
+        Err(e) => errors.push(e),
+    }
+    if config.resolved_push_password.is_some()
+        && config.resolved_push_password == config.resolved_registry_password
+    {
+        // The pull password goes to every node and into join material.
+        errors.push(err(
+            "registry.push.password_file",
+            "holds the same password as registry.password_file, which every node is given; pushing needs a password of its own",
+        ));
     }
     if errors.is_empty() {
         Ok(config)
@@ -608,6 +648,13 @@ impl Config {
         Some((user, self.resolved_registry_password.clone()?))
     }
 
+    /// The push registry's credentials, when `registry.push` is set. They are never
+    /// handed to runtimes or put in join material: they can replace images.
+    pub fn registry_push_credentials(&self) -> Option<(String, Secret)> {
+        let push = self.registry.push.as_ref()?;
+        Some((push.username.clone(), self.resolved_push_password.clone()?))
+    }
+
     /// Whether other nodes take part (controllers listed).
     pub fn is_multi_node(&self) -> bool {
         !self.cluster.controllers.is_empty()
@@ -698,18 +745,7 @@ impl Config {
 
         match (&self.registry.username, &self.registry.password_file) {
             (Some(user), Some(path)) => {
-                let ok = !user.is_empty()
-                    && user.len() <= 64
-                    && user
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-                if !ok {
-                    errors.push(expected(
-                        "registry.username",
-                        "1-64 of [A-Za-z0-9._-]",
-                        user,
-                    ));
-                }
+                check_registry_user(&mut errors, "registry.username", user);
                 check_host_path_field(&mut errors, "registry.password_file", path);
             }
             (Some(_), None) => errors.push(err(
@@ -722,13 +758,32 @@ impl Config {
             )),
             (None, None) => {}
         }
+        if let Some(push) = &self.registry.push {
+            check_registry_user(&mut errors, "registry.push.username", &push.username);
+            check_host_path_field(
+                &mut errors,
+                "registry.push.password_file",
+                &push.password_file,
+            );
+            if !self.registry.enabled {
+                errors.push(err(
+                    "registry.push",
+                    "pushing needs the local registry: set registry.enabled: true, or remove registry.push",
+                ));
+            }
+        }
         if let Err(what) = validate::dns_subdomain(&self.registry.domain) {
             errors.push(expected("registry.domain", what, &self.registry.domain));
         }
+        let push_port = self.registry.push.as_ref().map(|p| p.port);
         for (field, port) in [
-            ("registry.port", self.registry.port),
-            ("join.port", self.join.port),
-        ] {
+            ("registry.port", Some(self.registry.port)),
+            ("registry.push.port", push_port),
+            ("join.port", Some(self.join.port)),
+        ]
+        .into_iter()
+        .filter_map(|(field, port)| Some((field, port?)))
+        {
             if port == 0 {
                 errors.push(expected(field, "a port number from 1 to 65535", "0"));
             } else if RESERVED_PORTS.contains(&port) {
@@ -743,6 +798,19 @@ impl Config {
                 "join.port",
                 format!("port {} is already registry.port", self.join.port),
             ));
+        }
+        if let Some(port) = push_port.filter(|p| *p != 0) {
+            for (other, taken) in [
+                ("registry.port", self.registry.port),
+                ("join.port", self.join.port),
+            ] {
+                if port == taken {
+                    errors.push(err(
+                        "registry.push.port",
+                        format!("port {port} is already {other}"),
+                    ));
+                }
+            }
         }
         if let Err(what) = check_token_ttl(self.join.token_ttl) {
             errors.push(err("join.token_ttl", what));
@@ -826,23 +894,50 @@ impl Config {
         let (Some(_), Some(path)) = (&self.registry.username, &self.registry.password_file) else {
             return Ok(None);
         };
-        const FIELD: &str = "registry.password_file";
-        let Some(password) = read_secret_file(host, FIELD, path, "a registry password")? else {
+        read_registry_password(host, "registry.password_file", path)
+    }
+
+    fn read_push_password(&self, host: &dyn Host) -> Result<Option<Secret>, FieldError> {
+        let Some(push) = &self.registry.push else {
             return Ok(None);
         };
-        // bcrypt uses at most 72 bytes; a longer password would be cut without a word.
-        if password.len() < 8 || password.len() > 71 {
-            return Err(err(
-                FIELD,
-                format!(
-                    "{}: expected a password of 8 to 71 bytes, got {}",
-                    path.display(),
-                    password.len()
-                ),
-            ));
-        }
-        Ok(Some(password))
+        read_registry_password(host, "registry.push.password_file", &push.password_file)
     }
+}
+
+/// A registry user name as htpasswd and basic auth take it.
+fn check_registry_user(errors: &mut Vec<FieldError>, field: &str, user: &str) {
+    let ok = !user.is_empty()
+        && user.len() <= 64
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        errors.push(expected(field, "1-64 of [A-Za-z0-9._-]", user));
+    }
+}
+
+/// A registry password from its file: private, and 8 to 71 bytes.
+fn read_registry_password(
+    host: &dyn Host,
+    field: &str,
+    path: &Path,
+) -> Result<Option<Secret>, FieldError> {
+    let Some(password) = read_secret_file(host, field, path, "a registry password")? else {
+        return Ok(None);
+    };
+    // bcrypt uses at most 72 bytes; a longer password would be cut without a word.
+    if password.len() < 8 || password.len() > 71 {
+        return Err(err(
+            field,
+            format!(
+                "{}: expected a password of 8 to 71 bytes, got {}",
+                path.display(),
+                password.len()
+            ),
+        ));
+    }
+    Ok(Some(password))
 }
 
 /// A secret from a file: absolute, private (no group or other access), UTF-8, one line.

@@ -90,6 +90,11 @@ fn cases() -> Vec<Case> {
         file("registry password readable by others", "registry: {username: puller, password_file: /etc/bootstrap/open-secret}\n", &["registry.password_file", "0644"]),
         file("registry user name with a colon", "registry: {username: \"a:b\", password_file: /etc/bootstrap/join-secret}\n", &["registry.username", "a:b"]),
         file("bad registry domain", "registry: {domain: Sea_Hub}\n", &["registry.domain", "Sea_Hub"]),
+        file("push without credentials", "registry: {push: {port: 5001}}\n", &["registry.push", "username"]),
+        file("push with the pull password", "registry: {username: puller, password_file: /etc/bootstrap/registry-pw, push: {username: pusher, password_file: /etc/bootstrap/registry-pw}}\n", &["registry.push.password_file", "same password"]),
+        file("push password readable by others", "registry: {push: {username: pusher, password_file: /etc/bootstrap/open-secret}}\n", &["registry.push.password_file", "0644"]),
+        file("push without the registry", "registry: {enabled: false, push: {username: pusher, password_file: /etc/bootstrap/registry-pw}}\n", &["registry.push", "registry.enabled"]),
+        file("push on the registry's port", "registry: {push: {username: pusher, password_file: /etc/bootstrap/registry-pw, port: 5000}}\n", &["registry.push.port", "already registry.port"]),
         file("wrong type", "cluster: {controllers: 10.0.0.1}\n", &["cluster.controllers", "sequence"]),
         file("not a mapping", "- role: controller\n", &["(top level)", "mapping"]),
         file("yaml syntax error", "node:\n  name: a\n   labels: {x: y}\n", &["config.yaml", "YAML syntax error at line 3, column"]),
@@ -118,6 +123,7 @@ fn every_invalid_config_is_refused_before_anything_is_written() {
         let mut node = Node::new().with_registry();
         node.write_mode(SECRET_FILE, &format!("{SECRET}\n"), 0o600);
         node.write_mode("/etc/bootstrap/open-secret", &format!("{SECRET}\n"), 0o644);
+        node.write_mode("/etc/bootstrap/registry-pw", "registry-password-1\n", 0o600);
         if let Some(yaml) = case.yaml {
             node.config(yaml);
         }

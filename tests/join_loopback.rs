@@ -140,7 +140,8 @@ fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
         let run = a.run(&["token", "create", "worker", "--ttl", ttl]);
         run.assert_code(2);
         assert!(
-            run.stderr.contains(&format!("--ttl {ttl}: expected a duration from 1m to 24h")),
+            run.stderr
+                .contains(&format!("--ttl {ttl}: expected a duration from 1m to 24h")),
             "{}",
             run.all()
         );

@@ -1147,7 +1147,9 @@ fn node_names_that_kubernetes_would_refuse_are_refused_before_anything_happens()
         .filter(|l| l.contains("is not a valid node name"))
         .collect();
     assert!(
-        logged.iter().any(|l| l.contains(r#""node\nlevel=INFO forged""#)),
+        logged
+            .iter()
+            .any(|l| l.contains(r#""node\nlevel=INFO forged""#)),
         "{logged:?}"
     );
     assert!(

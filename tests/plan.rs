@@ -197,11 +197,15 @@ fn registries_yaml_with_a_password_is_secret_in_the_plan() {
         &format!("{PASSWORD}\n"),
         0o600,
     );
-    node.config(
-        "registry: {username: puller, password_file: /etc/bootstrap/registry-password}\n",
-    );
+    node.config("registry: {username: puller, password_file: /etc/bootstrap/registry-password}\n");
     let facts = facts("node-1.json");
-    let run = node.run(&["--facts", facts.to_str().unwrap(), "plan", "--output", "json"]);
+    let run = node.run(&[
+        "--facts",
+        facts.to_str().unwrap(),
+        "plan",
+        "--output",
+        "json",
+    ]);
     run.assert_code(0);
     assert!(!run.all().contains(PASSWORD), "the password is shown");
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
@@ -235,7 +239,13 @@ fn registries_yaml_with_a_password_is_secret_in_the_plan() {
 
     // Without credentials the file is public, digest and all.
     let plain = Node::new().with_registry();
-    let run = plain.run(&["--facts", facts.to_str().unwrap(), "plan", "--output", "json"]);
+    let run = plain.run(&[
+        "--facts",
+        facts.to_str().unwrap(),
+        "plan",
+        "--output",
+        "json",
+    ]);
     run.assert_code(0);
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let registries = json["steps"]
@@ -246,8 +256,5 @@ fn registries_yaml_with_a_password_is_secret_in_the_plan() {
         .unwrap()
         .clone();
     assert_eq!(registries["contents"]["secret"], false, "{registries}");
-    assert_eq!(
-        registries["contents"]["sha256"].as_str().unwrap().len(),
-        64
-    );
+    assert_eq!(registries["contents"]["sha256"].as_str().unwrap().len(), 64);
 }

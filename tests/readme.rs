@@ -31,6 +31,11 @@ fn config_reference_matches_the_schema() {
     config.node.address = Some("10.0.0.1".parse().unwrap());
     config.cluster.pod_cidr = Some("10.42.0.0/16".parse().unwrap());
     config.cluster.service_cidr = Some("10.43.0.0/16".parse().unwrap());
+    config.registry.push = Some(bootstrap::config::RegistryPushConfig {
+        username: "pusher".into(),
+        password_file: "/etc/bootstrap/registry-push-password".into(),
+        port: bootstrap::config::DEFAULT_PUSH_PORT,
+    });
     let mut schema = BTreeSet::new();
     leaves("", &serde_json::to_value(&config).unwrap(), &mut schema);
 

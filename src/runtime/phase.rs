@@ -2,7 +2,7 @@
 //! on this node, computed from config, role, the cluster image and what is already on
 //! the host.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -80,6 +80,21 @@ impl Inputs<'_> {
             Some(first) => first.parse().ok(),
             None => self.node_address,
         }
+    }
+
+    /// The one address the registry listens on (it takes a single `http.addr`): the
+    /// address its name resolves to on every node when this is the node it names (the
+    /// first controller, or a single node), else this node's address; loopback when
+    /// neither is known. Never every address: nothing else on the node's other networks
+    /// should reach it.
+    pub fn registry_listen_ip(&self) -> IpAddr {
+        let named = match self.role {
+            Role::InitController => self.registry_ip(),
+            _ => None,
+        };
+        named
+            .or(self.node_address)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
     }
 
     /// Whether this node runs the registry.
@@ -227,7 +242,19 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
         .iter()
         .filter_map(|c| c.parse().ok())
         .collect();
-    if let Some(a) = inputs.node_address {
+    let listen = inputs.registry_listen_ip();
+    let push = inputs
+        .config
+        .registry
+        .push
+        .as_ref()
+        .zip(inputs.config.registry_push_credentials());
+    // Pushes go to loopback, so its address must be in the certificate then.
+    let loopback = push.is_some().then_some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    for a in [inputs.node_address, Some(listen), loopback]
+        .into_iter()
+        .flatten()
+    {
         if !ips.contains(&a) {
             ips.push(a);
         }
@@ -308,20 +335,7 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
 
     let (htpasswd, htpasswd_text) = match inputs.config.registry_credentials() {
         Some((user, password)) => {
-            // bcrypt salts every hash: keep the line already there while it still
-            // matches, or every run would rewrite it and restart the registry.
-            let current = read(reg::HTPASSWD_FILE)?.filter(|line| {
-                line.trim_end().split_once(':').is_some_and(|(u, hash)| {
-                    u == user && bcrypt::verify(password.expose(), hash).unwrap_or(false)
-                })
-            });
-            let text = match current {
-                Some(line) => line,
-                None => format!(
-                    "{}\n",
-                    reg::htpasswd_line(&user, &password, reg::DEFAULT_BCRYPT_COST)?.expose()
-                ),
-            };
+            let text = htpasswd_text(host, reg::HTPASSWD_FILE, &user, &password)?;
             steps.push(write(
                 Phase::Registry,
                 "the registry asks for these credentials (registry.username)",
@@ -338,8 +352,12 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
         None => (None, String::new()),
     };
     let config = reg::RegistryConfig {
+        listen_address: listen,
         port: inputs.config.registry.port,
         htpasswd,
+        // Every node pulls docker.io, registry.k8s.io … from here: a push would
+        // replace them cluster-wide. Seeding writes the storage directly.
+        read_only: true,
         ..reg::RegistryConfig::default()
     };
     let config_text = config.render()?;
@@ -363,7 +381,39 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
         0o644,
         Contents::Public(unit_text.clone().into_bytes()),
     ));
-    steps.push(daemon_reload(Phase::Registry, &[&unit_text]));
+    let push_files = match push {
+        Some((push, (user, password))) => {
+            Some(push_registry_files(host, push.port, &user, &password)?)
+        }
+        None => None,
+    };
+    if let Some(files) = &push_files {
+        steps.push(write(
+            Phase::Registry,
+            "pushes must prove these credentials (registry.push)",
+            reg::PUSH_HTPASSWD_FILE,
+            0o600,
+            Contents::Secret(crate::secret::Secret::new(files.htpasswd.clone())),
+        ));
+        steps.push(write(
+            Phase::Registry,
+            "the writable registry: loopback only, same storage, credentials required",
+            reg::PUSH_CONFIG_FILE,
+            0o644,
+            Contents::Public(files.config.clone().into_bytes()),
+        ));
+        steps.push(write(
+            Phase::Registry,
+            "the writable registry as a system service",
+            &format!("/etc/systemd/system/{}", reg::PUSH_UNIT_NAME),
+            0o644,
+            Contents::Public(files.unit.clone().into_bytes()),
+        ));
+    }
+    let units: Vec<&str> = std::iter::once(unit_text.as_str())
+        .chain(push_files.as_ref().map(|f| f.unit.as_str()))
+        .collect();
+    steps.push(daemon_reload(Phase::Registry, &units));
 
     let images = inputs.image_dir("images")?;
     let tree = inputs.image_dir("registry")?;
@@ -407,28 +457,128 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
             htpasswd_text.as_bytes(),
         ],
     ));
-    if let Some(ip) = inputs.node_address {
-        let address = match ip {
-            IpAddr::V6(v6) => format!("[{v6}]:{}", inputs.config.registry.port),
-            IpAddr::V4(v4) => format!("{v4}:{}", inputs.config.registry.port),
-        };
-        steps.push(step(
-            Phase::Registry,
-            "images are pulled from it next",
-            Action::WaitFor {
-                fail_when: None,
-                probe: Probe::Https {
-                    address,
-                    server_name: inputs.config.registry.domain.clone(),
-                    ca_file: PathBuf::from(reg::CA_CERT_FILE),
-                    path: "/v2/".to_owned(),
+    match &push_files {
+        Some(files) => {
+            steps.push(step(
+                Phase::Registry,
+                "the writable registry runs now and at every boot",
+                Action::Service {
+                    unit: reg::PUSH_UNIT_NAME.to_owned(),
+                    action: ServiceAction::Enable,
                 },
-                timeout: REGISTRY_WAIT,
-                interval: std::time::Duration::from_millis(250),
-            },
-        ));
+            ));
+            steps.push(keyed_restart(
+                Phase::Registry,
+                reg::PUSH_UNIT_NAME,
+                &[
+                    files.config.as_bytes(),
+                    files.unit.as_bytes(),
+                    server_cert.as_bytes(),
+                    names_text.as_bytes(),
+                    files.htpasswd.as_bytes(),
+                ],
+            ));
+        }
+        None => {
+            // Pushing was allowed before and is not now: nothing may write any more.
+            let unit_file = PathBuf::from(format!("/etc/systemd/system/{}", reg::PUSH_UNIT_NAME));
+            if host.stat(&unit_file)?.is_some() {
+                for action in [ServiceAction::Disable, ServiceAction::Stop] {
+                    steps.push(step(
+                        Phase::Registry,
+                        "registry.push is unset: the writable registry stops",
+                        Action::Service {
+                            unit: reg::PUSH_UNIT_NAME.to_owned(),
+                            action,
+                        },
+                    ));
+                }
+            }
+        }
     }
+    // Asked where it listens, which is where its name leads on this node.
+    steps.push(step(
+        Phase::Registry,
+        "images are pulled from it next",
+        Action::WaitFor {
+            fail_when: None,
+            probe: Probe::Https {
+                address: std::net::SocketAddr::new(listen, inputs.config.registry.port).to_string(),
+                server_name: inputs.config.registry.domain.clone(),
+                ca_file: PathBuf::from(reg::CA_CERT_FILE),
+                path: "/v2/".to_owned(),
+            },
+            timeout: REGISTRY_WAIT,
+            interval: std::time::Duration::from_millis(250),
+        },
+    ));
     Ok(steps)
+}
+
+/// An htpasswd file with one line for `user`. bcrypt salts every hash: the line already
+/// in `path` is kept while it still matches, or every run would rewrite it and restart
+/// the registry.
+fn htpasswd_text(
+    host: &dyn Host,
+    path: &str,
+    user: &str,
+    password: &crate::secret::Secret,
+) -> Result<String, RuntimeError> {
+    use super::registry as reg;
+    let current = host.read_string(Path::new(path))?.filter(|line| {
+        line.trim_end().split_once(':').is_some_and(|(u, hash)| {
+            u == user && bcrypt::verify(password.expose(), hash).unwrap_or(false)
+        })
+    });
+    Ok(match current {
+        Some(line) => line,
+        None => format!(
+            "{}\n",
+            reg::htpasswd_line(user, password, reg::DEFAULT_BCRYPT_COST)?.expose()
+        ),
+    })
+}
+
+/// The writable registry's files (`registry.push`).
+struct PushRegistryFiles {
+    htpasswd: String,
+    config: String,
+    unit: String,
+}
+
+/// A second registry over the same storage, writable, asking for the push credentials,
+/// and on loopback only: pushing is done on this node (or through a tunnel to it). The
+/// registry every node pulls from stays read-only, and the push credentials are never
+/// handed to another node.
+fn push_registry_files(
+    host: &dyn Host,
+    port: u16,
+    user: &str,
+    password: &crate::secret::Secret,
+) -> Result<PushRegistryFiles, RuntimeError> {
+    use super::registry as reg;
+    let htpasswd = htpasswd_text(host, reg::PUSH_HTPASSWD_FILE, user, password)?;
+    let config = reg::RegistryConfig {
+        listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port,
+        htpasswd: Some(reg::HtpasswdAuth {
+            realm: "bootstrap-registry-push".to_owned(),
+            path: PathBuf::from(reg::PUSH_HTPASSWD_FILE),
+        }),
+        read_only: false,
+        ..reg::RegistryConfig::default()
+    };
+    let mut unit = reg::RegistryUnit::new(
+        PathBuf::from(reg::BINARY),
+        PathBuf::from(reg::PUSH_CONFIG_FILE),
+        &config,
+    );
+    unit.description = "bootstrap local image registry, writable (pushes, loopback only)".into();
+    Ok(PushRegistryFiles {
+        htpasswd,
+        config: config.render()?,
+        unit: unit.render()?,
+    })
 }
 
 /// The runtime phase: mirror configuration for every distro, containerd itself for
@@ -676,6 +826,215 @@ fn kubeadm_containerd(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::FakeHost;
+    use crate::runtime::registry as reg;
+
+    fn image() -> ClusterImage {
+        ClusterImage {
+            dir: PathBuf::from("/img"),
+            metadata: crate::rootfs::Metadata {
+                version: "v1.31.4+k3s1".into(),
+                arch: "amd64".into(),
+                ..Default::default()
+            },
+            metadata_path: PathBuf::from("Metadata"),
+            distro: DistroKind::K3s,
+            arches: vec![],
+            arch_dir: None,
+        }
+    }
+
+    /// A host with the registry binary in the image and `config` (and the files it names)
+    /// loaded as `up` would load it.
+    fn host_and_config(config: &str, files: &[(&str, &str)]) -> (FakeHost, Config) {
+        let host = FakeHost::new()
+            .with_file("/img/bin/registry", "#!")
+            .with_file("/etc/bootstrap/config.yaml", config);
+        for (path, text) in files {
+            host.write_atomic(Path::new(path), text.as_bytes(), 0o600, None)
+                .unwrap();
+        }
+        let config = crate::config::load(&host, &crate::config::Sources::default()).unwrap();
+        (host, config)
+    }
+
+    fn registry_steps_for(
+        host: &FakeHost,
+        config: &Config,
+        role: Role,
+        node_address: Option<&str>,
+    ) -> Vec<Step> {
+        let image = image();
+        registry_steps(&Inputs {
+            host,
+            config,
+            image: &image,
+            role,
+            node_address: node_address.map(|a| a.parse().unwrap()),
+            registry_auth: None,
+        })
+        .unwrap()
+    }
+
+    fn written<'s>(steps: &'s [Step], path: &str) -> Option<&'s Contents> {
+        steps.iter().find_map(|s| match &s.action {
+            Action::WriteFile {
+                path: p, contents, ..
+            } if p == Path::new(path) => Some(contents),
+            _ => None,
+        })
+    }
+
+    fn yaml(contents: &Contents) -> serde_yaml::Value {
+        serde_yaml::from_slice(contents.bytes()).unwrap()
+    }
+
+    fn probed(steps: &[Step]) -> String {
+        steps
+            .iter()
+            .find_map(|s| match &s.action {
+                Action::WaitFor {
+                    probe: Probe::Https { address, .. },
+                    ..
+                } => Some(address.clone()),
+                _ => None,
+            })
+            .expect("a readiness wait")
+    }
+
+    #[test]
+    fn the_registry_is_read_only_and_listens_where_its_name_leads() {
+        let secret = "cluster: {join_secret_file: /etc/bootstrap/join-secret, ";
+        let secret_file = [(
+            "/etc/bootstrap/join-secret",
+            "b50eb0e996877bdcd8663593348c93b8719ea884355afba15b627ec2951c2e99",
+        )];
+        for (config, role, node, addr) in [
+            // A single node: its own address.
+            (
+                "{}",
+                Role::InitController,
+                Some("10.0.0.10"),
+                "10.0.0.10:5000",
+            ),
+            // The first controller of several, whose default route is another network:
+            // where sea.hub points every node (cluster.controllers[0]).
+            (
+                &format!("{secret}controllers: [10.0.0.10, 10.0.0.11]}}\n") as &str,
+                Role::InitController,
+                Some("192.168.1.5"),
+                "10.0.0.10:5000",
+            ),
+            // Another controller with registry.ha: its own address.
+            (
+                &format!("{secret}controllers: [10.0.0.10, 10.0.0.11]}}\nregistry: {{ha: true}}\n"),
+                Role::JoinController,
+                Some("10.0.0.11"),
+                "10.0.0.11:5000",
+            ),
+            // No address known: loopback, not every address.
+            ("{}", Role::InitController, None, "127.0.0.1:5000"),
+        ] {
+            let (host, config) = host_and_config(config, &secret_file);
+            let steps = registry_steps_for(&host, &config, role, node);
+            let yml = yaml(written(&steps, reg::CONFIG_FILE).unwrap());
+            assert_eq!(yml["http"]["addr"], addr, "{config:?}");
+            assert_eq!(
+                yml["storage"]["maintenance"]["readonly"]["enabled"],
+                serde_yaml::Value::Bool(true)
+            );
+            assert_eq!(probed(&steps), addr);
+            assert!(written(&steps, reg::PUSH_CONFIG_FILE).is_none());
+        }
+    }
+
+    #[test]
+    fn pushing_is_a_second_registry_on_loopback_behind_its_own_credentials() {
+        let (host, config) = host_and_config(
+            "registry:\n  username: puller\n  password_file: /etc/bootstrap/pull-pw\n  push: {username: pusher, password_file: /etc/bootstrap/push-pw}\n",
+            &[
+                ("/etc/bootstrap/pull-pw", "pull-password-1"),
+                ("/etc/bootstrap/push-pw", "push-password-1"),
+            ],
+        );
+        let steps = registry_steps_for(&host, &config, Role::InitController, Some("10.0.0.10"));
+        // The registry every node pulls from: read-only, pull credentials.
+        let pull = yaml(written(&steps, reg::CONFIG_FILE).unwrap());
+        assert_eq!(pull["http"]["addr"], "10.0.0.10:5000");
+        assert_eq!(
+            pull["storage"]["maintenance"]["readonly"]["enabled"],
+            serde_yaml::Value::Bool(true)
+        );
+        assert_eq!(pull["auth"]["htpasswd"]["path"], reg::HTPASSWD_FILE);
+        // The push registry: loopback, writable, the same storage, its own htpasswd.
+        let push = yaml(written(&steps, reg::PUSH_CONFIG_FILE).unwrap());
+        assert_eq!(push["http"]["addr"], "127.0.0.1:5001");
+        assert_eq!(
+            push["storage"]["maintenance"]["readonly"]["enabled"],
+            serde_yaml::Value::Bool(false)
+        );
+        assert_eq!(push["storage"]["filesystem"], pull["storage"]["filesystem"]);
+        assert_eq!(push["auth"]["htpasswd"]["path"], reg::PUSH_HTPASSWD_FILE);
+        let Some(Contents::Secret(line)) = written(&steps, reg::PUSH_HTPASSWD_FILE) else {
+            panic!("the push htpasswd is not a secret");
+        };
+        let (user, hash) = line.expose().trim_end().split_once(':').unwrap();
+        assert_eq!(user, "pusher");
+        assert!(bcrypt::verify("push-password-1", hash).unwrap());
+        let Some(Contents::Secret(pull_line)) = written(&steps, reg::HTPASSWD_FILE) else {
+            panic!("no pull htpasswd");
+        };
+        assert!(!pull_line.expose().contains("pusher"));
+        let unit = String::from_utf8(
+            written(
+                &steps,
+                &format!("/etc/systemd/system/{}", reg::PUSH_UNIT_NAME),
+            )
+            .unwrap()
+            .bytes()
+            .to_vec(),
+        )
+        .unwrap();
+        assert!(
+            unit.contains(&format!("serve {}", reg::PUSH_CONFIG_FILE)),
+            "{unit}"
+        );
+        // Clients reach it as 127.0.0.1: the certificate says so.
+        let names = written(&steps, SERVER_NAMES_FILE).unwrap().bytes();
+        assert!(String::from_utf8_lossy(names).contains("127.0.0.1\n"));
+        for (unit, action) in [
+            (reg::PUSH_UNIT_NAME, ServiceAction::Enable),
+            (reg::PUSH_UNIT_NAME, ServiceAction::Restart),
+        ] {
+            assert!(
+                steps.iter().any(|s| s.action
+                    == Action::Service {
+                        unit: unit.to_owned(),
+                        action
+                    }),
+                "{unit} {action:?}"
+            );
+        }
+
+        // Unset again: the push registry is stopped and disabled.
+        let (host, config) = host_and_config("{}", &[]);
+        host.write_atomic(
+            Path::new(&format!("/etc/systemd/system/{}", reg::PUSH_UNIT_NAME)),
+            unit.as_bytes(),
+            0o644,
+            None,
+        )
+        .unwrap();
+        let steps = registry_steps_for(&host, &config, Role::InitController, Some("10.0.0.10"));
+        for action in [ServiceAction::Disable, ServiceAction::Stop] {
+            assert!(steps.iter().any(|s| s.action
+                == Action::Service {
+                    unit: reg::PUSH_UNIT_NAME.to_owned(),
+                    action
+                }));
+        }
+        assert!(written(&steps, reg::PUSH_CONFIG_FILE).is_none());
+    }
 
     #[test]
     fn k0s_bundles_lose_their_compression_suffix() {
