@@ -116,6 +116,10 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
+    /// The cluster's name, the same on every node: it salts the join keys, so one list
+    /// of guessed secrets cannot be tried against every cluster. Required with a join
+    /// secret.
+    pub name: Option<String>,
     /// Controller addresses or names; `[0]` initialises, the others join it.
     pub controllers: Vec<String>,
     /// API endpoint `host:port` (VIP or load balancer); default `controllers[0]:6443`.
@@ -642,6 +646,16 @@ impl Config {
         self.resolved_secret.as_ref()
     }
 
+    /// The name the join keys are salted with: `cluster.name`, or where none is set
+    /// (a controller whose join secret `up` made itself)
+    /// [`crate::join::DEFAULT_CLUSTER_NAME`].
+    pub fn cluster_name(&self) -> &str {
+        self.cluster
+            .name
+            .as_deref()
+            .unwrap_or(crate::join::DEFAULT_CLUSTER_NAME)
+    }
+
     /// The registry's credentials, when `registry.username` and `password_file` are set.
     pub fn registry_credentials(&self) -> Option<(String, Secret)> {
         let user = self.registry.username.clone()?;
@@ -724,6 +738,20 @@ impl Config {
             }
             (None, Some(path)) => check_host_path_field(&mut errors, "cluster.join_secret_file", path),
             (None, None) => {}
+        }
+        match &cluster.name {
+            Some(name) => {
+                if let Err(what) = validate::dns_subdomain(name) {
+                    errors.push(expected("cluster.name", what, name));
+                }
+            }
+            None if cluster.join_secret.is_some() || cluster.join_secret_file.is_some() => {
+                errors.push(err(
+                    "cluster.name",
+                    "a cluster with a join secret needs a name, the same on every node: it salts the keys derived from the secret, so that one list of guessed secrets cannot be tried against every cluster",
+                ))
+            }
+            None => {}
         }
         if self.role == RoleSetting::Worker && !self.is_multi_node() {
             errors.push(err(

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod distro;
 pub mod duration_serde;
+pub mod entropy;
 pub mod facts;
 pub mod host;
 pub mod hostprep;

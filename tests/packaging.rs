@@ -50,7 +50,10 @@ fn print_config(config: &str) -> (bool, String) {
     let etc = root.path().join("etc/bootstrap");
     fs::create_dir_all(&etc).unwrap();
     for (name, text) in [
-        ("join-secret", "6f1c2a9e8b7d4c3f2e1a0b9c8d7e6f5a4b3c2d1e"),
+        (
+            "join-secret",
+            "bjs1-c4b177c1262846654ce8e5e2d54ab998bdaf3b08b2fde7efac58b11b6f1161cd-4d50b08d",
+        ),
         ("registry-password", "registry-password-1"),
         ("registry-push-password", "registry-push-password-1"),
     ] {

@@ -62,7 +62,8 @@ pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
     if !*material {
         return print_line(&session, *join_role, ttl);
     }
-    let material = session.mint(&decision, *join_role, ttl)?;
+    let keys = session.join_keys()?;
+    let material = session.mint(&decision, *join_role, ttl, keys.as_ref())?;
     log::info!(
         "join material for a {join_role} of this {} {} cluster, endpoint {}{}",
         material.distro,
@@ -82,7 +83,7 @@ pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
 /// secret) and a new credential for one role, valid for `ttl`.
 fn print_line(session: &Session, role: JoinRole, ttl: std::time::Duration) -> Result<(), Error> {
     use crate::host::Host;
-    let secret = session.join_secret()?.ok_or_else(|| {
+    let keys = session.join_keys()?.ok_or_else(|| {
         Error::Failed(format!(
             "token create: this controller has no join secret (cluster.join_secret_file, or {} which `up` makes); run `bootstrap up` first, or use --material to print the join material instead",
             crate::join::NODE_SECRET_FILE
@@ -102,7 +103,7 @@ fn print_line(session: &Session, role: JoinRole, ttl: std::time::Duration) -> Re
     let line = crate::join::manual::JoinLine {
         address: crate::join::targets(&[address.to_string()], session.config.join.port).remove(0),
         role,
-        pin: crate::join::JoinKeys::from_secret(&secret).pin(),
+        pin: keys.pin(),
         id,
         secret: credential,
     };

@@ -50,7 +50,7 @@ fn converge(cli: &Cli, session: &Session) -> Result<(), Error> {
     );
 
     if cli.join_line.is_some() {
-        super::persist_manual(host, &session.config)?;
+        super::persist_manual(host, &session.config, None)?;
     }
 
     let report = session.preflight(&decision, &cli.overrides.ignore_preflight)?;
@@ -211,7 +211,7 @@ fn fetch_material(
             )));
         }
     }
-    let Some((keys, targets, credential)) = join_access(cli, session) else {
+    let Some((keys, targets, credential)) = join_access(cli, session)? else {
         // Nothing to ask with: the caller reports the missing material.
         return Ok(false);
     };
@@ -237,38 +237,54 @@ fn fetch_material(
         0o600,
         None,
     )?;
+    if cli.join_line.is_some() && material.cluster.is_some() {
+        // A controller joined by a line serves with the received join secret, salted
+        // with the cluster's name: keep the name with what the line settled.
+        super::persist_manual(host, &session.config, material.cluster.as_deref())?;
+    }
     Ok(true)
 }
 
 /// How this joiner reaches the join service: the keys, the `host:port` to ask and the
 /// manual credential's id — from a join line, or from the join secret and
 /// `cluster.controllers`; `None` when it has neither.
-fn join_access(
-    cli: &Cli,
-    session: &Session,
-) -> Option<(crate::join::JoinKeys, Vec<String>, Option<String>)> {
+type JoinAccess = (crate::join::JoinKeys, Vec<String>, Option<String>);
+
+fn join_access(cli: &Cli, session: &Session) -> Result<Option<JoinAccess>, Error> {
     if let Some(line) = &cli.join_line {
-        return Some((
+        return Ok(Some((
             line.keys(),
             vec![line.address.clone()],
             Some(line.id.clone()),
-        ));
+        )));
     }
-    let secret = session.config.join_secret()?;
-    let controllers = &session.config.cluster.controllers;
-    (!controllers.is_empty()).then(|| {
-        (
-            crate::join::JoinKeys::from_secret(secret),
-            crate::join::targets(controllers, session.config.join.port),
-            None,
-        )
-    })
+    let (Some(secret), controllers) = (
+        session.config.join_secret(),
+        &session.config.cluster.controllers,
+    ) else {
+        return Ok(None);
+    };
+    if controllers.is_empty() {
+        return Ok(None);
+    }
+    let keys = crate::join::JoinKeys::from_secret(secret, session.config.cluster_name())
+        .map_err(|e| Error::Failed(e.to_string()))?;
+    Ok(Some((
+        keys,
+        crate::join::targets(controllers, session.config.join.port),
+        None,
+    )))
 }
 
 /// Tells the first controller this controller has joined, so the next may.
 fn release_lease(cli: &Cli, session: &Session) {
-    let Some((keys, targets, credential)) = join_access(cli, session) else {
-        return;
+    let (keys, targets, credential) = match join_access(cli, session) {
+        Ok(Some(access)) => access,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!("could not release the control-plane join lease ({e}); it lapses by itself");
+            return;
+        }
     };
     if let Err(cause) =
         crate::join::client::release(&keys, &targets, &session.node_name(), credential)

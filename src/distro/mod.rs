@@ -525,6 +525,7 @@ pub(crate) fn material(
         service_cidr,
         registry_ca,
         registry_auth: ctx.config.registry_credentials(),
+        cluster: ctx.config.cluster.name.clone(),
         join: JoinAccess::default(),
     })
 }

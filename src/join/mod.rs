@@ -6,11 +6,12 @@ pub mod client;
 pub mod keys;
 pub mod manual;
 pub mod proto;
+pub mod secret_format;
 pub mod server;
 pub mod tls;
 
 pub use client::{Backoff, Cause, Fetch, GaveUp};
-pub use keys::JoinKeys;
+pub use keys::{JoinKeys, KeyError, DEFAULT_CLUSTER_NAME};
 
 /// Where the first controller keeps the control-plane admission lease.
 pub const LEASE_FILE: &str = "/var/lib/bootstrap/join/lease.json";

@@ -904,7 +904,7 @@ mod tests {
 
     #[test]
     fn the_registry_is_read_only_and_listens_where_its_name_leads() {
-        let secret = "cluster: {join_secret_file: /etc/bootstrap/join-secret, ";
+        let secret = "cluster: {name: c, join_secret_file: /etc/bootstrap/join-secret, ";
         let secret_file = [(
             "/etc/bootstrap/join-secret",
             "b50eb0e996877bdcd8663593348c93b8719ea884355afba15b627ec2951c2e99",
