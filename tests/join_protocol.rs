@@ -55,7 +55,7 @@ fn other_cluster() -> &'static JoinKeys {
 fn documented_derivation(secret: &str, cluster: &str) -> (hmac::Key, [u8; 32]) {
     const SALT: &[u8] = b"bootstrap join v1";
     let mut master = [0u8; 32];
-    let params = argon2::Params::new(64 * 1024, 3, 4, Some(32)).unwrap();
+    let params = argon2::Params::new(46 * 1024, 3, 4, Some(32)).unwrap();
     argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
         .hash_password_into(
             secret.as_bytes(),

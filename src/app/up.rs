@@ -245,11 +245,11 @@ fn fetch_material(
     Ok(true)
 }
 
-/// How this joiner reaches the join service: the keys, the `host:port` to ask and the
-/// manual credential's id — from a join line, or from the join secret and
-/// `cluster.controllers`; `None` when it has neither.
+/// The keys, the `host:port` to ask and the manual credential's id.
 type JoinAccess = (crate::join::JoinKeys, Vec<String>, Option<String>);
 
+/// How this joiner reaches the join service — from a join line, or from the join secret
+/// and `cluster.controllers`; `None` when it has neither.
 fn join_access(cli: &Cli, session: &Session) -> Result<Option<JoinAccess>, Error> {
     if let Some(line) = &cli.join_line {
         return Ok(Some((
