@@ -2,7 +2,7 @@
 //! threads, released together by a barrier, each asking once for worker material with the
 //! library's own client, each request timed. Not part of the command line.
 //!
-//!     cargo run --release --example join-bench -- ADDR SECRET_FILE N [--retry-for SECS]
+//!     cargo run --release --example join-bench -- ADDR SECRET_FILE CLUSTER N [--retry-for SECS]
 //!
 //! Prints one line: joiners, successes, failures (by cause), joins per second, p50, p99
 //! and max latency. With `--retry-for`, a joiner whose ask fails tries again (full-jitter
@@ -111,13 +111,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || {
-        eprintln!("usage: join-bench ADDR SECRET_FILE N [--retry-for SECS]");
+        eprintln!("usage: join-bench ADDR SECRET_FILE CLUSTER N [--retry-for SECS]");
         ExitCode::from(2)
     };
-    let (address, secret_file, n, retry_for) = match args.as_slice() {
-        [a, s, n] => (a, s, n, None),
-        [a, s, n, flag, secs] if flag == "--retry-for" => match secs.parse::<u64>() {
-            Ok(secs) => (a, s, n, Some(Duration::from_secs(secs))),
+    let (address, secret_file, cluster, n, retry_for) = match args.as_slice() {
+        [a, s, c, n] => (a, s, c, n, None),
+        [a, s, c, n, flag, secs] if flag == "--retry-for" => match secs.parse::<u64>() {
+            Ok(secs) => (a, s, c, n, Some(Duration::from_secs(secs))),
             Err(_) => return usage(),
         },
         _ => return usage(),
@@ -136,8 +136,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Derived once (PBKDF2), shared by every joiner.
-    let keys = Arc::new(JoinKeys::from_secret(&secret));
+    // Derived once (Argon2id), shared by every joiner.
+    let keys = match JoinKeys::from_secret(&secret, cluster) {
+        Ok(keys) => Arc::new(keys),
+        Err(e) => {
+            eprintln!("join-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let address = Arc::new(address.clone());
     let barrier = Arc::new(Barrier::new(n + 1));
     let mut threads = Vec::with_capacity(n);

@@ -77,14 +77,13 @@ put /var/lib/bootstrap/rootfs/bin/k3s \
 put /var/lib/bootstrap/rootfs/bin/registry $'#!/bin/sh\n' 755
 put /var/lib/bootstrap/rootfs/Metadata \
   "{\"version\":\"$version\",\"arch\":\"$arch\",\"ClusterRuntime\":\"k3s\"}"
-# base64, not hex: the config check wants 16 distinct characters, which 64 hex digits
-# miss about one time in four.
-put /etc/bootstrap/join-secret "$(openssl rand -base64 48)" 600
+put /etc/bootstrap/join-secret "$("$bin" secret generate)" 600
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 put /etc/bootstrap/config.yaml "node: {name: bench-controller, address: 127.0.0.1}
 preflight: {ignore: [address]}
 registry: {enabled: false}
 cluster:
+  name: bench
   controllers: [127.0.0.1]
   join_secret_file: /etc/bootstrap/join-secret
 join: {port: $port}
@@ -139,8 +138,8 @@ run() { # TITLE LOG SERVE-ARGS -- BENCH-ARGS...
   echo "== $title"
   start_serve "$log" "${serve_args[@]}"
   echo "server: listening on 127.0.0.1:$port, pid $serve_pid, RSS $(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$serve_pid/status") MiB at start"
-  echo "load:   $bench 127.0.0.1:$port SECRET_FILE $*"
-  timeout 600 "$bench" "127.0.0.1:$port" "$root/etc/bootstrap/join-secret" "$@" || status=$?
+  echo "load:   $bench 127.0.0.1:$port SECRET_FILE bench $*"
+  timeout 600 "$bench" "127.0.0.1:$port" "$root/etc/bootstrap/join-secret" bench "$@" || status=$?
   report "$log"
   stop_serve
   return $status

@@ -108,6 +108,9 @@ pub enum Command {
     /// Join material for other nodes (on a running controller)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Join secrets
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// The join service: hands join material to nodes that prove they hold the join
     /// secret (run on controllers by bootstrap-join.service)
     Serve(ServeArgs),
@@ -198,6 +201,14 @@ pub enum TokenCommand {
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
     },
+}
+
+/// `bootstrap secret …`
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Print a new join secret on stdout: 256 random bits with a checksum that
+    /// catches a typo where the secret is read (bjs1-HEX-CHECKSUM)
+    Generate,
 }
 
 /// The role of a node that is to join (`token create ROLE`).

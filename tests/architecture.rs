@@ -17,6 +17,8 @@ const FLOORS: &[(&str, &[&str])] = &[
         "foundation",
         &[
             "secret",
+            "secret_format",
+            "entropy",
             "random",
             "validate",
             "duration_serde",

@@ -1,6 +1,8 @@
 //! The user-data in `cloud-init/`: each file passes `cloud-init schema`, writes the join
-//! secret 0600 and a config the binary accepts, and writes the Cluster API sentinel only
-//! after `bootstrap up` has succeeded (its runcmd is run with a stand-in `bootstrap`).
+//! secret 0600 — a placeholder the binary refuses until it is replaced by the output of
+//! `bootstrap secret generate` — and a config the binary accepts, and writes the Cluster
+//! API sentinel only after `bootstrap up` has succeeded (its runcmd is run with a
+//! stand-in `bootstrap`).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -142,7 +144,7 @@ fn embedded_configs_are_accepted_by_the_binary() {
             serde_yaml::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
         // Write the files as cloud-init would, under a temp root.
         let root = tempfile::tempdir().unwrap();
-        let mut secret = String::new();
+        let mut shipped = String::new();
         for (path, mode, content) in written_files(&doc, &file_name) {
             let dest = root.path().join(path.trim_start_matches('/'));
             fs::create_dir_all(dest.parent().unwrap()).unwrap();
@@ -150,7 +152,7 @@ fn embedded_configs_are_accepted_by_the_binary() {
             let mode = u32::from_str_radix(&mode, 8).unwrap();
             fs::set_permissions(&dest, fs::Permissions::from_mode(mode)).unwrap();
             if path == SECRET_PATH {
-                secret = content;
+                shipped = content;
             }
         }
         let config = root.path().join(CONFIG_PATH.trim_start_matches('/'));
@@ -162,19 +164,50 @@ fn embedded_configs_are_accepted_by_the_binary() {
         {
             flags.extend(["--node-address", QUERIED_ADDRESS]);
         }
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--root")
-            .arg(root.path())
-            .arg("--config")
-            .arg(&config)
-            .args(&flags)
-            .args(["plan", "--print-config"]);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("BOOTSTRAP_") {
-                cmd.env_remove(key);
+        let print_config = || {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--root")
+                .arg(root.path())
+                .arg("--config")
+                .arg(&config)
+                .args(&flags)
+                .args(["plan", "--print-config"]);
+            for (key, _) in std::env::vars() {
+                if key.starts_with("BOOTSTRAP_") {
+                    cmd.env_remove(key);
+                }
             }
-        }
-        let out = cmd.output().unwrap();
+            cmd.output().unwrap()
+        };
+        // As shipped: the placeholder secret is refused, nothing else.
+        let out = print_config();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file_name}: {stderr}");
+        assert!(
+            stderr.contains("cluster.join_secret_file")
+                && stderr.contains("bootstrap secret generate"),
+            "{file_name}: the placeholder must be refused, naming the secret file: {stderr}"
+        );
+        assert_eq!(
+            stderr.matches("\n  - ").count(),
+            1,
+            "{file_name}: only the secret may be refused: {stderr}"
+        );
+        assert!(
+            !stderr.contains(&shipped),
+            "{file_name}: the secret is repeated"
+        );
+        // With the secret made as the comments say, the config is accepted.
+        let generated = Command::new(BIN)
+            .args(["secret", "generate"])
+            .output()
+            .unwrap();
+        assert!(generated.status.success());
+        let secret = String::from_utf8(generated.stdout).unwrap();
+        let secret_file = root.path().join(SECRET_PATH.trim_start_matches('/'));
+        fs::write(&secret_file, &secret).unwrap();
+        let secret = secret.trim_end().to_owned();
+        let out = print_config();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

@@ -62,8 +62,8 @@ fn cases() -> Vec<Case> {
         file("bad label key", "node: {labels: {\"bad key!\": x}}\n", &["node.labels.bad key!", "Kubernetes key"]),
         file("bad label value", "node: {labels: {app: \"-web\"}}\n", &["node.labels.app", "label value", "-web"]),
         file("bad taint effect", "node: {taints: [\"gpu=true:Sometimes\"]}\n", &["node.taints[0]", "NoSchedule", "gpu=true:Sometimes"]),
-        file("bad controller", "cluster: {controllers: [10.0.0.1, bad_host], join_secret_file: /etc/bootstrap/join-secret}\n", &["cluster.controllers[1]", "host name", "bad_host"]),
-        file("duplicate controller", "cluster: {controllers: [10.0.0.1, 10.0.0.1], join_secret_file: /etc/bootstrap/join-secret}\n", &["cluster.controllers[1]", "listed twice"]),
+        file("bad controller", "cluster: {name: c, controllers: [10.0.0.1, bad_host], join_secret_file: /etc/bootstrap/join-secret}\n", &["cluster.controllers[1]", "host name", "bad_host"]),
+        file("duplicate controller", "cluster: {name: c, controllers: [10.0.0.1, 10.0.0.1], join_secret_file: /etc/bootstrap/join-secret}\n", &["cluster.controllers[1]", "listed twice"]),
         file("endpoint without port", "cluster: {endpoint: 10.0.0.1}\n", &["cluster.endpoint", "host:port", "10.0.0.1"]),
         file("cidr prefix too long", "cluster: {pod_cidr: 10.42.0.0/33}\n", &["cluster.pod_cidr", "CIDR", "10.42.0.0/33"]),
         file("overlapping cidrs", "cluster: {pod_cidr: 10.42.0.0/16, service_cidr: 10.42.128.0/17}\n", &["cluster.service_cidr", "overlaps", "10.42.0.0/16"]),
@@ -75,8 +75,17 @@ fn cases() -> Vec<Case> {
         file("token ttl too long", "join: {token_ttl: 48h}\n", &["join.token_ttl", "1m to 24h"]),
         file("controllers without a secret", "cluster: {controllers: [10.0.0.1]}\n", &["cluster.join_secret_file", "needs a join secret"]),
         file("both secret forms", "cluster: {join_secret: SENTINEL-7f3a9c1e5b2d8f4a6c0e9b7d5f3a1c8e, join_secret_file: /etc/bootstrap/join-secret}\n", &["cluster.join_secret", "only one of"]),
-        file("weak secret", "cluster: {join_secret: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}\n", &["cluster.join_secret", "entropy"]),
-        file("short secret", "cluster: {join_secret: abc123}\n", &["cluster.join_secret", "at least 32"]),
+        file("weak secret", "cluster: {name: c, join_secret: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}\n", &["cluster.join_secret", "128 bits of entropy", "bootstrap secret generate"]),
+        file("short secret", "cluster: {name: c, join_secret: abc123}\n", &["cluster.join_secret", "128 bits"]),
+        file("passphrase", "cluster: {name: c, join_secret: correct horse battery staple 2024}\n", &["cluster.join_secret", "128 bits"]),
+        file("repeated words", "cluster: {name: c, join_secret: password password password password!}\n", &["cluster.join_secret", "128 bits"]),
+        file("the secret once published", "cluster: {name: c, join_secret: 3f9c0d1e5b7a48c2e6d0f1a3b5c7e9d1f3a5b7c9e1d3f5a7b9c1e3d5f7a9b1c3}\n", &["cluster.join_secret", "example printed in bootstrap's README"]),
+        file("the placeholder", "cluster: {name: c, join_secret: REPLACE-WITH-THE-OUTPUT-OF-bootstrap-secret-generate}\n", &["cluster.join_secret", "example printed"]),
+        file("a generated secret with a typo", "cluster: {name: c, join_secret: bjs1-27c42150f3dbcf4ee0d3df01457f7b1133bd45ad135500a7e0ec278242c40598-20c955b4}\n", &["cluster.join_secret", "checksum does not match"]),
+        file("a generated secret cut short", "cluster: {name: c, join_secret: bjs1-27c42150f3dbcf4ee0d3df01457f7b1133bd45ad135500a7e0ec278242c40599-20c955b}\n", &["cluster.join_secret", "bootstrap secret generate"]),
+        file("weak secret in its file", "cluster: {name: c, join_secret_file: /etc/bootstrap/weak-secret}\n", &["cluster.join_secret_file", "/etc/bootstrap/weak-secret", "128 bits"]),
+        file("a secret without a cluster name", "cluster: {join_secret_file: /etc/bootstrap/join-secret}\n", &["cluster.name", "needs a name"]),
+        file("bad cluster name", "cluster: {name: Prod_1, join_secret_file: /etc/bootstrap/join-secret}\n", &["cluster.name", "RFC 1123", "Prod_1"]),
         file("secret file readable by others", "cluster: {join_secret_file: /etc/bootstrap/open-secret}\n", &["cluster.join_secret_file", "0644", "chmod 600"]),
         file("secret file missing", "cluster: {join_secret_file: /etc/bootstrap/nope}\n", &["cluster.join_secret_file", "/etc/bootstrap/nope", "does not exist"]),
         file("secret file relative", "cluster: {join_secret_file: join-secret}\n", &["cluster.join_secret_file", "absolute"]),
@@ -90,6 +99,11 @@ fn cases() -> Vec<Case> {
         file("registry password readable by others", "registry: {username: puller, password_file: /etc/bootstrap/open-secret}\n", &["registry.password_file", "0644"]),
         file("registry user name with a colon", "registry: {username: \"a:b\", password_file: /etc/bootstrap/join-secret}\n", &["registry.username", "a:b"]),
         file("bad registry domain", "registry: {domain: Sea_Hub}\n", &["registry.domain", "Sea_Hub"]),
+        file("push without credentials", "registry: {push: {port: 5001}}\n", &["registry.push", "username"]),
+        file("push with the pull password", "registry: {username: puller, password_file: /etc/bootstrap/registry-pw, push: {username: pusher, password_file: /etc/bootstrap/registry-pw}}\n", &["registry.push.password_file", "same password"]),
+        file("push password readable by others", "registry: {push: {username: pusher, password_file: /etc/bootstrap/open-secret}}\n", &["registry.push.password_file", "0644"]),
+        file("push without the registry", "registry: {enabled: false, push: {username: pusher, password_file: /etc/bootstrap/registry-pw}}\n", &["registry.push", "registry.enabled"]),
+        file("push on the registry's port", "registry: {push: {username: pusher, password_file: /etc/bootstrap/registry-pw, port: 5000}}\n", &["registry.push.port", "already registry.port"]),
         file("wrong type", "cluster: {controllers: 10.0.0.1}\n", &["cluster.controllers", "sequence"]),
         file("not a mapping", "- role: controller\n", &["(top level)", "mapping"]),
         file("yaml syntax error", "node:\n  name: a\n   labels: {x: y}\n", &["config.yaml", "YAML syntax error at line 3, column"]),
@@ -118,6 +132,12 @@ fn every_invalid_config_is_refused_before_anything_is_written() {
         let mut node = Node::new().with_registry();
         node.write_mode(SECRET_FILE, &format!("{SECRET}\n"), 0o600);
         node.write_mode("/etc/bootstrap/open-secret", &format!("{SECRET}\n"), 0o644);
+        node.write_mode("/etc/bootstrap/registry-pw", "registry-password-1\n", 0o600);
+        node.write_mode(
+            "/etc/bootstrap/weak-secret",
+            "correct horse battery staple 2024\n",
+            0o600,
+        );
         if let Some(yaml) = case.yaml {
             node.config(yaml);
         }
@@ -137,6 +157,16 @@ fn every_invalid_config_is_refused_before_anything_is_written() {
         for want in case.expect {
             if !output.contains(want) {
                 problems.push(format!("output lacks {want:?}"));
+            }
+        }
+        // A refused secret is never repeated back.
+        if let Some(secret) = case
+            .yaml
+            .and_then(|y| y.split("join_secret: ").nth(1))
+            .and_then(|rest| rest.split(['}', ',']).next())
+        {
+            if output.contains(secret) {
+                problems.push("the secret is in the output".to_owned());
             }
         }
         if before != after {

@@ -40,7 +40,8 @@ const KUBEADM: Case = Case {
     older: "v1.30.2",
 };
 
-const SECRET: &str = "6f1c2a9e8b7d4c3f2e1a0b9c8d7e6f5a4b3c2d1e";
+const SECRET: &str =
+    "bjs1-3e3a98ae115f23ff69f7489d6e796877ec10c6c08288948221fdf8d2c5a7f8a7-6e4eed29";
 
 /// One node of a test cluster, with what keeps its fake containerd socket open.
 struct ClusterNode {
@@ -75,7 +76,7 @@ fn node(
     if !controllers.is_empty() {
         config.push_str(&format!(
             // The first controller comes up alone here: no other controller to wait for.
-            "cluster:\n  controllers: [{}]\n  join_secret: {SECRET}\n  pod_cidr: 10.244.0.0/16\n  init_wait: 1s\n",
+            "cluster:\n  name: e2e\n  controllers: [{}]\n  join_secret: {SECRET}\n  pod_cidr: 10.244.0.0/16\n  init_wait: 1s\n",
             controllers.join(", ")
         ));
     }

@@ -16,9 +16,10 @@ use bootstrap::secret::Secret;
 
 const CONFIG: &str = r#"
 cluster:
+  name: render
   controllers: [10.0.0.10, 10.0.0.11, 10.0.0.12]
   endpoint: 10.0.0.100:6443
-  join_secret: 6f1c2a9e8b7d4c3f2e1a0b9c8d7e6f5a4b3c2d1e
+  join_secret: bjs1-f24e2a3237e68f8f739fc22cb08c24112ad629d690ecdf9b17e3f6d5ed9eb33c-2080a866
   pod_cidr: 10.244.0.0/16
   service_cidr: 10.96.0.0/12
 node:
@@ -86,6 +87,7 @@ fn material(kind: DistroKind, version: &str, role: JoinRole) -> JoinMaterial {
         service_cidr: Some("10.96.0.0/12".into()),
         registry_ca: None,
         registry_auth: None,
+        cluster: Some("render".into()),
         join: Default::default(),
     }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::Node;
 
-const SECRET: &str = "6f1c2a9e8b7d4c3f2e1a0b9c8d7e6f5a4b3c2d1e";
+const SECRET: &str =
+    "bjs1-d20d8459b1ee670dc8f38e8a05bcc72e10c189c15317728ea4cb4abbb8e44c03-df6f2606";
 const CONTROLLER: &str = "127.0.0.6";
 
 /// Kills the join service when the test ends, however it ends.
@@ -44,7 +45,7 @@ fn controller(cluster: &std::path::Path, port: u16) -> (Node, Serve) {
         cluster,
         "node-a",
         &format!(
-            "node: {{name: node-a, address: {CONTROLLER}}}\npreflight: {{ignore: [address]}}\ncluster:\n  controllers: [{CONTROLLER}]\n  join_secret_file: /etc/bootstrap/join-secret\njoin: {{port: {port}}}\n"
+            "node: {{name: node-a, address: {CONTROLLER}}}\npreflight: {{ignore: [address]}}\ncluster:\n  name: loopback\n  controllers: [{CONTROLLER}]\n  join_secret_file: /etc/bootstrap/join-secret\njoin: {{port: {port}}}\n"
         ),
     );
     a.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
@@ -70,7 +71,7 @@ fn worker_config(port: u16, secret_file: bool) -> String {
         "role: worker\nnode: {{name: node-w, address: 10.0.0.20}}\npreflight: {{ignore: [address]}}\njoin: {{port: {port}, timeout: 20s}}\ncluster:\n  controllers: [{CONTROLLER}]\n"
     );
     if secret_file {
-        config.push_str("  join_secret_file: /etc/bootstrap/join-secret\n");
+        config.push_str("  name: loopback\n  join_secret_file: /etc/bootstrap/join-secret\n");
     }
     config
 }
@@ -134,6 +135,19 @@ fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
         "{}",
         run.all()
     );
+    // A lifetime under a second became a token that never expires (`0h0m0s`), and a
+    // century was taken as asked: --ttl keeps to join.token_ttl's range.
+    for ttl in ["500ms", "59s", "25h", "100y"] {
+        let run = a.run(&["token", "create", "worker", "--ttl", ttl]);
+        run.assert_code(2);
+        assert!(
+            run.stderr
+                .contains(&format!("--ttl {ttl}: expected a duration from 1m to 24h")),
+            "{}",
+            run.all()
+        );
+        assert!(run.stdout.is_empty(), "a line was printed: {}", run.stdout);
+    }
     let run = a.run(&["token", "create", "worker", "--ttl", "10m"]);
     run.assert_code(0);
     let line = run.stdout.trim().to_owned();
@@ -168,6 +182,34 @@ fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
     let status = w.run(&["status"]);
     status.assert_code(0);
     assert!(status.stdout.contains("worker"), "{}", status.all());
+    // The line settled the cluster's name too (a controller joined this way serves with
+    // keys salted with it).
+    let manual: serde_json::Value =
+        serde_json::from_str(&w.read("/var/lib/bootstrap/join/manual.json").unwrap()).unwrap();
+    assert_eq!(manual["cluster"]["name"], "loopback", "{manual}");
+    // A node configured for another cluster refuses material for this one.
+    let x = node(
+        cluster.path(),
+        "node-x",
+        "node: {name: node-x, address: 10.0.0.24}\npreflight: {ignore: [address]}\njoin: {timeout: 20s}\ncluster: {name: elsewhere}\n",
+    );
+    x.write_mode("/root/join-line", &format!("{line}\n"), 0o600);
+    let run = x.run(&[
+        "up",
+        "--role",
+        "worker",
+        "--join",
+        &x.path("/root/join-line").display().to_string(),
+    ]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            r#"it is for cluster "loopback", but this node's cluster.name is "elsewhere""#
+        ),
+        "{}",
+        run.all()
+    );
+    assert!(!joined(cluster.path(), "node-x"));
 
     // A line on standard input (`--join -`) works too: it is read once, though the
     // configuration and the join both need it.

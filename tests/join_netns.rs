@@ -24,8 +24,12 @@ use std::time::{Duration, Instant};
 use common::netns::{in_netns, unsupported, wait_until, Lab};
 use common::Node;
 
-const SECRET: &str = "6f1c2a9e8b7d4c3f2e1a0b9c8d7e6f5a4b3c2d1e";
-const WRONG_SECRET: &str = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b";
+const SECRET: &str =
+    "bjs1-43c5e1829229e3972ef53098d6e85d966a06e7fe8817cb262a5824076041fdbf-6161d300";
+const WRONG_SECRET: &str =
+    "bjs1-5a883274f8808c3fb1ce2ba4ed146c933f0f8d72abd58ee2512fad1fe855299a-f81b7196";
+/// The cluster's name, which salts the join keys.
+const CLUSTER: &str = "netns";
 const PREFIX: &str = "10.77.0";
 /// The switch namespace's own address on the bridge: where the test's probe stands.
 const OBSERVER: &str = "10.77.0.254";
@@ -72,7 +76,7 @@ fn write_config(node: &Node, name: &str, role: &str, timeout: &str) {
          node: {{name: {name}, address: {}}}\n\
          preflight: {{ignore: [address]}}\n\
          registry: {{enabled: false}}\n\
-         cluster:\n  controllers: [{}]\n  join_secret_file: /etc/bootstrap/join-secret\n  init_wait: 20s\n\
+         cluster:\n  name: {CLUSTER}\n  controllers: [{}]\n  join_secret_file: /etc/bootstrap/join-secret\n  init_wait: 20s\n\
          join: {{port: {JOIN_PORT}, timeout: {timeout}}}\n",
         address(name),
         controllers.join(", ")
@@ -206,7 +210,7 @@ fn nodes_join_across_network_namespaces() {
     }
     nodes.insert("x1", make_node(cl, "x1", "worker", WRONG_SECRET, "4s"));
     let secret = bootstrap::secret::Secret::new(SECRET);
-    let keys = bootstrap::join::JoinKeys::from_secret(&secret);
+    let keys = bootstrap::join::JoinKeys::from_secret(&secret, CLUSTER).unwrap();
 
     // 1. Extra controllers and workers start before the first controller is up: they
     //    find nothing to ask and keep trying.

@@ -5,7 +5,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, ThreadId};
@@ -17,10 +16,15 @@ use bootstrap::join::proto::{self, ClusterInfo, Request, RequestKind, Response, 
 use bootstrap::join::server::{self, Credentials, Minter, Service};
 use bootstrap::join::{client, tls, Backoff, Cause, Fetch, JoinKeys};
 use bootstrap::secret::Secret;
-use ring::{hkdf, hmac, pbkdf2};
+use ring::{hkdf, hmac};
 
-const SECRET: &str = "3f9c0d1e5b7a48c2e6d0f1a3b5c7e9d1f3a5b7c9e1d3f5a7b9c1e3d5f7a9b1c3";
-const WRONG_SECRET: &str = "9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9";
+/// Join secrets as `bootstrap secret generate` prints them.
+const SECRET: &str =
+    "bjs1-f5ac4c2e5b5ec5ae0e0911389f9c29a481d20f7e3e1b424776e3641148fb20b5-e359ab23";
+const WRONG_SECRET: &str =
+    "bjs1-643c2a73f0117331389a278d6d1e8bbb8790a263196ccd7f570370a8df2f0a95-f2064b56";
+/// The cluster's name, which salts the keys.
+const CLUSTER: &str = "protocol";
 /// Every token the fake minter makes contains this, so logs can be searched for it.
 const TOKEN_MARK: &str = "tokenSENSITIVE";
 const TTL: Duration = Duration::from_secs(3600);
@@ -28,30 +32,37 @@ const TTL: Duration = Duration::from_secs(3600);
 const STEP: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------
-// Keys, derived once (PBKDF2 is deliberately slow).
+// Keys, derived once (Argon2id is deliberately slow).
 
 fn right() -> &'static JoinKeys {
     static KEYS: OnceLock<JoinKeys> = OnceLock::new();
-    KEYS.get_or_init(|| JoinKeys::from_secret(&Secret::new(SECRET)))
+    KEYS.get_or_init(|| JoinKeys::from_secret(&Secret::new(SECRET), CLUSTER).unwrap())
 }
 
 fn wrong() -> &'static JoinKeys {
     static KEYS: OnceLock<JoinKeys> = OnceLock::new();
-    KEYS.get_or_init(|| JoinKeys::from_secret(&Secret::new(WRONG_SECRET)))
+    KEYS.get_or_init(|| JoinKeys::from_secret(&Secret::new(WRONG_SECRET), CLUSTER).unwrap())
+}
+
+/// The right secret under another cluster's name.
+fn other_cluster() -> &'static JoinKeys {
+    static KEYS: OnceLock<JoinKeys> = OnceLock::new();
+    KEYS.get_or_init(|| JoinKeys::from_secret(&Secret::new(SECRET), "another").unwrap())
 }
 
 /// The derivation docs/join-protocol.md describes, written out independently of
 /// `join::keys`: (request MAC key, server identity seed).
-fn documented_derivation(secret: &str) -> (hmac::Key, [u8; 32]) {
+fn documented_derivation(secret: &str, cluster: &str) -> (hmac::Key, [u8; 32]) {
     const SALT: &[u8] = b"bootstrap join v1";
     let mut master = [0u8; 32];
-    pbkdf2::derive(
-        pbkdf2::PBKDF2_HMAC_SHA256,
-        NonZeroU32::new(100_000).unwrap(),
-        SALT,
-        secret.as_bytes(),
-        &mut master,
-    );
+    let params = argon2::Params::new(46 * 1024, 3, 4, Some(32)).unwrap();
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password_into(
+            secret.as_bytes(),
+            format!("bootstrap join v2 cluster {cluster}").as_bytes(),
+            &mut master,
+        )
+        .unwrap();
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(&master);
     let expand = |info: &[u8]| {
         let mut out = [0u8; 32];
@@ -72,7 +83,7 @@ fn documented_derivation(secret: &str) -> (hmac::Key, [u8; 32]) {
 /// The request/response MAC key of [`SECRET`].
 fn right_mac() -> &'static hmac::Key {
     static KEY: OnceLock<hmac::Key> = OnceLock::new();
-    KEY.get_or_init(|| documented_derivation(SECRET).0)
+    KEY.get_or_init(|| documented_derivation(SECRET, CLUSTER).0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -566,7 +577,7 @@ fn closed_port() -> String {
 
 #[test]
 fn the_keys_are_derived_as_documented() {
-    let (_, seed) = documented_derivation(SECRET);
+    let (_, seed) = documented_derivation(SECRET, CLUSTER);
     let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
     // SubjectPublicKeyInfo of an Ed25519 key: fixed prefix, then the 32-byte key.
     let mut spki = vec![
@@ -580,6 +591,11 @@ fn the_keys_are_derived_as_documented() {
     assert_eq!(pin, right().pin());
     assert_eq!(right().pin_text(), format!("sha256:{}", hex::encode(pin)));
     assert_ne!(right().pin(), wrong().pin());
+    assert_ne!(
+        right().pin(),
+        other_cluster().pin(),
+        "the cluster name salts the keys"
+    );
     // (The MAC key is checked by every test below that hand-builds an accepted request.)
 }
 
@@ -641,6 +657,14 @@ fn a_wrong_secret_either_way_fails_the_pin_check_before_anything_is_sent() {
     )
     .unwrap_err();
     assert!(matches!(cause, Cause::Tls(_)), "{cause:?}");
+    // The right secret with another cluster's name is a wrong key too.
+    let cause = client::ask(
+        &service.target(),
+        other_cluster(),
+        &request(JoinRole::Worker, "node-w3"),
+    )
+    .unwrap_err();
+    assert!(matches!(cause, Cause::Tls(_)), "{cause:?}");
     assert_eq!(service.minter.calls(), 0);
     assert_eq!(impostor.minter.calls(), 0);
 }
@@ -661,7 +685,7 @@ fn a_caller_that_knows_the_pin_but_not_the_secret_gets_nothing() {
         "{cause:?}"
     );
     // By hand: the request MAC'd with another key on a good session.
-    let (wrong_mac, _) = documented_derivation(WRONG_SECRET);
+    let (wrong_mac, _) = documented_derivation(WRONG_SECRET, CLUSTER);
     let mut raw = Raw::connect(service.addr);
     let (response, reply, reply_tag) = raw.ask(&wrong_mac, &body(JoinRole::Worker, "node-p"));
     assert_eq!(response.status, Status::Refused);
@@ -1135,6 +1159,81 @@ fn a_service_without_admission_sends_controllers_elsewhere() {
         "{cause:?}"
     );
     assert_eq!(service.minter.calls(), 0);
+}
+
+#[test]
+fn node_names_that_kubernetes_would_refuse_are_refused_before_anything_happens() {
+    let service = start(Options {
+        admission: true,
+        ..Options::default()
+    });
+    let target = service.target();
+    let long = format!("{}.{}", "a".repeat(63), "b".repeat(190));
+    assert_eq!(long.len(), 254);
+    for bad in [
+        "",
+        "Node-1",
+        "-node",
+        "node-",
+        "node_1",
+        "node 1",
+        "node..1",
+        ".node",
+        "node\nlevel=INFO forged",
+        "nöde",
+        long.as_str(),
+    ] {
+        for role in [JoinRole::Worker, JoinRole::Controller] {
+            let cause = client::ask(&target, right(), &request(role, bad)).unwrap_err();
+            assert!(
+                matches!(&cause, Cause::Refused(m) if m.contains("node name") && m.contains("RFC 1123")),
+                "{bad:?} as a {role}: {cause:?}"
+            );
+        }
+        let cause = client::ask(&target, right(), &leave_request(bad, None)).unwrap_err();
+        assert!(
+            matches!(&cause, Cause::Refused(m) if m.contains("node name")),
+            "{bad:?} leaving: {cause:?}"
+        );
+    }
+    // Nothing was minted, removed or admitted: a valid controller gets the lease at once.
+    assert_eq!(service.minter.calls(), 0);
+    assert!(lock(&service.removed).is_empty());
+    // The refusal is logged with the name quoted and cut short, never as raw text.
+    // (The service logs from its own threads.)
+    let logged: Vec<String> = all_log_lines()
+        .into_iter()
+        .filter(|l| l.contains("is not a valid node name"))
+        .collect();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains(r#""node\nlevel=INFO forged""#)),
+        "{logged:?}"
+    );
+    assert!(
+        logged.iter().all(|l| !l.contains('\n') && l.len() < 400),
+        "{logged:?}"
+    );
+    // The longest valid names, and names with dots, are served.
+    let longest = format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    );
+    assert_eq!(longest.len(), 253);
+    for good in [longest.as_str(), "node-1.example.com", "0"] {
+        let answer = client::ask(&target, right(), &request(JoinRole::Worker, good)).unwrap();
+        assert_eq!(answer.status, Status::Ok, "{good}");
+    }
+    assert_eq!(
+        client::ask(&target, right(), &request(JoinRole::Controller, "cp-1"))
+            .unwrap()
+            .status,
+        Status::Ok
+    );
 }
 
 // =======================================================================================

@@ -87,7 +87,7 @@ fn machine(
          node: {{name: {name}, address: {}}}\n\
          preflight: {{ignore: [address]}}\n\
          registry: {{enabled: false}}\n\
-         cluster:\n  controllers: [{controllers}]\n  join_secret_file: /etc/bootstrap/join-secret\n  init_wait: 60s\n\
+         cluster:\n  name: lc\n  controllers: [{controllers}]\n  join_secret_file: /etc/bootstrap/join-secret\n  init_wait: 60s\n\
          join: {{port: {JOIN_PORT}, timeout: 150s}}\n",
         address(name),
     ));

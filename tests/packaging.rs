@@ -50,8 +50,12 @@ fn print_config(config: &str) -> (bool, String) {
     let etc = root.path().join("etc/bootstrap");
     fs::create_dir_all(&etc).unwrap();
     for (name, text) in [
-        ("join-secret", "6f1c2a9e8b7d4c3f2e1a0b9c8d7e6f5a4b3c2d1e"),
+        (
+            "join-secret",
+            "bjs1-c4b177c1262846654ce8e5e2d54ab998bdaf3b08b2fde7efac58b11b6f1161cd-4d50b08d",
+        ),
         ("registry-password", "registry-password-1"),
+        ("registry-push-password", "registry-push-password-1"),
     ] {
         fs::write(etc.join(name), text).unwrap();
         fs::set_permissions(etc.join(name), fs::Permissions::from_mode(0o600)).unwrap();
@@ -147,6 +151,11 @@ fn example_config_mentions_every_key() {
     config.node.address = Some("10.0.0.1".parse().unwrap());
     config.cluster.pod_cidr = Some("10.42.0.0/16".parse().unwrap());
     config.cluster.service_cidr = Some("10.43.0.0/16".parse().unwrap());
+    config.registry.push = Some(bootstrap::config::RegistryPushConfig {
+        username: "pusher".into(),
+        password_file: "/etc/bootstrap/registry-push-password".into(),
+        port: bootstrap::config::DEFAULT_PUSH_PORT,
+    });
     let schema_yaml: serde_yaml::Value =
         serde_yaml::to_value(serde_json::to_value(&config).unwrap()).unwrap();
     let mut schema = BTreeSet::new();

@@ -187,3 +187,74 @@ fn readme_first_command_works_from_a_clean_checkout() {
     run.assert_code(0);
     assert!(run.stdout.contains("k3s v1.31.4+k3s1"), "{}", run.stdout);
 }
+
+#[test]
+fn registries_yaml_with_a_password_is_secret_in_the_plan() {
+    const PASSWORD: &str = "pull-password-7c1e";
+    let node = Node::new().with_registry();
+    node.write_mode(
+        "/etc/bootstrap/registry-password",
+        &format!("{PASSWORD}\n"),
+        0o600,
+    );
+    node.config("registry: {username: puller, password_file: /etc/bootstrap/registry-password}\n");
+    let facts = facts("node-1.json");
+    let run = node.run(&[
+        "--facts",
+        facts.to_str().unwrap(),
+        "plan",
+        "--output",
+        "json",
+    ]);
+    run.assert_code(0);
+    assert!(!run.all().contains(PASSWORD), "the password is shown");
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let steps = json["steps"].as_array().unwrap();
+    let registries = steps
+        .iter()
+        .find(|s| s["path"] == "/etc/rancher/k3s/registries.yaml")
+        .unwrap_or_else(|| panic!("no registries.yaml step: {}", run.stdout));
+    let contents = &registries["contents"];
+    assert_eq!(contents["secret"], true, "{registries}");
+    assert!(
+        !contents["sha256"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .all(|c| c.is_ascii_hexdigit()),
+        "a digest of the file is shown: {registries}"
+    );
+    // The text plan says so instead of a digest.
+    let text = node.run(&["--facts", facts.to_str().unwrap(), "plan"]);
+    text.assert_code(0);
+    let line = text
+        .stdout
+        .lines()
+        .find(|l| l.contains("write /etc/rancher/k3s/registries.yaml"))
+        .unwrap_or_else(|| panic!("{}", text.stdout));
+    assert!(
+        line.contains("(0600, secret)") && !line.contains("sha256"),
+        "{line}"
+    );
+
+    // Without credentials the file is public, digest and all.
+    let plain = Node::new().with_registry();
+    let run = plain.run(&[
+        "--facts",
+        facts.to_str().unwrap(),
+        "plan",
+        "--output",
+        "json",
+    ]);
+    run.assert_code(0);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let registries = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["path"] == "/etc/rancher/k3s/registries.yaml")
+        .unwrap()
+        .clone();
+    assert_eq!(registries["contents"]["secret"], false, "{registries}");
+    assert_eq!(registries["contents"]["sha256"].as_str().unwrap().len(), 64);
+}

@@ -31,6 +31,11 @@ fn config_reference_matches_the_schema() {
     config.node.address = Some("10.0.0.1".parse().unwrap());
     config.cluster.pod_cidr = Some("10.42.0.0/16".parse().unwrap());
     config.cluster.service_cidr = Some("10.43.0.0/16".parse().unwrap());
+    config.registry.push = Some(bootstrap::config::RegistryPushConfig {
+        username: "pusher".into(),
+        password_file: "/etc/bootstrap/registry-push-password".into(),
+        port: bootstrap::config::DEFAULT_PUSH_PORT,
+    });
     let mut schema = BTreeSet::new();
     leaves("", &serde_json::to_value(&config).unwrap(), &mut schema);
 
@@ -56,8 +61,12 @@ fn config_reference_matches_the_schema() {
     );
 }
 
-/// The config and secret a cloud-init user-data file writes, loaded as bootstrap would.
-fn load_user_data(text: &str) -> Result<bootstrap::config::Config, String> {
+/// Where the user-data files write the join secret.
+const SECRET_PATH: &str = "/etc/bootstrap/join-secret";
+
+/// The config and secret a cloud-init user-data file writes, loaded as bootstrap would;
+/// with `secret`, that in place of the secret file's content.
+fn load_user_data(text: &str, secret: Option<&str>) -> Result<bootstrap::config::Config, String> {
     use bootstrap::host::{FakeHost, Host};
     assert!(
         text.starts_with("#cloud-config"),
@@ -67,7 +76,10 @@ fn load_user_data(text: &str) -> Result<bootstrap::config::Config, String> {
     let host = FakeHost::new();
     for file in doc["write_files"].as_sequence().expect("write_files") {
         let path = file["path"].as_str().expect("path");
-        let content = file["content"].as_str().expect("content");
+        let content = match secret {
+            Some(secret) if path == SECRET_PATH => secret,
+            _ => file["content"].as_str().expect("content"),
+        };
         let mode = u32::from_str_radix(file["permissions"].as_str().unwrap_or("0644"), 8).unwrap();
         host.write_atomic(std::path::Path::new(path), content.as_bytes(), mode, None)
             .unwrap();
@@ -79,12 +91,31 @@ fn load_user_data(text: &str) -> Result<bootstrap::config::Config, String> {
 #[test]
 fn cloud_init_examples_carry_valid_configs() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/cloud-init");
+    let generated = bootstrap::secret_format::generate().unwrap();
+    let check = |name: &str, text: &str| {
+        // As shipped, the placeholder is refused (and named as the placeholder)...
+        let refused = load_user_data(text, None)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: its example secret is accepted"));
+        assert!(
+            refused.contains("cluster.join_secret_file")
+                && refused.contains("bootstrap secret generate"),
+            "{name}: {refused}"
+        );
+        assert!(
+            !refused.contains("cluster.name") && refused.lines().count() == 2,
+            "{name}: only the secret may be wrong: {refused}"
+        );
+        // ...and with a generated secret in its place the config is good.
+        let config = load_user_data(text, Some(generated.expose()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(config.join_secret().is_some());
+        assert!(config.cluster.name.is_some(), "{name}: no cluster.name");
+    };
     let mut seen = 0;
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let text = std::fs::read_to_string(entry.path()).unwrap();
-        let config =
-            load_user_data(&text).unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()));
-        assert!(config.join_secret().is_some());
+        check(&entry.path().display().to_string(), &text);
         seen += 1;
     }
     assert!(seen > 0);
@@ -95,6 +126,5 @@ fn cloud_init_examples_carry_valid_configs() {
         .expect("README cloud-init example")
         + "```yaml\n".len();
     let end = start + readme[start..].find("```").unwrap();
-    load_user_data(&readme[start..end])
-        .unwrap_or_else(|e| panic!("README cloud-init example: {e}"));
+    check("README cloud-init example", &readme[start..end]);
 }

@@ -1,7 +1,8 @@
 //! The local registry's files against the real components: golden `config.yml` and
 //! unit, `systemd-analyze verify` on the unit, and `/usr/bin/docker-registry` serving a
-//! seeded image over TLS with bootstrap's certificates (and htpasswd), checked by
-//! `skopeo` and a rustls client on 127.0.0.1 only.
+//! seeded image over TLS with bootstrap's certificates (and htpasswd), read-only to
+//! every client, and writable only through the push registry with its credentials —
+//! checked by `skopeo` and a rustls client on 127.0.0.1 only.
 //!
 //! Needs the Debian packages `docker-registry`, `skopeo` and `systemd`; scripts/test.sh
 //! installs them. Without them these tests fail rather than pass unseen.
@@ -22,6 +23,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+use sha2::Digest;
 
 use archives::TestImage;
 use bootstrap::images::seed_archive;
@@ -68,6 +71,7 @@ fn require_registry() {
 /// writes.
 fn golden_config() -> RegistryConfig {
     RegistryConfig {
+        listen_address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10)),
         htpasswd: Some(HtpasswdAuth {
             realm: "bootstrap registry".into(),
             path: registry::HTPASSWD_FILE.into(),
@@ -183,7 +187,7 @@ impl Setup {
             }
         });
         let config = RegistryConfig {
-            listen_address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: free_port(),
             storage_dir: w.join("storage"),
             certificate: certs.join("server.crt"),
@@ -218,11 +222,20 @@ impl Setup {
     }
 
     fn image(&self, reference: &str) -> String {
-        format!("docker://127.0.0.1:{}/{reference}", self.config.port)
+        image_at(self.config.port, reference)
     }
 
     /// `skopeo --insecure-policy inspect ARGS IMAGE` with no stored credentials.
     fn inspect(&self, registry: &mut Registry, args: &[&str]) -> (ExitStatus, String, String) {
+        self.inspect_image(registry, &self.image(IMAGE), args)
+    }
+
+    fn inspect_image(
+        &self,
+        registry: &mut Registry,
+        image: &str,
+        args: &[&str],
+    ) -> (ExitStatus, String, String) {
         let skopeo = require("skopeo", "skopeo");
         let mut command = Command::new(skopeo);
         command
@@ -232,7 +245,7 @@ impl Setup {
             .arg("--authfile")
             .arg(self.path("no-auth.json"))
             .args(args)
-            .arg(self.image(IMAGE));
+            .arg(image);
         let result = common::run_bounded(&mut command, self.work.path(), COMMAND_TIMEOUT);
         // The registry must still be up, or a failure below would prove nothing.
         registry.assert_running();
@@ -260,6 +273,10 @@ impl Setup {
     }
 }
 
+fn image_at(port: u16, reference: &str) -> String {
+    format!("docker://127.0.0.1:{port}/{reference}")
+}
+
 fn write_secret(path: &Path, secret: &Secret) {
     fs::write(path, secret.expose()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).expect("chmod 0600");
@@ -280,12 +297,23 @@ struct Registry {
 
 impl Registry {
     fn start(setup: &Setup) -> Registry {
-        let log = setup.path("registry.log");
+        Registry::start_with(setup, "config.yml", setup.config.port)
+    }
+
+    /// Another instance of the registry over the setup's storage: `config`, written to
+    /// `name` in the setup's folder.
+    fn start_other(setup: &Setup, name: &str, config: &RegistryConfig) -> Registry {
+        fs::write(setup.path(name), config.render().expect("config")).expect(name);
+        Registry::start_with(setup, name, config.port)
+    }
+
+    fn start_with(setup: &Setup, config_name: &str, port: u16) -> Registry {
+        let log = setup.path(&format!("{config_name}.log"));
         let out = File::create(&log).expect("registry log");
         let err = out.try_clone().expect("registry log");
         let child = Command::new(REGISTRY)
             .arg("serve")
-            .arg(setup.path("config.yml"))
+            .arg(setup.path(config_name))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -293,7 +321,7 @@ impl Registry {
             .unwrap_or_else(|e| panic!("start {REGISTRY}: {e}"));
         let mut registry = Registry {
             child,
-            port: setup.config.port,
+            port,
             log,
             ca_pem: setup.pki.ca.cert_pem.clone(),
         };
@@ -341,6 +369,17 @@ impl Registry {
     /// `GET path` over TLS, trusting only our CA and checking the certificate is for
     /// 127.0.0.1.
     fn get(&self, path: &str) -> Result<Response, String> {
+        self.request("GET", path, &[], &[])
+    }
+
+    /// `METHOD path` with these headers and body, anonymously, over TLS as [`get`].
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, String> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut self.ca_pem.as_bytes()) {
             roots
@@ -364,9 +403,14 @@ impl Registry {
         tcp.set_write_timeout(Some(Duration::from_secs(2)))
             .map_err(|e| e.to_string())?;
         let mut stream = rustls::StreamOwned::new(connection, tcp);
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .map_err(|e| e.to_string())?;
+        let mut head = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut message = head.into_bytes();
+        message.extend_from_slice(body);
+        stream.write_all(&message).map_err(|e| e.to_string())?;
         let mut response = Vec::new();
         let mut buf = [0u8; 8192];
         // HTTP/1.0: the registry closes the connection after the response; some
@@ -398,10 +442,16 @@ impl Drop for Registry {
 struct Response {
     status: u16,
     headers: Vec<(String, String)>,
+    body: Vec<u8>,
 }
 
 impl Response {
     fn parse(bytes: &[u8]) -> Result<Response, String> {
+        let body = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| bytes[at + 4..].to_vec())
+            .unwrap_or_default();
         let text = String::from_utf8_lossy(bytes);
         let mut lines = text.lines();
         let status_line = lines.next().ok_or("empty response")?;
@@ -415,7 +465,11 @@ impl Response {
             .filter_map(|line| line.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
             .collect();
-        Ok(Response { status, headers })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 
     fn header(&self, name: &str) -> Vec<&str> {
@@ -506,4 +560,222 @@ fn registry_requires_htpasswd_credentials() {
     let creds = format!("other:{other_password}");
     let inspected = setup.inspect_ok(&mut registry, &["--cert-dir", ca_dir, "--creds", &creds]);
     assert_eq!(inspected["Digest"], setup.digest);
+}
+
+/// What an anonymous client gets for trying to write: 405, the registry's answer while
+/// its storage is read-only (the write handlers are not even routed).
+fn assert_refused(what: &str, response: &Response, registry: &Registry) {
+    assert!(
+        response.status == 405,
+        "{what} answered {} (expected 405, read-only):\n{}\n--- registry log\n{}",
+        response.status,
+        String::from_utf8_lossy(&response.body),
+        registry.log_text()
+    );
+}
+
+/// Every repository folder in the registry's storage.
+fn repositories(storage: &Path) -> Vec<String> {
+    let root = storage.join("docker/registry/v2/repositories");
+    let mut out = Vec::new();
+    for namespace in fs::read_dir(&root).expect("repositories").flatten() {
+        for repo in fs::read_dir(namespace.path()).expect("namespace").flatten() {
+            out.push(format!(
+                "{}/{}",
+                namespace.file_name().to_string_lossy(),
+                repo.file_name().to_string_lossy()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn anonymous_clients_cannot_write_but_still_pull_the_seeded_images() {
+    // bootstrap's own registry config.yml, as rendered, on loopback.
+    let setup = Setup::new(&[]);
+    assert!(setup.config.read_only, "read-only is the default");
+    let mut registry = Registry::start(&setup);
+    // Pulls work: the seeded image's manifest and one of its blobs.
+    let accept = "application/vnd.oci.image.manifest.v1+json, \
+                  application/vnd.docker.distribution.manifest.v2+json";
+    let manifest = registry
+        .request(
+            "GET",
+            "/v2/library/hello/manifests/1.0",
+            &[("Accept", accept)],
+            &[],
+        )
+        .expect("GET manifest");
+    assert_eq!(manifest.status, 200, "{}", registry.log_text());
+    let manifest_type = manifest.header("content-type")[0].to_owned();
+    let parsed: serde_json::Value = serde_json::from_slice(&manifest.body).expect("manifest");
+    let config_digest = parsed["config"]["digest"].as_str().expect("config digest");
+    let blob = registry
+        .get(&format!("/v2/library/hello/blobs/{config_digest}"))
+        .expect("GET blob");
+    assert_eq!(blob.status, 200);
+
+    // Starting a blob upload, and a monolithic one, are refused.
+    let upload = registry
+        .request("POST", "/v2/library/hello/blobs/uploads/", &[], &[])
+        .expect("POST upload");
+    assert_refused("POST /v2/library/hello/blobs/uploads/", &upload, &registry);
+    let data = b"not a system image";
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
+    let monolithic = registry
+        .request(
+            "POST",
+            &format!("/v2/library/evil/blobs/uploads/?digest={digest}"),
+            &[("Content-Type", "application/octet-stream")],
+            data,
+        )
+        .expect("POST monolithic upload");
+    assert_refused("a monolithic upload", &monolithic, &registry);
+    // Putting a manifest (the seeded one, valid, under the tag every node pulls and
+    // under a new one) is refused.
+    for tag in ["1.0", "evil"] {
+        let put = registry
+            .request(
+                "PUT",
+                &format!("/v2/library/hello/manifests/{tag}"),
+                &[("Content-Type", &manifest_type)],
+                &manifest.body,
+            )
+            .expect("PUT manifest");
+        assert_refused(&format!("PUT manifest {tag}"), &put, &registry);
+    }
+    let delete = registry
+        .request(
+            "DELETE",
+            &format!("/v2/library/hello/manifests/{}", setup.digest),
+            &[],
+            &[],
+        )
+        .expect("DELETE manifest");
+    assert!(delete.status == 405, "DELETE answered {}", delete.status);
+
+    // A real client's push fails too, and nothing reached the storage.
+    let ca_dir = setup.path("ca");
+    let ca_dir = ca_dir.to_str().expect("UTF-8 temp path");
+    let (status, _, stderr) = skopeo_copy(&setup, &setup.image("library/evil:1"), &[ca_dir], None);
+    assert!(!status.success(), "an anonymous push succeeded");
+    assert!(
+        stderr.contains("405") || stderr.to_lowercase().contains("unsupported"),
+        "the push must fail on the registry's refusal:\n{stderr}"
+    );
+    assert_eq!(repositories(&setup.config.storage_dir), ["library/hello"]);
+    assert!(
+        !setup
+            .config
+            .storage_dir
+            .join("docker/registry/v2/repositories/library/hello/_uploads")
+            .exists(),
+        "an upload was started"
+    );
+
+    // And the seeded image is served as before.
+    let inspected = setup.inspect_ok(&mut registry, &["--cert-dir", ca_dir]);
+    assert_eq!(inspected["Digest"], setup.digest);
+}
+
+/// `skopeo copy` of the setup's docker-save archive to `dest`, trusting `cert_dir`,
+/// with `creds` when given.
+fn skopeo_copy(
+    setup: &Setup,
+    dest: &str,
+    cert_dir: &[&str],
+    creds: Option<&str>,
+) -> (ExitStatus, String, String) {
+    let skopeo = require("skopeo", "skopeo");
+    let mut command = Command::new(skopeo);
+    command
+        .arg("--insecure-policy")
+        .arg("copy")
+        .arg("--dest-authfile")
+        .arg(setup.path("no-auth.json"));
+    for dir in cert_dir {
+        command.arg("--dest-cert-dir").arg(dir);
+    }
+    if let Some(creds) = creds {
+        command.arg("--dest-creds").arg(creds);
+    }
+    command
+        .arg("--digestfile")
+        .arg(setup.path("pushed.digest"))
+        .arg(format!(
+            "docker-archive:{}:docker.io/library/hello:1.0",
+            setup.path("hello.tar").display()
+        ))
+        .arg(dest);
+    common::run_bounded(&mut command, setup.work.path(), COMMAND_TIMEOUT)
+}
+
+#[test]
+fn pushes_take_the_push_registry_and_its_credentials() {
+    // The cluster's registry, read-only, and the push registry over the same storage,
+    // writable, behind its own htpasswd (as `registry.push` sets them up).
+    let setup = Setup::new(&[]);
+    let mut pull = Registry::start(&setup);
+    let password = Secret::new("push-password-3e9b");
+    let htpasswd = setup.path("htpasswd-push");
+    write_secret(
+        &htpasswd,
+        &Secret::new(format!(
+            "{}\n",
+            htpasswd_line("pusher", &password, DEFAULT_BCRYPT_COST)
+                .expect("line")
+                .expose()
+        )),
+    );
+    let push_config = RegistryConfig {
+        port: free_port(),
+        read_only: false,
+        htpasswd: Some(HtpasswdAuth {
+            realm: "bootstrap-registry-push".into(),
+            path: htpasswd,
+        }),
+        ..setup.config.clone()
+    };
+    let mut push = Registry::start_other(&setup, "config-push.yml", &push_config);
+    let ca_dir = setup.path("ca");
+    let ca_dir = ca_dir.to_str().expect("UTF-8 temp path");
+    let pushed = image_at(push_config.port, "library/added:1");
+
+    // Without credentials, or with the wrong ones: refused.
+    let (status, _, stderr) = skopeo_copy(&setup, &pushed, &[ca_dir], None);
+    assert!(!status.success(), "an anonymous push succeeded");
+    assert!(
+        stderr.contains("401")
+            || stderr.contains("unauthorized")
+            || stderr.contains("authentication required"),
+        "{stderr}"
+    );
+    let (status, _, _) = skopeo_copy(&setup, &pushed, &[ca_dir], Some("pusher:wrong-password"));
+    assert!(!status.success(), "a push with a wrong password succeeded");
+    push.assert_running();
+
+    // With them: pushed, and served by the read-only registry every node pulls from.
+    let creds = format!("pusher:{}", password.expose());
+    let (status, _, stderr) = skopeo_copy(&setup, &pushed, &[ca_dir], Some(&creds));
+    assert!(
+        status.success(),
+        "push with credentials failed:\n{stderr}\n--- push registry log\n{}",
+        push.log_text()
+    );
+    let digest = fs::read_to_string(setup.path("pushed.digest")).expect("digest file");
+    let (status, stdout, stderr) = setup.inspect_image(
+        &mut pull,
+        &setup.image("library/added:1"),
+        &["--cert-dir", ca_dir],
+    );
+    assert!(status.success(), "{stderr}\n{}", pull.log_text());
+    let inspected: serde_json::Value = serde_json::from_str(&stdout).expect("inspect output");
+    assert_eq!(inspected["Digest"], digest.trim(), "the image pushed");
+    // The read-only one still refuses writes.
+    let upload = pull
+        .request("POST", "/v2/library/added/blobs/uploads/", &[], &[])
+        .expect("POST upload");
+    assert_refused("POST upload to the read-only registry", &upload, &pull);
 }

@@ -319,7 +319,7 @@ fn the_role_is_persisted_and_a_joined_node_never_initialises() {
         .env("BOOTSTRAP_JOIN__PORT", "9");
     node.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
     node.config(
-        "cluster:\n  controllers: [127.0.0.2, 127.0.0.3]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+        "cluster:\n  name: up-test\n  controllers: [127.0.0.2, 127.0.0.3]\n  join_secret_file: /etc/bootstrap/join-secret\n",
     );
     // A worker that gets no join material stops (exit 4) before changing the host, but
     // its role is decided and kept.
@@ -330,7 +330,7 @@ fn the_role_is_persisted_and_a_joined_node_never_initialises() {
     assert!(role.contains("\"worker\""), "{role}");
     // The config now names this host first: it would initialise a second cluster.
     node.config(
-        "cluster:\n  controllers: [node-1, 127.0.0.2]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+        "cluster:\n  name: up-test\n  controllers: [node-1, 127.0.0.2]\n  join_secret_file: /etc/bootstrap/join-secret\n",
     );
     let run = node.run(&["up"]);
     run.assert_code(2);
@@ -339,7 +339,7 @@ fn the_role_is_persisted_and_a_joined_node_never_initialises() {
     plan.assert_code(2);
     // Back to the old settings: no role conflict (only the join service is still missing).
     node.config(
-        "cluster:\n  controllers: [127.0.0.2, 127.0.0.3]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+        "cluster:\n  name: up-test\n  controllers: [127.0.0.2, 127.0.0.3]\n  join_secret_file: /etc/bootstrap/join-secret\n",
     );
     let run = node.run(&["up"]);
     run.assert_code(4);
@@ -349,7 +349,7 @@ fn the_role_is_persisted_and_a_joined_node_never_initialises() {
 #[test]
 fn the_secret_never_leaks() {
     let node = Node::new().env("BOOTSTRAP_CLUSTER__JOIN_SECRET", SECRET);
-    node.config("cluster:\n  controllers: [127.0.0.1]\n");
+    node.config("cluster:\n  name: up-test\n  controllers: [127.0.0.1]\n");
     let mut outputs = String::new();
     for args in [
         &["plan"][..],
@@ -392,7 +392,7 @@ fn the_secret_file_is_not_copied_or_shown() {
         .env("BOOTSTRAP_JOIN__PORT", "9");
     node.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
     node.config(
-        "cluster:\n  controllers: [127.0.0.1]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+        "cluster:\n  name: up-test\n  controllers: [127.0.0.1]\n  join_secret_file: /etc/bootstrap/join-secret\n",
     );
     let mut out = String::new();
     for args in [
@@ -408,4 +408,29 @@ fn the_secret_file_is_not_copied_or_shown() {
     assert!(!node
         .all_text(&["/etc/bootstrap/join-secret"])
         .contains(SECRET));
+}
+
+#[test]
+fn a_controller_without_a_secret_makes_one_that_passes_the_rule() {
+    // Bare metal: `up` with nothing configured keeps its own join secret for its join
+    // service. It is made as `bootstrap secret generate` makes one.
+    let node = Node::new();
+    node.run(&["up"]).assert_code(0);
+    let kept = node.read("/var/lib/bootstrap/join/join-secret").unwrap();
+    let kept = kept.trim_end();
+    assert!(kept.starts_with("bjs1-") && kept.len() == 78, "{kept}");
+    bootstrap::validate::join_secret(kept).unwrap();
+
+    let generate = || node.run(&["secret", "generate"]);
+    let first = generate();
+    first.assert_code(0);
+    let secret = first.stdout.trim_end();
+    assert_eq!(first.stdout.lines().count(), 1, "{}", first.stdout);
+    bootstrap::validate::join_secret(secret).unwrap();
+    assert!(!first.stderr.contains(secret), "the secret is in the log");
+    assert_ne!(generate().stdout, first.stdout);
+    // What it prints is what a config takes.
+    node.write_mode("/etc/bootstrap/join-secret", &first.stdout, 0o600);
+    node.config("cluster: {name: generated, join_secret_file: /etc/bootstrap/join-secret}\n");
+    node.run(&["plan"]).assert_code(0);
 }

@@ -27,11 +27,10 @@ pub(super) fn settle(
         );
         return Ok(());
     }
-    let Some(secret) = session.join_secret()? else {
+    let Some(keys) = session.join_keys()? else {
         log::warn!("no join secret: cannot ask the other controllers whether a cluster exists");
         return Ok(());
     };
-    let keys = crate::join::JoinKeys::from_secret(&secret);
     let targets = crate::join::targets(&others, config.join.port);
     log::info!(
         "asking {} whether a cluster already exists before initialising one (at most {})",

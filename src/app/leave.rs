@@ -122,8 +122,8 @@ fn leave_through_controller(
 ) -> Result<(), Error> {
     let material = JoinMaterial::load(&session.host).map_err(DistroError::from)?;
     let targets = session.join_services(decision)?;
-    let (keys, credential) = match session.join_secret()? {
-        Some(secret) => (JoinKeys::from_secret(&secret), None),
+    let (keys, credential) = match session.join_keys()? {
+        Some(keys) => (keys, None),
         None => match material
             .as_ref()
             .and_then(|m| m.join.pin.zip(m.join.node_credential.clone()))

@@ -7,6 +7,7 @@ mod plan_cmd;
 mod preflight_cmd;
 mod reset;
 mod rootfs_cmd;
+mod secret_cmd;
 mod serve_cmd;
 mod status;
 mod token_cmd;
@@ -123,6 +124,7 @@ pub fn run(mut cli: Cli) -> Result<(), Error> {
         Some(Command::Preflight(args)) => preflight_cmd::run(&cli, args),
         Some(Command::Rootfs(command)) => rootfs_cmd::run(command),
         Some(Command::Token(command)) => token_cmd::run(&cli, command),
+        Some(Command::Secret(command)) => secret_cmd::run(command),
         Some(Command::Serve(args)) => serve_cmd::run(&cli, args),
         Some(Command::Leave(args)) => leave::run(&cli, args),
         Some(Command::Reset(args)) => reset::run(&cli, args),
@@ -211,13 +213,22 @@ fn read_manual(host: &dyn Host) -> Result<Option<config::FlagLayer>, Error> {
 }
 
 /// Keeps what `up --join` settled: the role, the controller named by the line and its
-/// join port, so `up`, `leave` and `status` see the same configuration later without it.
-pub(crate) fn persist_manual(host: &dyn Host, config: &Config) -> Result<(), Error> {
-    let layer = serde_json::json!({
+/// join port, and the cluster's name once join material has told it, so `up`, `leave`,
+/// `status` and this node's own join service see the same configuration later without
+/// the line.
+pub(crate) fn persist_manual(
+    host: &dyn Host,
+    config: &Config,
+    cluster_name: Option<&str>,
+) -> Result<(), Error> {
+    let mut layer = serde_json::json!({
         "role": config.role.to_string(),
         "cluster": {"controllers": config.cluster.controllers},
         "join": {"port": config.join.port},
     });
+    if let Some(name) = cluster_name.or(config.cluster.name.as_deref()) {
+        layer["cluster"]["name"] = serde_json::json!(name);
+    }
     host.create_dir_all(Path::new("/var/lib/bootstrap/join"), 0o700)?;
     let mut text = serde_json::to_vec_pretty(&layer).unwrap_or_default();
     text.push(b'\n');
@@ -281,6 +292,17 @@ impl Session {
             return Ok(Some(secret.clone()));
         }
         self.node_secret()
+    }
+
+    /// The keys of this node's join secret ([`Session::join_secret`]), salted with the
+    /// cluster's name; `None` without a secret. Argon2id: derive once per command.
+    pub(crate) fn join_keys(&self) -> Result<Option<crate::join::JoinKeys>, Error> {
+        let Some(secret) = self.join_secret()? else {
+            return Ok(None);
+        };
+        crate::join::JoinKeys::from_secret(&secret, self.config.cluster_name())
+            .map(Some)
+            .map_err(|e| Error::Failed(e.to_string()))
     }
 
     /// The secret in [`crate::join::NODE_SECRET_FILE`], if there is one.
@@ -371,28 +393,27 @@ impl Session {
     }
 
     /// Join material for a node of `role`, minted on this controller, with what the
-    /// node needs to reach the join services later: their addresses and pin, and for a
-    /// controller the join secret (its own join service will need it).
+    /// node needs to reach the join services later: their addresses and the pin of
+    /// `keys` (this node's join keys, when it has a secret), and for a controller the
+    /// join secret (its own join service will need it) and the cluster's name.
     pub(crate) fn mint(
         &self,
         decision: &RoleDecision,
         role: crate::distro::JoinRole,
         ttl: std::time::Duration,
+        keys: Option<&crate::join::JoinKeys>,
     ) -> Result<crate::distro::JoinMaterial, Error> {
         let ctx = self.distro_context(decision, None);
         let mut material = crate::distro::driver(self.image.distro).mint(&ctx, role, ttl)?;
-        let secret = self.join_secret()?;
         material.join.services = self.join_services(decision)?;
         material.join.cluster_id = crate::state::read_json::<crate::state::ClusterRecord>(
             &self.host,
             crate::state::CLUSTER_FILE,
         )
         .map(|r| r.id);
-        material.join.pin = secret
-            .as_ref()
-            .map(|s| crate::join::JoinKeys::from_secret(s).pin());
+        material.join.pin = keys.map(crate::join::JoinKeys::pin);
         if role == crate::distro::JoinRole::Controller {
-            material.join.secret = secret;
+            material.join.secret = self.join_secret()?;
         }
         Ok(material)
     }
@@ -446,6 +467,19 @@ impl Session {
                 ),
             }
             .into());
+        }
+        if let (Some(theirs), Some(ours)) = (&material.cluster, &self.config.cluster.name) {
+            // A controller keeps the received join secret: its join keys would not be
+            // the cluster's under another name.
+            if theirs != ours {
+                return Err(DistroError::Mismatch {
+                    path: MATERIAL_FILE,
+                    reason: format!(
+                        "it is for cluster {theirs:?}, but this node's cluster.name is {ours:?}"
+                    ),
+                }
+                .into());
+            }
         }
         if self.upgrading {
             return Ok(Some(material));

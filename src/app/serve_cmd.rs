@@ -16,12 +16,14 @@ use crate::role::{self, RoleDecision};
 struct DistroMinter {
     session: Session,
     decision: RoleDecision,
+    /// The service's own keys, derived once: their pin goes into the material.
+    keys: JoinKeys,
 }
 
 impl server::Minter for DistroMinter {
     fn mint(&self, role: JoinRole, ttl: Duration) -> Result<JoinMaterial, String> {
         self.session
-            .mint(&self.decision, role, ttl)
+            .mint(&self.decision, role, ttl, Some(&self.keys))
             .map_err(|e| e.to_string())
     }
 }
@@ -149,7 +151,7 @@ impl server::ClusterView for NodeCluster {
 
 pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
     let session = Session::open(cli)?;
-    let secret = session.join_secret()?.ok_or_else(|| {
+    let keys = session.join_keys()?.ok_or_else(|| {
         Error::Usage(format!(
             "serve: no join secret (cluster.join_secret_file, or {} which `up` makes on a controller)",
             crate::join::NODE_SECRET_FILE
@@ -169,7 +171,6 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         .listen
         .clone()
         .unwrap_or_else(|| format!("[::]:{port}"));
-    let keys = JoinKeys::from_secret(&secret);
     let credentials_file = session
         .host
         .real_path(std::path::Path::new(crate::join::manual::CREDENTIALS_FILE))?;
@@ -195,7 +196,11 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         distro: session.image.distro,
         version: session.image.metadata.version.clone(),
     };
-    let minter = DistroMinter { session, decision };
+    let minter = DistroMinter {
+        session,
+        decision,
+        keys: keys.clone(),
+    };
     let service = server::Service::new(
         keys,
         Box::new(minter),

@@ -28,17 +28,21 @@ pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
         }
     };
     let join_role = &join_role;
-    let session = Session::open(cli)?;
     let ttl = match ttl {
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|e| Error::Usage(format!("--ttl {text:?}: {e} (e.g. 30m, 2h)")))?,
-        None => session.config.join.token_ttl,
+        Some(text) => {
+            let ttl = humantime::parse_duration(text)
+                .map_err(|e| Error::Usage(format!("--ttl {text:?}: {e} (e.g. 30m, 2h)")))?;
+            // The distros round a lifetime under a second down to 0, which kubeadm
+            // reads as "never expires"; a long one is a long-lived leak. Same range as
+            // join.token_ttl.
+            crate::config::check_token_ttl(ttl)
+                .map_err(|what| Error::Usage(format!("--ttl {text}: {what}")))?;
+            Some(ttl)
+        }
+        None => None,
     };
-    if ttl.is_zero() {
-        return Err(Error::Usage(
-            "--ttl 0: tokens that never expire are not handed out".into(),
-        ));
-    }
+    let session = Session::open(cli)?;
+    let ttl = ttl.unwrap_or(session.config.join.token_ttl);
     let decision = role::load(&session.host)?.ok_or_else(|| {
         Error::Failed(
             "this node has not been set up (no role recorded); run `bootstrap up` first".into(),
@@ -58,7 +62,8 @@ pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
     if !*material {
         return print_line(&session, *join_role, ttl);
     }
-    let material = session.mint(&decision, *join_role, ttl)?;
+    let keys = session.join_keys()?;
+    let material = session.mint(&decision, *join_role, ttl, keys.as_ref())?;
     log::info!(
         "join material for a {join_role} of this {} {} cluster, endpoint {}{}",
         material.distro,
@@ -78,7 +83,7 @@ pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
 /// secret) and a new credential for one role, valid for `ttl`.
 fn print_line(session: &Session, role: JoinRole, ttl: std::time::Duration) -> Result<(), Error> {
     use crate::host::Host;
-    let secret = session.join_secret()?.ok_or_else(|| {
+    let keys = session.join_keys()?.ok_or_else(|| {
         Error::Failed(format!(
             "token create: this controller has no join secret (cluster.join_secret_file, or {} which `up` makes); run `bootstrap up` first, or use --material to print the join material instead",
             crate::join::NODE_SECRET_FILE
@@ -98,7 +103,7 @@ fn print_line(session: &Session, role: JoinRole, ttl: std::time::Duration) -> Re
     let line = crate::join::manual::JoinLine {
         address: crate::join::targets(&[address.to_string()], session.config.join.port).remove(0),
         role,
-        pin: crate::join::JoinKeys::from_secret(&secret).pin(),
+        pin: keys.pin(),
         id,
         secret: credential,
     };

@@ -53,7 +53,7 @@ fn converge(cli: &Cli, session: &mut Session) -> Result<(), Error> {
     );
 
     if cli.join_line.is_some() {
-        super::persist_manual(host, &session.config)?;
+        super::persist_manual(host, &session.config, None)?;
     }
 
     let report = session.preflight(&decision, &cli.overrides.ignore_preflight)?;
@@ -77,11 +77,10 @@ fn converge(cli: &Cli, session: &mut Session) -> Result<(), Error> {
 
     // Whether this run brings the node up (a retried `up` after a failed join counts).
     let coming_up = !host.exists(Path::new(state::DONE_FILE))?;
-    let access = decision
-        .role
-        .joins()
-        .then(|| JoinAccess::of(cli.join_line.as_ref(), &session.config))
-        .flatten();
+    let access = match decision.role.joins() {
+        true => JoinAccess::of(cli.join_line.as_ref(), &session.config)?,
+        false => None,
+    };
     if decision.role.joins() {
         fetch_material(cli, session, &decision, access.as_ref())?;
     }
@@ -271,6 +270,11 @@ fn fetch_material(
         0o600,
         None,
     )?;
+    if cli.join_line.is_some() && material.cluster.is_some() {
+        // A controller joined by a line serves with the received join secret, salted
+        // with the cluster's name: keep the name with what the line settled.
+        super::persist_manual(host, &session.config, material.cluster.as_deref())?;
+    }
     Ok(true)
 }
 
@@ -290,21 +294,28 @@ impl JoinAccess {
     fn of(
         line: Option<&crate::join::manual::JoinLine>,
         config: &crate::config::Config,
-    ) -> Option<JoinAccess> {
+    ) -> Result<Option<JoinAccess>, Error> {
         if let Some(line) = line {
-            return Some(JoinAccess {
+            return Ok(Some(JoinAccess {
                 keys: line.keys(),
                 targets: vec![line.address.clone()],
                 credential: Some(line.id.clone()),
-            });
+            }));
         }
-        let secret = config.join_secret()?;
-        let controllers = &config.cluster.controllers;
-        (!controllers.is_empty()).then(|| JoinAccess {
-            keys: crate::join::JoinKeys::from_secret(secret),
+        let (Some(secret), controllers) = (config.join_secret(), &config.cluster.controllers)
+        else {
+            return Ok(None);
+        };
+        if controllers.is_empty() {
+            return Ok(None);
+        }
+        let keys = crate::join::JoinKeys::from_secret(secret, config.cluster_name())
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        Ok(Some(JoinAccess {
+            keys,
             targets: crate::join::targets(controllers, config.join.port),
             credential: None,
-        })
+        }))
     }
 }
 

@@ -91,6 +91,20 @@ impl Config {
             (None, Some(path)) => check_host_path_field(&mut errors, "cluster.join_secret_file", path),
             (None, None) => {}
         }
+        match &cluster.name {
+            Some(name) => {
+                if let Err(what) = validate::dns_subdomain(name) {
+                    errors.push(expected("cluster.name", what, name));
+                }
+            }
+            None if cluster.join_secret.is_some() || cluster.join_secret_file.is_some() => {
+                errors.push(err(
+                    "cluster.name",
+                    "a cluster with a join secret needs a name, the same on every node: it salts the keys derived from the secret, so that one list of guessed secrets cannot be tried against every cluster",
+                ))
+            }
+            None => {}
+        }
         if self.role == RoleSetting::Worker && !self.is_multi_node() {
             errors.push(err(
                 "role",
@@ -111,18 +125,7 @@ impl Config {
 
         match (&self.registry.username, &self.registry.password_file) {
             (Some(user), Some(path)) => {
-                let ok = !user.is_empty()
-                    && user.len() <= 64
-                    && user
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-                if !ok {
-                    errors.push(expected(
-                        "registry.username",
-                        "1-64 of [A-Za-z0-9._-]",
-                        user,
-                    ));
-                }
+                check_registry_user(&mut errors, "registry.username", user);
                 check_host_path_field(&mut errors, "registry.password_file", path);
             }
             (Some(_), None) => errors.push(err(
@@ -135,13 +138,32 @@ impl Config {
             )),
             (None, None) => {}
         }
+        if let Some(push) = &self.registry.push {
+            check_registry_user(&mut errors, "registry.push.username", &push.username);
+            check_host_path_field(
+                &mut errors,
+                "registry.push.password_file",
+                &push.password_file,
+            );
+            if !self.registry.enabled {
+                errors.push(err(
+                    "registry.push",
+                    "pushing needs the local registry: set registry.enabled: true, or remove registry.push",
+                ));
+            }
+        }
         if let Err(what) = validate::dns_subdomain(&self.registry.domain) {
             errors.push(expected("registry.domain", what, &self.registry.domain));
         }
+        let push_port = self.registry.push.as_ref().map(|p| p.port);
         for (field, port) in [
-            ("registry.port", self.registry.port),
-            ("join.port", self.join.port),
-        ] {
+            ("registry.port", Some(self.registry.port)),
+            ("registry.push.port", push_port),
+            ("join.port", Some(self.join.port)),
+        ]
+        .into_iter()
+        .filter_map(|(field, port)| Some((field, port?)))
+        {
             if port == 0 {
                 errors.push(expected(field, "a port number from 1 to 65535", "0"));
             } else if RESERVED_PORTS.contains(&port) {
@@ -157,15 +179,21 @@ impl Config {
                 format!("port {} is already registry.port", self.join.port),
             ));
         }
-        let ttl = self.join.token_ttl;
-        if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(24 * 3600) {
-            errors.push(err(
-                "join.token_ttl",
-                format!(
-                    "expected a duration from 1m to 24h, got {}",
-                    humantime::format_duration(ttl)
-                ),
-            ));
+        if let Some(port) = push_port.filter(|p| *p != 0) {
+            for (other, taken) in [
+                ("registry.port", self.registry.port),
+                ("join.port", self.join.port),
+            ] {
+                if port == taken {
+                    errors.push(err(
+                        "registry.push.port",
+                        format!("port {port} is already {other}"),
+                    ));
+                }
+            }
+        }
+        if let Err(what) = check_token_ttl(self.join.token_ttl) {
+            errors.push(err("join.token_ttl", what));
         }
         for (i, name) in self.preflight.ignore.iter().enumerate() {
             if !PREFLIGHT_CHECKS.contains(&name.as_str()) {
@@ -249,23 +277,50 @@ impl Config {
         let (Some(_), Some(path)) = (&self.registry.username, &self.registry.password_file) else {
             return Ok(None);
         };
-        const FIELD: &str = "registry.password_file";
-        let Some(password) = read_secret_file(host, FIELD, path, "a registry password")? else {
+        read_registry_password(host, "registry.password_file", path)
+    }
+
+    pub(super) fn read_push_password(&self, host: &dyn Host) -> Result<Option<Secret>, FieldError> {
+        let Some(push) = &self.registry.push else {
             return Ok(None);
         };
-        // bcrypt uses at most 72 bytes; a longer password would be cut without a word.
-        if password.len() < 8 || password.len() > 71 {
-            return Err(err(
-                FIELD,
-                format!(
-                    "{}: expected a password of 8 to 71 bytes, got {}",
-                    path.display(),
-                    password.len()
-                ),
-            ));
-        }
-        Ok(Some(password))
+        read_registry_password(host, "registry.push.password_file", &push.password_file)
     }
+}
+
+/// A registry user name as htpasswd and basic auth take it.
+fn check_registry_user(errors: &mut Vec<FieldError>, field: &str, user: &str) {
+    let ok = !user.is_empty()
+        && user.len() <= 64
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        errors.push(expected(field, "1-64 of [A-Za-z0-9._-]", user));
+    }
+}
+
+/// A registry password from its file: private, and 8 to 71 bytes.
+fn read_registry_password(
+    host: &dyn Host,
+    field: &str,
+    path: &Path,
+) -> Result<Option<Secret>, FieldError> {
+    let Some(password) = read_secret_file(host, field, path, "a registry password")? else {
+        return Ok(None);
+    };
+    // bcrypt uses at most 72 bytes; a longer password would be cut without a word.
+    if password.len() < 8 || password.len() > 71 {
+        return Err(err(
+            field,
+            format!(
+                "{}: expected a password of 8 to 71 bytes, got {}",
+                path.display(),
+                password.len()
+            ),
+        ));
+    }
+    Ok(Some(password))
 }
 
 /// A secret from a file: absolute, private (no group or other access), UTF-8, one line.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Format, Serialized, Yaml};
 use figment::{Figment, Metadata, Profile, Provider};
 
+use super::checks::err;
 use super::{Config, ConfigError, FieldError, DEFAULT_CONFIG_PATH, ENV_PREFIX};
 use crate::host::Host;
 
@@ -77,6 +78,19 @@ pub fn load(host: &dyn Host, sources: &Sources) -> Result<Config, ConfigError> {
     match config.read_registry_password(host) {
         Ok(password) => config.resolved_registry_password = password,
         Err(e) => errors.push(e),
+    }
+    match config.read_push_password(host) {
+        Ok(password) => config.resolved_push_password = password,
+        Err(e) => errors.push(e),
+    }
+    if config.resolved_push_password.is_some()
+        && config.resolved_push_password == config.resolved_registry_password
+    {
+        // The pull password goes to every node and into join material.
+        errors.push(err(
+            "registry.push.password_file",
+            "holds the same password as registry.password_file, which every node is given; pushing needs a password of its own",
+        ));
     }
     if errors.is_empty() {
         Ok(config)

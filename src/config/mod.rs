@@ -23,6 +23,10 @@ use crate::host::Host;
 use crate::secret::Secret;
 use crate::validate;
 
+/// The cluster name the join keys are salted with where none is configured: only a
+/// controller whose join secret `up` made itself (256 random bits) has none.
+pub const DEFAULT_CLUSTER_NAME: &str = "bootstrap";
+
 /// The preflight checks by name: here, so `preflight.ignore` is checked where it is
 /// read; `preflight` runs them in this order.
 pub const PREFLIGHT_CHECKS: [&str; 13] = [
@@ -92,6 +96,8 @@ pub struct Config {
     resolved_secret: Option<Secret>,
     #[serde(skip)]
     resolved_registry_password: Option<Secret>,
+    #[serde(skip)]
+    resolved_push_password: Option<Secret>,
 }
 
 impl Default for Config {
@@ -109,6 +115,7 @@ impl Default for Config {
             lock_wait: Duration::from_secs(120),
             resolved_secret: None,
             resolved_registry_password: None,
+            resolved_push_password: None,
         }
     }
 }
@@ -134,6 +141,10 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
+    /// The cluster's name, the same on every node: it salts the join keys, so one list
+    /// of guessed secrets cannot be tried against every cluster. Required with a join
+    /// secret.
+    pub name: Option<String>,
     /// Controller addresses or names; `[0]` initialises, the others join it.
     pub controllers: Vec<String>,
     /// API endpoint `host:port` (VIP or load balancer); default `controllers[0]:6443`.
@@ -166,6 +177,7 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
+            name: None,
             controllers: Vec::new(),
             endpoint: None,
             join_secret: None,
@@ -214,6 +226,29 @@ pub struct RegistryConfig {
     pub username: Option<String>,
     /// The registry password (8 to 71 bytes); must not be readable by group or others.
     pub password_file: Option<PathBuf>,
+    /// Pushing, off unless set: a second, writable registry on loopback that asks for
+    /// these credentials. The registry every node pulls from is always read-only.
+    pub push: Option<RegistryPushConfig>,
+}
+
+/// The writable registry for pushes (`registry.push`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryPushConfig {
+    /// The user pushes authenticate as.
+    pub username: String,
+    /// The push password (8 to 71 bytes); must not be readable by group or others.
+    pub password_file: PathBuf,
+    /// The port it listens on, on loopback only.
+    #[serde(default = "default_push_port")]
+    pub port: u16,
+}
+
+/// The push registry's port unless `registry.push.port` says otherwise.
+pub const DEFAULT_PUSH_PORT: u16 = 5001;
+
+fn default_push_port() -> u16 {
+    DEFAULT_PUSH_PORT
 }
 
 impl Default for RegistryConfig {
@@ -225,6 +260,7 @@ impl Default for RegistryConfig {
             ha: false,
             username: None,
             password_file: None,
+            push: None,
         }
     }
 }
@@ -265,6 +301,24 @@ impl Default for JoinConfig {
 pub struct PreflightConfig {
     /// Checks whose failure is reported but does not stop `up`.
     pub ignore: Vec<String>,
+}
+
+/// The shortest lifetime of a minted join token (`join.token_ttl`, `token create --ttl`).
+pub const TOKEN_TTL_MIN: Duration = Duration::from_secs(60);
+/// The longest lifetime of a minted join token: a leaked one is good for no longer.
+pub const TOKEN_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether `ttl` is a lifetime join tokens may have; `Err` says what is expected.
+pub fn check_token_ttl(ttl: Duration) -> Result<(), String> {
+    if (TOKEN_TTL_MIN..=TOKEN_TTL_MAX).contains(&ttl) {
+        Ok(())
+    } else {
+        // humantime would write 24h as "1day".
+        Err(format!(
+            "expected a duration from 1m to 24h, got {}",
+            humantime::format_duration(ttl)
+        ))
+    }
 }
 
 /// Ports a distro binds on some node; the registry and join service must not take them.
@@ -324,10 +378,24 @@ impl Config {
         self.resolved_secret.as_ref()
     }
 
+    /// The name the join keys are salted with: `cluster.name`, or where none is set
+    /// (a controller whose join secret `up` made itself)
+    /// [`DEFAULT_CLUSTER_NAME`].
+    pub fn cluster_name(&self) -> &str {
+        self.cluster.name.as_deref().unwrap_or(DEFAULT_CLUSTER_NAME)
+    }
+
     /// The registry's credentials, when `registry.username` and `password_file` are set.
     pub fn registry_credentials(&self) -> Option<(String, Secret)> {
         let user = self.registry.username.clone()?;
         Some((user, self.resolved_registry_password.clone()?))
+    }
+
+    /// The push registry's credentials, when `registry.push` is set. They are never
+    /// handed to runtimes or put in join material: they can replace images.
+    pub fn registry_push_credentials(&self) -> Option<(String, Secret)> {
+        let push = self.registry.push.as_ref()?;
+        Some((push.username.clone(), self.resolved_push_password.clone()?))
     }
 
     /// Whether other nodes take part (controllers listed).

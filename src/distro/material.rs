@@ -52,6 +52,9 @@ pub struct JoinMaterial {
     pub registry_ca: Option<String>,
     /// The local registry's credentials, when it requires them.
     pub registry_auth: Option<(String, Secret)>,
+    /// The cluster's name (`cluster.name` of the minting controller): it salts the
+    /// join keys, so a controller that receives the join secret needs it too.
+    pub cluster: Option<String>,
     /// How this node reaches the cluster's join services later (to leave, or to serve
     /// as a controller).
     pub join: JoinAccess,
@@ -101,6 +104,8 @@ struct Wire {
     registry_username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     registry_password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster_name: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     join_services: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +150,7 @@ impl JoinMaterial {
                 .registry_auth
                 .as_ref()
                 .map(|(_, p)| p.expose().to_owned()),
+            cluster_name: self.cluster.clone(),
             join_services: self.join.services.clone(),
             join_pin: self.join.pin.map(hex::encode),
             node_credential: self
@@ -197,6 +203,10 @@ impl JoinMaterial {
                 "kubeadm controller material needs certificate_key".to_owned(),
             ));
         }
+        if let Some(name) = &wire.cluster_name {
+            crate::validate::dns_subdomain(name)
+                .map_err(|what| invalid(format!("cluster_name {name:?}: expected {what}")))?;
+        }
         let join_pin = match &wire.join_pin {
             None => None,
             Some(text) => Some(
@@ -222,6 +232,7 @@ impl JoinMaterial {
                 .registry_username
                 .zip(wire.registry_password)
                 .map(|(u, p)| (u, Secret::new(p))),
+            cluster: wire.cluster_name,
             join: JoinAccess {
                 services: wire.join_services,
                 pin: join_pin,
@@ -272,6 +283,7 @@ mod tests {
             service_cidr: None,
             registry_ca: None,
             registry_auth: Some(("pull".into(), Secret::new("registry-password-1"))),
+            cluster: Some("prod".into()),
             join: JoinAccess {
                 services: vec!["10.0.0.10:7443".into()],
                 pin: Some([3u8; 32]),

@@ -502,6 +502,7 @@ pub(crate) fn material(
         service_cidr,
         registry_ca,
         registry_auth: ctx.config.registry_credentials(),
+        cluster: ctx.config.cluster.name.clone(),
         join: JoinAccess::default(),
     })
 }
@@ -556,6 +557,62 @@ pub(crate) fn teardown_common(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_material_never_carries_the_push_credentials() {
+        use crate::host::Host;
+        let host = crate::host::FakeHost::new().with_file(
+            "/etc/bootstrap/config.yaml",
+            "registry:\n  username: puller\n  password_file: /etc/bootstrap/pull-pw\n  push: {username: pusher, password_file: /etc/bootstrap/push-pw}\n",
+        );
+        for (path, text) in [
+            ("/etc/bootstrap/pull-pw", "pull-password-1"),
+            ("/etc/bootstrap/push-pw", "push-password-1"),
+        ] {
+            host.write_atomic(Path::new(path), text.as_bytes(), 0o600, None)
+                .unwrap();
+        }
+        let config = crate::config::load(&host, &crate::config::Sources::default()).unwrap();
+        let image = ClusterImage {
+            dir: "/img".into(),
+            metadata: crate::rootfs::Metadata {
+                version: "v1.31.4+k3s1".into(),
+                ..Default::default()
+            },
+            metadata_path: "Metadata".into(),
+            distro: DistroKind::K3s,
+            arches: vec![],
+            arch_dir: None,
+        };
+        let ctx = Context {
+            host: &host,
+            config: &config,
+            image: &image,
+            role: Role::InitController,
+            node_name: "cp-1".into(),
+            node_address: Some("10.0.0.10".parse().unwrap()),
+            material: None,
+        };
+        for role in [JoinRole::Worker, JoinRole::Controller] {
+            let minted = material(
+                &ctx,
+                role,
+                crate::secret::Secret::new("K10x::server:y"),
+                None,
+            )
+            .unwrap();
+            let (user, password) = minted.registry_auth.clone().expect("pull credentials");
+            assert_eq!(
+                (user.as_str(), password.expose()),
+                ("puller", "pull-password-1")
+            );
+            let text = minted.to_file_text();
+            assert!(
+                !text.contains("push-password-1") && !text.contains("pusher"),
+                "{role} material carries the push credentials: {text}"
+            );
+        }
+    }
 
     #[test]
     fn versions() {

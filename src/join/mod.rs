@@ -11,7 +11,7 @@ pub mod server;
 pub mod tls;
 
 pub use client::{Backoff, Cause, Fetch, GaveUp};
-pub use keys::JoinKeys;
+pub use keys::{JoinKeys, KeyError, DEFAULT_CLUSTER_NAME};
 
 /// Where the first controller keeps the control-plane admission lease.
 pub const LEASE_FILE: &str = "/var/lib/bootstrap/join/lease.json";

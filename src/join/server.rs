@@ -198,6 +198,16 @@ impl Service {
                 ),
             );
         }
+        // The name becomes a lease holder, a node credential, a kubectl argument and a
+        // log line: only what Kubernetes accepts as a node name goes any further.
+        if let Err(what) = crate::validate::dns_subdomain(&request.node) {
+            let shown = shown_name(&request.node);
+            log::warn!("{peer}: refused: node name {shown} is not a valid node name");
+            return reply(
+                Status::Refused,
+                format!("node name {shown}: expected {what}"),
+            );
+        }
         if request.kind == RequestKind::Leave {
             return self.leave(request, peer);
         }
@@ -428,6 +438,16 @@ impl Service {
                 peers.remove(&ip);
             }
         }
+    }
+}
+
+/// A caller's node name for a message or log line: quoted and escaped, and cut short,
+/// since it may be anything up to the body limit.
+fn shown_name(name: &str) -> String {
+    const MAX: usize = 64;
+    match name.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &name[..cut], name.len()),
+        None => format!("{name:?}"),
     }
 }
 

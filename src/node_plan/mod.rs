@@ -3,6 +3,7 @@
 //! [`NodeView`], built once per command by `app`.
 
 mod payloads;
+pub mod registry;
 pub mod runtime;
 
 use std::net::IpAddr;
@@ -90,7 +91,7 @@ pub fn plan(view: &NodeView<'_>) -> Result<Plan, NodePlanError> {
     }
     let ctx = view.distro_context();
     let inputs = Inputs::new(&ctx);
-    for step in runtime::registry_steps(&inputs)? {
+    for step in registry::registry_steps(&inputs)? {
         plan.push(step);
     }
     for step in runtime::runtime_steps(&inputs)? {
@@ -167,7 +168,7 @@ pub fn install_plan(view: &NodeView<'_>) -> Result<Plan, NodePlanError> {
     let inputs = Inputs::new(&ctx);
     let mut candidates = Vec::new();
     if view.config.registry.enabled {
-        candidates.extend(runtime::registry_steps(&inputs)?);
+        candidates.extend(registry::registry_steps(&inputs)?);
     }
     candidates.extend(runtime::runtime_steps(&inputs)?);
     candidates.extend(crate::distro::driver(view.image.distro).install_steps(&ctx)?);
@@ -221,7 +222,9 @@ fn join_secret_steps(view: &NodeView<'_>) -> Result<Vec<Step>, NodePlanError> {
     let secret = match (received, view.kept_join_secret.clone()) {
         (Some(secret), _) => secret,
         (None, Some(kept)) => kept,
-        (None, None) => Secret::new(crate::random::hex(32).map_err(NodePlanError::Random)?),
+        // The same generator as `bootstrap secret generate`: 256 random bits, with a
+        // checksum, passing the rule every join secret must pass.
+        (None, None) => crate::secret_format::generate().map_err(NodePlanError::Random)?,
     };
     let mut text = secret.expose().to_owned();
     text.push('\n');

@@ -1,17 +1,15 @@
-//! The container-runtime and registry phases of a plan: what each distro's runtime needs
-//! on this node, computed from config, role, the cluster image and what is already on
-//! the host.
+//! The container-runtime phase of a plan — what each distro's runtime needs on this node,
+//! computed from config, role, the cluster image and what is already on the host — and
+//! the inputs it shares with the registry phase (`registry.rs`).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use crate::containerd::mirrors::{self, LocalRegistry};
 use crate::containerd::{self, ConfigVersion};
 use crate::distro::Context;
 use crate::distro_kind::{kube_version, DistroKind};
-use crate::host::{CommandSpec, FileKind, Host, HostError};
+use crate::host::{CommandSpec, FileKind, HostError};
 use crate::plan::{Action, Contents, Phase, Probe, ServiceAction, Step};
 use crate::role::Role;
 use crate::systemd::daemon_reload;
@@ -91,6 +89,21 @@ impl Inputs<'_> {
         }
     }
 
+    /// The one address the registry listens on (it takes a single `http.addr`): the
+    /// address its name resolves to on every node when this is the node it names (the
+    /// first controller, or a single node), else this node's address; loopback when
+    /// neither is known. Never every address: nothing else on the node's other networks
+    /// should reach it.
+    pub fn registry_listen_ip(&self) -> IpAddr {
+        let named = match self.role {
+            Role::InitController => self.registry_ip(),
+            _ => None,
+        };
+        named
+            .or(self.node_address)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
     /// Whether this node runs the registry.
     pub fn runs_registry(&self) -> bool {
         self.config.registry.enabled
@@ -98,11 +111,11 @@ impl Inputs<'_> {
                 || (self.config.registry.ha && self.role.is_controller()))
     }
 
-    fn image_dir(&self, name: &str) -> Result<PathBuf, HostError> {
+    pub(super) fn image_dir(&self, name: &str) -> Result<PathBuf, HostError> {
         self.image.host_subdir(self.host, name)
     }
 
-    fn image_files(&self, name: &str) -> Result<Vec<(String, PathBuf)>, HostError> {
+    pub(super) fn image_files(&self, name: &str) -> Result<Vec<(String, PathBuf)>, HostError> {
         let dir = self.image_dir(name)?;
         let mut out = Vec::new();
         for file in self.host.list_dir(&dir)?.unwrap_or_default() {
@@ -119,296 +132,12 @@ impl Inputs<'_> {
     }
 }
 
-fn step(phase: Phase, reason: &str, action: Action) -> Step {
+pub(super) fn step(phase: Phase, reason: &str, action: Action) -> Step {
     Step::new(phase, reason, action)
 }
 
-fn write(phase: Phase, reason: &str, path: &str, mode: u32, contents: Contents) -> Step {
+pub(super) fn write(phase: Phase, reason: &str, path: &str, mode: u32, contents: Contents) -> Step {
     Step::write_file(phase, reason, path, mode, contents)
-}
-
-/// How long to wait for the registry to answer over TLS.
-const REGISTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-/// The names the serving certificate was issued for, to tell when to issue a new one.
-const SERVER_NAMES_FILE: &str = "/etc/bootstrap/registry/server.names";
-
-/// A short digest of what the image sources hold: each file's name, size and mtime (the
-/// registry tree's repositories by name), without reading the data.
-fn sources_digest(
-    host: &dyn Host,
-    dirs: impl IntoIterator<Item = Option<PathBuf>>,
-) -> Result<String, HostError> {
-    let mut hasher = Sha256::new();
-    for dir in dirs.into_iter().flatten() {
-        let dir = dir.as_path();
-        hasher.update(dir.as_os_str().as_encoded_bytes());
-        for name in host.list_dir(dir)?.unwrap_or_default() {
-            let path = dir.join(&name);
-            let real = host.real_path(&path)?;
-            let stamp = std::fs::metadata(&real)
-                .map(|m| (m.len(), m.modified().ok()))
-                .unwrap_or((0, None));
-            hasher.update(format!("{name}\0{stamp:?}\n").as_bytes());
-        }
-    }
-    Ok(hex::encode(&hasher.finalize()[..8]))
-}
-
-/// A restart keyed by what the service reads, so a change of any of it restarts the
-/// service once, and an unchanged re-run does not.
-fn keyed_restart(phase: Phase, unit: &str, inputs: &[&[u8]]) -> Step {
-    step(
-        phase,
-        "(re)start with the files above",
-        Action::Service {
-            unit: unit.to_owned(),
-            action: ServiceAction::Restart,
-        },
-    )
-    .keyed(inputs)
-}
-
-/// The registry phase, on the node(s) that run it: binary, CA and serving certificate
-/// (made once, then reused), `config.yml`, the unit, images seeded into its storage, and
-/// a bounded wait until it answers over TLS with our CA.
-pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
-    use crate::registry as reg;
-    let mut steps = Vec::new();
-    if !inputs.runs_registry() {
-        return Ok(steps);
-    }
-    let host = inputs.host;
-    let bin_dir = inputs.image_dir("bin")?;
-    let binary = bin_dir.join("registry");
-    if !host
-        .stat(&binary)?
-        .is_some_and(|m| m.kind == FileKind::File)
-    {
-        return Err(RuntimeError::MissingInImage {
-            image: inputs.image.dir.display().to_string(),
-            what: "bin/registry".to_owned(),
-            why: "registry.enabled is true; set registry.enabled: false to go without a local registry".to_owned(),
-        });
-    }
-    steps.push(step(
-        Phase::Registry,
-        "the CNCF distribution registry serves the cluster's images",
-        Action::InstallBinary {
-            source: binary,
-            dest: PathBuf::from(reg::BINARY),
-            mode: 0o755,
-        },
-    ));
-
-    let mut ips: Vec<IpAddr> = inputs
-        .config
-        .cluster
-        .controllers
-        .iter()
-        .filter_map(|c| c.parse().ok())
-        .collect();
-    if let Some(a) = inputs.node_address {
-        if !ips.contains(&a) {
-            ips.push(a);
-        }
-    }
-    let names = reg::ServerNames::new(inputs.config.registry.domain.clone(), ips.clone());
-    let names_text = {
-        let mut all: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
-        all.insert(0, inputs.config.registry.domain.clone());
-        all.join("\n") + "\n"
-    };
-    let read =
-        |path: &str| -> Result<Option<String>, HostError> { host.read_string(Path::new(path)) };
-    let now = time::OffsetDateTime::now_utc();
-    let (ca_cert, ca_key, ca_fresh) = match (read(reg::CA_CERT_FILE)?, read(reg::CA_KEY_FILE)?) {
-        (Some(cert), Some(key)) => (cert, crate::secret::Secret::new(key), false),
-        _ => {
-            let ca = reg::generate_ca(now)?;
-            (ca.cert_pem, ca.key_pem, true)
-        }
-    };
-    let same_names = read(SERVER_NAMES_FILE)?.as_deref() == Some(names_text.as_str());
-    let (server_cert, server_key, server_fresh) =
-        match (read(reg::CERT_FILE)?, read(reg::KEY_FILE)?) {
-            (Some(cert), Some(key)) if same_names && !ca_fresh => {
-                (cert, crate::secret::Secret::new(key), false)
-            }
-            _ => {
-                let ca = reg::CertificateAuthority {
-                    cert_pem: ca_cert.clone(),
-                    key_pem: ca_key.clone(),
-                };
-                let serving = reg::issue_serving_cert(&ca, &names, now)?;
-                (serving.cert_pem, serving.key_pem, true)
-            }
-        };
-    let public = |fresh: bool, text: &str| {
-        if fresh {
-            Contents::Generated(text.as_bytes().to_vec())
-        } else {
-            Contents::Public(text.as_bytes().to_vec())
-        }
-    };
-    steps.push(write(
-        Phase::Registry,
-        "every node trusts the registry through this CA",
-        reg::CA_CERT_FILE,
-        0o644,
-        public(ca_fresh, &ca_cert),
-    ));
-    steps.push(write(
-        Phase::Registry,
-        "kept on controllers, to issue serving certificates",
-        reg::CA_KEY_FILE,
-        0o600,
-        Contents::Secret(ca_key),
-    ));
-    steps.push(write(
-        Phase::Registry,
-        "the registry's TLS certificate, for its name and the controllers' addresses",
-        reg::CERT_FILE,
-        0o644,
-        public(server_fresh, &server_cert),
-    ));
-    steps.push(write(
-        Phase::Registry,
-        "the registry's TLS key",
-        reg::KEY_FILE,
-        0o600,
-        Contents::Secret(server_key.clone()),
-    ));
-    steps.push(write(
-        Phase::Registry,
-        "what the serving certificate was issued for",
-        SERVER_NAMES_FILE,
-        0o644,
-        Contents::Public(names_text.clone().into_bytes()),
-    ));
-
-    let (htpasswd, htpasswd_text) = match inputs.config.registry_credentials() {
-        Some((user, password)) => {
-            // bcrypt salts every hash: keep the line already there while it still
-            // matches, or every run would rewrite it and restart the registry.
-            let current = read(reg::HTPASSWD_FILE)?.filter(|line| {
-                line.trim_end().split_once(':').is_some_and(|(u, hash)| {
-                    u == user && bcrypt::verify(password.expose(), hash).unwrap_or(false)
-                })
-            });
-            let text = match current {
-                Some(line) => line,
-                None => format!(
-                    "{}\n",
-                    reg::htpasswd_line(&user, &password, reg::DEFAULT_BCRYPT_COST)?.expose()
-                ),
-            };
-            steps.push(write(
-                Phase::Registry,
-                "the registry asks for these credentials (registry.username)",
-                reg::HTPASSWD_FILE,
-                0o600,
-                Contents::Secret(crate::secret::Secret::new(text.clone())),
-            ));
-            let auth = reg::HtpasswdAuth {
-                realm: "bootstrap-registry".to_owned(),
-                path: PathBuf::from(reg::HTPASSWD_FILE),
-            };
-            (Some(auth), text)
-        }
-        None => (None, String::new()),
-    };
-    let config = reg::RegistryConfig {
-        port: inputs.config.registry.port,
-        htpasswd,
-        ..reg::RegistryConfig::default()
-    };
-    let config_text = config.render()?;
-    steps.push(write(
-        Phase::Registry,
-        "the registry's configuration",
-        reg::CONFIG_FILE,
-        0o644,
-        Contents::Public(config_text.clone().into_bytes()),
-    ));
-    let unit_text = reg::RegistryUnit::new(
-        PathBuf::from(reg::BINARY),
-        PathBuf::from(reg::CONFIG_FILE),
-        &config,
-    )
-    .render()?;
-    steps.push(write(
-        Phase::Registry,
-        "the registry as a system service",
-        &format!("/etc/systemd/system/{}", reg::UNIT_NAME),
-        0o644,
-        Contents::Public(unit_text.clone().into_bytes()),
-    ));
-    steps.push(daemon_reload(Phase::Registry, &[&unit_text]));
-
-    let images = inputs.image_dir("images")?;
-    let tree = inputs.image_dir("registry")?;
-    let images = host.stat(&images)?.is_some().then_some(images);
-    let tree = host.stat(&tree)?.is_some().then_some(tree);
-    if images.is_some() || tree.is_some() {
-        steps.push(step(
-            Phase::Registry,
-            "the cluster image's images, written straight into the registry's storage",
-            Action::SeedImages {
-                sources: sources_digest(
-                    host,
-                    [
-                        images.clone(),
-                        tree.as_ref()
-                            .map(|t| t.join("docker/registry/v2/repositories")),
-                    ],
-                )?,
-                images_dir: images,
-                registry_tree: tree,
-                storage: PathBuf::from(reg::STORAGE_DIR),
-            },
-        ));
-    }
-    steps.push(step(
-        Phase::Registry,
-        "the registry runs now and at every boot",
-        Action::Service {
-            unit: reg::UNIT_NAME.to_owned(),
-            action: ServiceAction::Enable,
-        },
-    ));
-    steps.push(keyed_restart(
-        Phase::Registry,
-        reg::UNIT_NAME,
-        &[
-            config_text.as_bytes(),
-            unit_text.as_bytes(),
-            server_cert.as_bytes(),
-            names_text.as_bytes(),
-            htpasswd_text.as_bytes(),
-        ],
-    ));
-    if let Some(ip) = inputs.node_address {
-        let address = match ip {
-            IpAddr::V6(v6) => format!("[{v6}]:{}", inputs.config.registry.port),
-            IpAddr::V4(v4) => format!("{v4}:{}", inputs.config.registry.port),
-        };
-        steps.push(step(
-            Phase::Registry,
-            "images are pulled from it next",
-            Action::WaitFor {
-                fail_when: None,
-                probe: Probe::Https {
-                    address,
-                    server_name: inputs.config.registry.domain.clone(),
-                    ca_file: PathBuf::from(reg::CA_CERT_FILE),
-                    path: "/v2/".to_owned(),
-                },
-                timeout: REGISTRY_WAIT,
-                interval: std::time::Duration::from_millis(250),
-            },
-        ));
-    }
-    Ok(steps)
 }
 
 /// The runtime phase: mirror configuration for every distro, containerd itself for
@@ -433,12 +162,20 @@ pub fn runtime_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
     match inputs.image.distro {
         DistroKind::K3s => {
             if use_registry {
+                let text = mirrors::k3s_registries(&registry);
+                // With credentials it holds the registry password: no digest of it in
+                // plans or logs, where it could be checked against guesses.
+                let contents = if registry.auth.is_some() {
+                    Contents::Secret(crate::secret::Secret::new(text))
+                } else {
+                    Contents::Public(text.into_bytes())
+                };
                 steps.push(write(
                     Phase::Runtime,
                     "k3s's containerd pulls every image through the local registry",
                     mirrors::K3S_REGISTRIES,
                     0o600,
-                    Contents::Public(mirrors::k3s_registries(&registry).into_bytes()),
+                    contents,
                 ));
                 steps.push(write(
                     Phase::Runtime,

@@ -4,6 +4,11 @@
 //! `configuration.md`) for the parts bootstrap sets; serde_yaml writes them, so a path or
 //! realm can never break the YAML. The registry ignores keys it does not know, so the
 //! golden file and the real-registry test are what hold the names to the schema.
+//!
+//! Every node mirrors docker.io, registry.k8s.io … to this registry, so whoever can push
+//! to it replaces the system images of the whole cluster: it is read-only unless told
+//! otherwise (seeding writes its storage directly, not through the API), and it listens
+//! on one address, never on all of them.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -43,8 +48,8 @@ pub struct HtpasswdAuth {
 /// What bootstrap sets in the registry's `config.yml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
-    /// The address to listen on; `None` listens on every address.
-    pub listen_address: Option<IpAddr>,
+    /// The one address to listen on (the registry takes a single `http.addr`).
+    pub listen_address: IpAddr,
     /// The port to listen on.
     pub port: u16,
     /// Filesystem storage root (`storage.filesystem.rootdirectory`).
@@ -55,6 +60,9 @@ pub struct RegistryConfig {
     pub key: PathBuf,
     /// Basic authentication; `None` lets every client pull.
     pub htpasswd: Option<HtpasswdAuth>,
+    /// Refuse every write through the API (`storage.maintenance.readonly`): pushes,
+    /// uploads and deletes get 405.
+    pub read_only: bool,
     /// How often the registry checks its storage; `/v2/` answers 503 while it fails.
     pub health_interval: Duration,
     /// Failed checks in a row before the storage counts as unhealthy.
@@ -62,17 +70,18 @@ pub struct RegistryConfig {
 }
 
 impl Default for RegistryConfig {
-    /// Every address, port 5000, storage and TLS files at bootstrap's paths, no auth,
-    /// storage checked every 10 s and unhealthy after 3 failures (the registry's own
-    /// example values).
+    /// Loopback, port 5000, read-only, storage and TLS files at bootstrap's paths, no
+    /// auth, storage checked every 10 s and unhealthy after 3 failures (the registry's
+    /// own example values).
     fn default() -> Self {
         RegistryConfig {
-            listen_address: None,
+            listen_address: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             port: DEFAULT_PORT,
             storage_dir: PathBuf::from(STORAGE_DIR),
             certificate: PathBuf::from(CERT_FILE),
             key: PathBuf::from(KEY_FILE),
             htpasswd: None,
+            read_only: true,
             health_interval: Duration::from_secs(10),
             health_threshold: 3,
         }
@@ -80,12 +89,15 @@ impl Default for RegistryConfig {
 }
 
 impl RegistryConfig {
-    /// `http.addr`: `:PORT` for every address, else `ADDRESS:PORT` (IPv6 in brackets).
-    pub fn http_addr(&self) -> String {
-        match self.listen_address {
-            None => format!(":{}", self.port),
-            Some(ip) => SocketAddr::new(ip, self.port).to_string(),
+    /// `http.addr`: `ADDRESS:PORT` (IPv6 in brackets).
+    pub fn http_addr(&self) -> Result<String, RegistryConfigError> {
+        if self.listen_address.is_unspecified() {
+            return Err(RegistryConfigError::Invalid {
+                field: "listen address",
+                reason: "must be one address, not every address (0.0.0.0 or ::)",
+            });
         }
+        Ok(SocketAddr::new(self.listen_address, self.port).to_string())
     }
 
     /// Every file the registry reads besides `config.yml` itself.
@@ -138,9 +150,14 @@ impl RegistryConfig {
                 // Seeding adds blobs behind the registry's back; nothing may remove
                 // them through the API either.
                 delete: Enabled { enabled: false },
+                maintenance: Maintenance {
+                    readonly: Enabled {
+                        enabled: self.read_only,
+                    },
+                },
             },
             http: Http {
-                addr: self.http_addr(),
+                addr: self.http_addr()?,
                 headers: BTreeMap::from([("X-Content-Type-Options", vec!["nosniff"])]),
                 tls: Tls {
                     certificate: absolute("certificate", &self.certificate)?,
@@ -223,6 +240,12 @@ struct Log {
 struct Storage<'a> {
     filesystem: Filesystem<'a>,
     delete: Enabled,
+    maintenance: Maintenance,
+}
+
+#[derive(Debug, Serialize)]
+struct Maintenance {
+    readonly: Enabled,
 }
 
 #[derive(Debug, Serialize)]
@@ -298,7 +321,12 @@ mod tests {
             at(&yaml, &["storage", "delete", "enabled"]),
             &Value::Bool(false)
         );
-        assert_eq!(at(&yaml, &["http", "addr"]), ":5000");
+        assert_eq!(at(&yaml, &["http", "addr"]), "127.0.0.1:5000");
+        assert_eq!(
+            at(&yaml, &["storage", "maintenance", "readonly", "enabled"]),
+            &Value::Bool(true),
+            "read-only unless asked: {text}"
+        );
         assert_eq!(
             at(&yaml, &["http", "tls", "certificate"]),
             "/etc/bootstrap/registry/server.crt"
@@ -322,8 +350,9 @@ mod tests {
     #[test]
     fn htpasswd_auth_and_listen_address() {
         let config = RegistryConfig {
-            listen_address: Some("::1".parse().unwrap()),
+            listen_address: "::1".parse().unwrap(),
             port: 5443,
+            read_only: false,
             htpasswd: Some(HtpasswdAuth {
                 realm: "bootstrap registry: \"sea.hub\"".into(),
                 path: "/etc/bootstrap/registry/htpasswd".into(),
@@ -333,6 +362,10 @@ mod tests {
         };
         let yaml = parse(&config.render().unwrap());
         assert_eq!(at(&yaml, &["http", "addr"]), "[::1]:5443");
+        assert_eq!(
+            at(&yaml, &["storage", "maintenance", "readonly", "enabled"]),
+            &Value::Bool(false)
+        );
         assert_eq!(
             at(&yaml, &["auth", "htpasswd", "realm"]),
             "bootstrap registry: \"sea.hub\"",
@@ -348,11 +381,12 @@ mod tests {
         );
         assert_eq!(
             RegistryConfig {
-                listen_address: Some("127.0.0.1".parse().unwrap()),
+                listen_address: "10.0.0.10".parse().unwrap(),
                 ..RegistryConfig::default()
             }
-            .http_addr(),
-            "127.0.0.1:5000"
+            .http_addr()
+            .unwrap(),
+            "10.0.0.10:5000"
         );
     }
 
@@ -386,6 +420,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("htpasswd realm"));
+
+        // `:5000`, `0.0.0.0:5000` and `[::]:5000` would all listen on every address.
+        for every in ["0.0.0.0", "::"] {
+            let config = RegistryConfig {
+                listen_address: every.parse().unwrap(),
+                ..RegistryConfig::default()
+            };
+            let message = config.render().unwrap_err().to_string();
+            assert!(message.contains("listen address"), "{message}");
+        }
 
         let zero_interval = RegistryConfig {
             health_interval: Duration::ZERO,

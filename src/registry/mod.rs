@@ -3,7 +3,9 @@
 //!
 //! Air-gapped nodes pull every image from a CNCF distribution registry that bootstrap
 //! runs on the first controller (every controller with `registry.ha`), serving the
-//! storage that seeding fills. Nothing here touches the host.
+//! storage that seeding fills, read-only. With `registry.push`, a second instance on
+//! loopback serves the same storage writable, behind its own credentials. Nothing here
+//! touches the host.
 
 mod config;
 mod htpasswd;
@@ -42,3 +44,9 @@ pub const HTPASSWD_FILE: &str = "/etc/bootstrap/registry/htpasswd";
 pub const BINARY: &str = "/usr/local/bin/registry";
 /// The registry's systemd unit.
 pub const UNIT_NAME: &str = "bootstrap-registry.service";
+/// With `registry.push`: the writable registry's `config.yml` (loopback only).
+pub const PUSH_CONFIG_FILE: &str = "/etc/bootstrap/registry/config-push.yml";
+/// With `registry.push`: the push credentials' htpasswd file.
+pub const PUSH_HTPASSWD_FILE: &str = "/etc/bootstrap/registry/htpasswd-push";
+/// With `registry.push`: the writable registry's unit.
+pub const PUSH_UNIT_NAME: &str = "bootstrap-registry-push.service";

@@ -344,8 +344,9 @@ pub fn arch() -> &'static str {
     }
 }
 
-/// A join secret that passes validation.
-pub const SECRET: &str = "SENTINEL-7f3a9c1e5b2d8f4a6c0e9b7d5f3a1c8e";
+/// A join secret that passes validation (from `bootstrap secret generate`).
+pub const SECRET: &str =
+    "bjs1-27c42150f3dbcf4ee0d3df01457f7b1133bd45ad135500a7e0ec278242c40599-20c955b4";
 
 /// Stops every process the stand-in started, and what they started in turn.
 pub struct Units<'a>(pub &'a Node);
