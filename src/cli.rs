@@ -114,6 +114,10 @@ pub enum Command {
     /// The join service: hands join material to nodes that prove they hold the join
     /// secret (run on controllers by bootstrap-join.service)
     Serve(ServeArgs),
+    /// The node-local API load balancer of a kubeadm cluster without cluster.endpoint:
+    /// passes connections on 127.0.0.1:6444 to a controller that answers (run by
+    /// bootstrap-apiserver-proxy.service)
+    ApiserverProxy(ApiserverProxyArgs),
     /// Take this node out of the cluster (drain, delete the node and its etcd
     /// member), then reset it
     Leave(LeaveArgs),
@@ -230,6 +234,14 @@ pub struct ServeArgs {
     /// reach the controllers through one NAT address)
     #[arg(long, value_name = "N", default_value_t = crate::join::server::MAX_PER_PEER)]
     pub max_per_peer: usize,
+}
+
+/// `apiserver-proxy` options.
+#[derive(Debug, Clone, Args)]
+pub struct ApiserverProxyArgs {
+    /// Address and port to listen on
+    #[arg(long, value_name = "ADDR:PORT", default_value = crate::api_proxy::LISTEN)]
+    pub listen: String,
 }
 
 /// `leave` options.

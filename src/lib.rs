@@ -3,6 +3,7 @@
 //! The binary is a thin `main` over [`app::run`]; everything that touches the machine
 //! goes through [`host::Host`], and every change is a step of a [`plan::Plan`].
 
+pub mod api_proxy;
 pub mod app;
 pub mod cli;
 pub mod config;

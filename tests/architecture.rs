@@ -35,7 +35,14 @@ const FLOORS: &[(&str, &[&str])] = &[
     ("the plan engine", &["plan", "systemd"]),
     (
         "subsystems",
-        &["rootfs", "images", "containerd", "registry", "preflight"],
+        &[
+            "rootfs",
+            "images",
+            "containerd",
+            "registry",
+            "preflight",
+            "api_proxy",
+        ],
     ),
     ("the domain", &["hostprep", "distro", "join"]),
     ("the node's plan", &["node_plan"]),

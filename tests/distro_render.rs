@@ -429,3 +429,21 @@ fn controller_workloads_is_honoured_by_every_distro() {
     let agent = render("k3s", "v1.31.4+k3s1", Role::Worker, &off);
     assert!(!agent.contains("control-plane:NoSchedule"), "{agent}");
 }
+
+#[test]
+fn the_api_proxy_unit_passes_systemd_analyze_verify() {
+    let text = bootstrap::node_plan::api_proxy_unit("/usr/local/bin/bootstrap").unwrap();
+    assert!(
+        text.contains("ExecStart=/usr/local/bin/bootstrap apiserver-proxy"),
+        "{text}"
+    );
+    let (ok, output) = common::systemd_verify(
+        bootstrap::node_plan::API_PROXY_UNIT,
+        &text,
+        &[("/usr/local/bin/bootstrap", "/bin/true")],
+    );
+    assert!(
+        ok,
+        "systemd-analyze verify bootstrap-apiserver-proxy.service:\n{output}"
+    );
+}

@@ -107,6 +107,22 @@ fn cluster_state(cluster: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
 }
 
+/// The kubectl a node of `runtime` has (program and leading words, as host paths) and
+/// its kubelet's kubeconfig.
+fn kubelet_kubeconfig(runtime: &str) -> (&'static [&'static str], &'static str) {
+    match runtime {
+        "k3s" => (
+            &["/usr/local/bin/k3s", "kubectl"],
+            "/var/lib/rancher/k3s/agent/kubelet.kubeconfig",
+        ),
+        "k0s" => (
+            &["/usr/local/bin/k0s", "kubectl"],
+            "/var/lib/k0s/kubelet.conf",
+        ),
+        _ => (&["/usr/local/bin/kubectl"], "/etc/kubernetes/kubelet.conf"),
+    }
+}
+
 /// Edits the shared cluster state as the control plane would see a dead machine: its API
 /// server down, its node NotReady.
 fn mark_dead(cluster: &Path, name: &str) {
@@ -219,6 +235,29 @@ fn lose_the_first_controller(runtime: &str, version: &str, prefix: &str) {
     lab.kill_all("c1");
     lab.link("c1", false);
     mark_dead(cluster.path(), "c1");
+
+    // The workers' kubelets still reach a live API server: their kubeconfigs name a
+    // node-local balancer over every controller, not c1.
+    for worker in ["w1", "w2"] {
+        let (program, kubeconfig) = kubelet_kubeconfig(runtime);
+        let node = &machines[worker].node;
+        let mut args = program.to_vec();
+        args.extend(["--kubeconfig", kubeconfig, "get", "nodes", "-o", "name"]);
+        let out = lab
+            .raw_command(worker, node, &args)
+            .output()
+            .expect("run kubectl on the worker");
+        assert!(
+            out.status.success(),
+            "{worker}'s kubelet kubeconfig ({kubeconfig}: {}) does not reach a live API server: {}",
+            node.read(kubeconfig)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains("server:"))
+                .unwrap_or(""),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // 3. c4 (asking c2) and c5 (asking c3) join at the same moment: one lease, in the
     //    cluster, admits them one after the other.

@@ -1,6 +1,7 @@
 //! The commands: each loads what it needs through one [`Session`] and returns a typed
 //! [`Error`] that `main` maps to an exit code.
 
+mod api_proxy_cmd;
 mod init_check;
 mod leave;
 mod plan_cmd;
@@ -126,6 +127,7 @@ pub fn run(mut cli: Cli) -> Result<(), Error> {
         Some(Command::Token(command)) => token_cmd::run(&cli, command),
         Some(Command::Secret(command)) => secret_cmd::run(command),
         Some(Command::Serve(args)) => serve_cmd::run(&cli, args),
+        Some(Command::ApiserverProxy(args)) => api_proxy_cmd::run(&cli, args),
         Some(Command::Leave(args)) => leave::run(&cli, args),
         Some(Command::Reset(args)) => reset::run(&cli, args),
         Some(Command::Upgrade(args)) => upgrade::run(&cli, args),

@@ -39,6 +39,9 @@ fn controller_runs_workloads(ctx: &Context<'_>) -> bool {
     ctx.controllers_run_workloads(false)
 }
 
+/// Where k0s's node-local load balancer listens for the API on a worker.
+pub const NLLB_API_PORT: u16 = 7444;
+
 /// The ClusterConfig for controllers: API address and SANs set explicitly (tokens embed
 /// them), CIDRs, no image pulls, no telemetry; `distro.k0s` merged on top. Written as JSON,
 /// which is YAML and leaves no doubt about types.
@@ -57,6 +60,16 @@ pub fn render_config(ctx: &Context<'_>) -> Result<String, DistroError> {
     api.insert("sans".into(), json!(ctx.sans()));
     let mut network = serde_json::Map::new();
     network.insert("provider".into(), json!("kuberouter"));
+    if ctx.several_controllers() {
+        // Workers reach the API through an envoy on each node over every controller,
+        // not through one controller's address (which tokens would otherwise embed).
+        // 7443 is the join service's port, so the envoy takes 7444.
+        network.insert(
+            "nodeLocalLoadBalancing".into(),
+            json!({"enabled": true, "type": "EnvoyProxy",
+                   "envoyProxy": {"apiServerBindPort": NLLB_API_PORT}}),
+        );
+    }
     let (pod, service) = ctx.cidrs();
     if let Some(pod) = pod {
         network.insert("podCIDR".into(), json!(pod));

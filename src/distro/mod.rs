@@ -92,8 +92,9 @@ pub fn endpoint_host(endpoint: &str) -> String {
 }
 
 impl Context<'_> {
-    /// The API endpoint (`host:port`): `cluster.endpoint`, else the first controller, else
-    /// this node.
+    /// The API endpoint (`host:port`): `cluster.endpoint`; else what join material says;
+    /// else, on a kubeadm cluster of several controllers, the node-local load balancer
+    /// ([`Context::local_api_proxy`]); else the first controller, else this node.
     pub fn endpoint(&self) -> String {
         if let Some(endpoint) = &self.config.cluster.endpoint {
             return endpoint.clone();
@@ -101,12 +102,44 @@ impl Context<'_> {
         if let Some(material) = self.material {
             return material.endpoint.clone();
         }
+        if self.local_api_proxy() {
+            return crate::api_proxy::LISTEN.to_owned();
+        }
         if let Some(first) = self.config.cluster.controllers.first() {
             return host_port(first, API_PORT);
         }
         match self.node_address {
             Some(ip) => host_port(&ip.to_string(), API_PORT),
             None => host_port("127.0.0.1", API_PORT),
+        }
+    }
+
+    /// Whether the nodes reach the API through `bootstrap apiserver-proxy` on loopback:
+    /// kubeadm, several controllers and no `cluster.endpoint`. (k3s agents balance over
+    /// the servers themselves, and k0s gets node-local load balancing.)
+    pub fn local_api_proxy(&self) -> bool {
+        self.image.distro == DistroKind::Kubeadm && self.several_controllers()
+    }
+
+    /// Several controllers listed and no `cluster.endpoint`: no single controller may be
+    /// the API endpoint.
+    pub fn several_controllers(&self) -> bool {
+        self.config.cluster.endpoint.is_none() && self.config.cluster.controllers.len() > 1
+    }
+
+    /// The endpoint minted join material names: `cluster.endpoint`, the load balancer
+    /// every node runs, or else this (live) controller — not the first controller, which
+    /// may be gone.
+    pub fn mint_endpoint(&self) -> String {
+        if let Some(endpoint) = &self.config.cluster.endpoint {
+            return endpoint.clone();
+        }
+        if self.local_api_proxy() {
+            return crate::api_proxy::LISTEN.to_owned();
+        }
+        match self.node_address {
+            Some(ip) => host_port(&ip.to_string(), API_PORT),
+            None => self.endpoint(),
         }
     }
 
@@ -493,7 +526,7 @@ pub(crate) fn material(
         distro: ctx.image.distro,
         version: ctx.version().to_owned(),
         role,
-        endpoint: ctx.endpoint(),
+        endpoint: ctx.mint_endpoint(),
         token,
         ca_cert_hash: None,
         certificate_key: None,

@@ -97,6 +97,11 @@ pub fn plan(view: &NodeView<'_>) -> Result<Plan, NodePlanError> {
     for step in runtime::runtime_steps(&inputs)? {
         plan.push(step);
     }
+    if ctx.local_api_proxy() {
+        for step in api_proxy_steps(view)? {
+            plan.push(step);
+        }
+    }
     let driver = crate::distro::driver(view.image.distro);
     for step in driver.install_steps(&ctx)? {
         plan.push(step);
@@ -240,16 +245,105 @@ fn join_secret_steps(view: &NodeView<'_>) -> Result<Vec<Step>, NodePlanError> {
     )])
 }
 
-/// `bootstrap-join.service`, running the image's bootstrap if it ships one, else the
-/// binary running now.
-fn join_service_steps(view: &NodeView<'_>) -> Result<Vec<Step>, NodePlanError> {
+/// The cluster image's bootstrap, when it ships one.
+fn image_bootstrap(view: &NodeView<'_>) -> Result<Option<PathBuf>, NodePlanError> {
     let bin_dir = view.image.host_subdir(view.host, "bin")?;
     let shipped = bin_dir.join("bootstrap");
-    let image_binary = view
+    Ok(view
         .host
         .stat(&shipped)?
         .is_some_and(|m| m.kind == crate::host::FileKind::File)
-        .then_some(shipped);
-    crate::join::service_steps(image_binary, &view.running_binary)
+        .then_some(shipped))
+}
+
+/// `bootstrap-join.service`, running the image's bootstrap if it ships one, else the
+/// binary running now.
+fn join_service_steps(view: &NodeView<'_>) -> Result<Vec<Step>, NodePlanError> {
+    crate::join::service_steps(image_bootstrap(view)?, &view.running_binary)
         .map_err(|e| RuntimeError::from(e).into())
+}
+
+/// The unit of the node-local API load balancer (`bootstrap apiserver-proxy`).
+pub const API_PROXY_UNIT: &str = "bootstrap-apiserver-proxy.service";
+
+/// `bootstrap-apiserver-proxy.service`, running `binary apiserver-proxy`.
+pub fn api_proxy_unit(binary: &str) -> Result<String, crate::systemd::UnitError> {
+    use crate::systemd::{SystemdUnit, UnitSection};
+    SystemdUnit {
+        header: vec!["Written by bootstrap; `bootstrap reset` removes it.".to_owned()],
+        gap_after_header: true,
+        sections: vec![
+            UnitSection::new("Unit")
+                .set(
+                    "Description",
+                    "bootstrap node-local Kubernetes API load balancer",
+                )
+                .set("Wants", "network-online.target")
+                .set("After", "network-online.target")
+                .set("Before", "kubelet.service"),
+            UnitSection::new("Service")
+                .set("ExecStart", format!("{binary} apiserver-proxy"))
+                .set("Restart", "always")
+                .set("RestartSec", "2")
+                .set("NoNewPrivileges", "yes")
+                .set("PrivateTmp", "yes")
+                .set("ProtectHome", "yes"),
+            UnitSection::new("Install").set("WantedBy", "multi-user.target"),
+        ],
+    }
+    .render()
+}
+
+/// `bootstrap-apiserver-proxy.service` on every node of a kubeadm cluster whose nodes
+/// reach the API through it, started before kubeadm needs the endpoint.
+fn api_proxy_steps(view: &NodeView<'_>) -> Result<Vec<Step>, NodePlanError> {
+    use crate::plan::ServiceAction;
+    const INSTALLED: &str = "/usr/local/bin/bootstrap";
+    let mut steps = Vec::new();
+    let binary = match image_bootstrap(view)? {
+        Some(source) => {
+            steps.push(Step::new(
+                Phase::Runtime,
+                "the API load balancer runs the cluster image's bootstrap",
+                Action::InstallBinary {
+                    source,
+                    dest: PathBuf::from(INSTALLED),
+                    mode: 0o755,
+                },
+            ));
+            INSTALLED.to_owned()
+        }
+        None => view.running_binary.clone(),
+    };
+    let unit = api_proxy_unit(&binary).map_err(RuntimeError::from)?;
+    steps.push(Step::write_file(
+        Phase::Runtime,
+        "kubeadm nodes reach the API through a load balancer over every controller (no cluster.endpoint)",
+        format!("/etc/systemd/system/{API_PROXY_UNIT}"),
+        0o644,
+        Contents::Public(unit.clone().into_bytes()),
+    ));
+    steps.push(crate::systemd::daemon_reload(Phase::Runtime, &[&unit]));
+    for action in [ServiceAction::Enable, ServiceAction::Start] {
+        steps.push(Step::new(
+            Phase::Runtime,
+            "the API load balancer runs now and at every boot",
+            Action::Service {
+                unit: API_PROXY_UNIT.to_owned(),
+                action,
+            },
+        ));
+    }
+    steps.push(
+        Step::new(
+            Phase::Runtime,
+            "a changed unit takes effect",
+            Action::Service {
+                unit: API_PROXY_UNIT.to_owned(),
+                action: ServiceAction::RestartNoBlock,
+            },
+        )
+        .keyed(&[unit.as_bytes()]),
+    );
+    Ok(steps)
 }

@@ -253,6 +253,24 @@ impl Lab {
         (code, fs::read_to_string(out).unwrap_or_default())
     }
 
+    /// A program of the node's root (`args[0]`, a host path) run inside its namespace
+    /// with the node's environment — a stand-in as bootstrap would run it.
+    pub fn raw_command(&self, name: &str, node: &Node, args: &[&str]) -> Command {
+        let inner = node.command(&[]);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(name)])
+            .arg(node.path(args[0]))
+            .args(&args[1..]);
+        for (key, value) in inner.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
     /// Kills every process inside the node's namespace (its machine is gone).
     pub fn kill_all(&self, node: &str) {
         let pids = Command::new("ip")

@@ -142,6 +142,10 @@ SCHEMA = {
     "spec.network": ("provider", "podCIDR", "serviceCIDR", "clusterDomain", "kubeProxy",
                      "nodeLocalLoadBalancing", "controlPlaneLoadBalancing", "kuberouter",
                      "calico", "dualStack"),
+    "spec.network.nodeLocalLoadBalancing": ("enabled", "type", "envoyProxy"),
+    "spec.network.nodeLocalLoadBalancing.envoyProxy": ("image", "imagePullPolicy",
+                                                       "apiServerBindPort",
+                                                       "konnectivityServerBindPort"),
     "spec.images": ("repository", "default_pull_policy") + IMAGE_NAMES,
     "spec.telemetry": ("enabled",),
     "spec.storage": ("type", "etcd", "kine"),
@@ -515,6 +519,13 @@ def daemon_worker(flags, c, name):
         if why:
             state.die(f"Error: failed to bootstrap kubelet client configuration: {why}")
         server = decode_token(text)["server"]
+        nllb = _get((c.get("k0s") or {}).get("config") or {},
+                    "spec.network.nodeLocalLoadBalancing") or {}
+        if nllb.get("enabled"):
+            # k0s points the kubelet at the node-local envoy, which balances over every
+            # controller.
+            port = (nllb.get("envoyProxy") or {}).get("apiServerBindPort") or 7443
+            server = f"https://127.0.0.1:{port}"
         state.write_file(f"{d}/kubelet.conf", state.kubeconfig_text(
             server, c["ca_pem"], f"system:node:{name}"), 0o600)
     state.host(f"{d}/bin").mkdir(parents=True, exist_ok=True)

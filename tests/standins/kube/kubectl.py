@@ -88,12 +88,30 @@ class Conn:
                  "node's status and pods")
 
     def check(self, c):
-        if not any(c["api_up"].values()):
+        if not any(c["api_up"].values()) or not self.reaches(c):
             fail(f"The connection to the server {self.hostport} was refused - did you "
                  "specify the right host or port?")
         if self.ca_pem and c.get("ca_pem") and self.ca_pem.strip() != c["ca_pem"].strip():
             fail("Unable to connect to the server: tls: failed to verify certificate: "
                  "x509: certificate signed by unknown authority")
+
+
+    def reaches(self, c):
+        """Whether the server this kubeconfig names answers: a node's own address only
+        while that node's API server is up; loopback and names (a node-local balancer,
+        a load balancer) while any is."""
+        host = self.hostport.rsplit(":", 1)[0].strip("[]")
+        owners = {}
+        for name, node in (c.get("nodes") or {}).items():
+            if node.get("address"):
+                owners[node["address"]] = name
+        for name, ctl in ((c.get("k0s") or {}).get("controllers") or {}).items():
+            if ctl.get("address"):
+                owners[ctl["address"]] = name
+        owner = owners.get(host)
+        if owner is None:
+            return True
+        return bool(c["api_up"].get(owner))
 
 
 def client_version():
