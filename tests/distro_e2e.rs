@@ -422,6 +422,13 @@ fn upgrade_with_skew_rules(case: &Case) {
         case.next,
         "{state}"
     );
+    // `up` stays safe to re-run on an upgraded node: the skew rules look at the cluster
+    // as it is now, not at the version recorded when the node joined.
+    for node in [&a, &w] {
+        let run = node.run(&["up"]);
+        run.assert_code(0);
+        assert!(run.stderr.contains("nothing to do"), "{}", run.all());
+    }
     // Again: nothing to do.
     let run = a.run(&["upgrade", "--rootfs", "/opt/images/next"]);
     run.assert_code(0);

@@ -486,11 +486,32 @@ impl Session {
         if self.upgrading {
             return Ok(Some(material));
         }
+        // The material's version is the cluster's when this node joined. Once it has
+        // joined, the cluster may have moved on (an upgrade): the rules are checked
+        // against the version the API server reports now.
+        let cluster_version = if self.host.exists(Path::new(crate::state::DONE_FILE))? {
+            let driver = crate::distro::driver(self.image.distro);
+            let kubeconfig = if role.role.is_controller() {
+                driver.admin_kubeconfig()
+            } else {
+                driver.node_kubeconfig(role.role)
+            };
+            let ops = crate::distro::NodeOps::new(&self.host, driver, kubeconfig);
+            match ops.server_version() {
+                Ok(version) => version,
+                Err(e) => {
+                    log::warn!("cannot ask the API server for the cluster's version ({e}); this node has joined already, so its join material is not checked again");
+                    return Ok(Some(material));
+                }
+            }
+        } else {
+            material.version.clone()
+        };
         skew::check_join(
             self.image.distro,
             &self.image.metadata.version,
             material.distro,
-            &material.version,
+            &cluster_version,
             role.role.is_controller(),
         )
         .map_err(|e| DistroError::Mismatch {

@@ -146,24 +146,12 @@ fn control_plane_versions(
     driver: &dyn crate::distro::Distro,
     kubeconfig: &str,
 ) -> Result<Vec<String>, Error> {
-    let command = driver.kubectl(kubeconfig).args(["version", "-o", "json"]);
-    let output = host.run(&command)?;
-    let refused = |why: String| {
-        Error::Failed(format!(
-            "upgrade refused: cannot learn the control plane's version to check that this worker stays behind it: {why}"
-        ))
-    };
-    if !output.success() {
-        return Err(refused(format!(
-            "`{command}` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    let doc: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .map_err(|e| refused(format!("`{command}` printed no JSON: {e}")))?;
-    let version = doc["serverVersion"]["gitVersion"]
-        .as_str()
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| refused(format!("`{command}` names no server version")))?;
-    Ok(vec![version.to_owned()])
+    crate::distro::NodeOps::new(host, driver, kubeconfig)
+        .server_version()
+        .map(|v| vec![v])
+        .map_err(|e| {
+            Error::Failed(format!(
+                "upgrade refused: cannot learn the control plane's version to check that this worker stays behind it: {e}"
+            ))
+        })
 }

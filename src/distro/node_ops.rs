@@ -102,6 +102,27 @@ impl<'a> NodeOps<'a> {
         }))
     }
 
+    /// The API server's version (`kubectl version`), as the cluster runs it now.
+    pub fn server_version(&self) -> Result<String, DistroError> {
+        let command = self
+            .kubectl(["version", "-o", "json"])
+            .timeout(Duration::from_secs(30));
+        let output = self.host.run_checked(&command)?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(|e| DistroError::Cluster {
+                what: command.to_string(),
+                reason: format!("printed no JSON: {e}"),
+            })?;
+        doc["serverVersion"]["gitVersion"]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| DistroError::Cluster {
+                what: command.to_string(),
+                reason: "names no server version".into(),
+            })
+    }
+
     /// Whether the API server answers `/readyz` (with etcd: its quorum holds).
     pub fn api_ready(&self) -> Result<bool, DistroError> {
         let command = self
