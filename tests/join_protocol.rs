@@ -974,10 +974,10 @@ fn closed(sock: &mut TcpStream) -> bool {
 }
 
 #[test]
-fn silent_and_trickling_clients_are_dropped_at_the_connection_deadline() {
-    // Takes CONNECTION_DEADLINE (10 s): the deadline is a constant of the service.
+fn silent_and_trickling_clients_are_dropped_at_the_pre_auth_deadline() {
+    // Takes PRE_AUTH_DEADLINE (5 s): the deadline is a constant of the service.
     let service = start(Options::default());
-    let deadline = server::CONNECTION_DEADLINE;
+    let deadline = bootstrap::join::intake::PRE_AUTH_DEADLINE;
     // A real ClientHello, to be sent one byte every 250 ms (it would take over a minute).
     let hello = {
         let config = tls::client_config(right().pin()).unwrap();
@@ -1018,7 +1018,7 @@ fn silent_and_trickling_clients_are_dropped_at_the_connection_deadline() {
         );
     }
     assert!(
-        sent > 20,
+        sent as u128 > deadline.as_millis() / 250 / 2,
         "the trickling client kept sending ({sent} bytes)"
     );
     ask_worker(&service, "node-after-slow").unwrap();
@@ -1055,6 +1055,78 @@ fn connections_per_peer_are_capped_and_other_peers_are_still_served() {
     drop(idle);
     let fetch = quick_fetch(vec![service.target()], "node-again", STEP);
     client::fetch(right(), &fetch).unwrap();
+}
+
+#[test]
+fn silent_connections_from_many_addresses_do_not_keep_honest_joiners_out() {
+    // Ten addresses, each holding its full share of silent connections (and trying for
+    // more), topped up as the service drops them, for a bounded time and count. Once
+    // that took every worker for 10 s and the whole queue, and accept stopped.
+    const ADDRESSES: usize = 10;
+    const EACH: usize = server::MAX_PER_PEER + 2;
+    const ATTACK: Duration = Duration::from_secs(14);
+    let service = start(Options::default());
+    let addr = service.addr;
+    let attacking = Arc::new(AtomicBool::new(true));
+    let connects = Arc::new(AtomicUsize::new(0));
+    let attacker = {
+        let attacking = attacking.clone();
+        let connects = connects.clone();
+        thread::spawn(move || {
+            let started = Instant::now();
+            let mut held: Vec<Option<TcpStream>> = (0..ADDRESSES * EACH).map(|_| None).collect();
+            while attacking.load(Ordering::SeqCst)
+                && started.elapsed() < ATTACK
+                && connects.load(Ordering::SeqCst) < 20_000
+            {
+                for (i, slot) in held.iter_mut().enumerate() {
+                    let gone = slot.as_mut().is_none_or(closed);
+                    if gone {
+                        let sock = bind_connect(&format!("127.0.1.{}", 1 + i / EACH), addr);
+                        sock.set_nonblocking(true).unwrap();
+                        *slot = Some(sock);
+                        connects.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // Let the attack take hold (all its connections made once) before the joiners come.
+    let settle = Instant::now();
+    while connects.load(Ordering::SeqCst) < ADDRESSES * EACH && settle.elapsed() < STEP {
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(500));
+    // Honest joiners, one after another over more than a pre-auth deadline, each within
+    // its own deadline (shorter than the old per-connection one).
+    let joined_from = Instant::now();
+    let mut joins = 0;
+    while joined_from.elapsed() < bootstrap::join::intake::PRE_AUTH_DEADLINE * 2 {
+        let node = format!("node-under-attack-{joins}");
+        let fetch = quick_fetch(vec![service.target()], &node, Duration::from_secs(8));
+        if let Err(e) = client::fetch(right(), &fetch) {
+            attacking.store(false, Ordering::SeqCst);
+            panic!(
+                "an honest join failed during the attack ({} connects so far): {e}",
+                connects.load(Ordering::SeqCst)
+            );
+        }
+        joins += 1;
+        thread::sleep(Duration::from_millis(500));
+    }
+    attacking.store(false, Ordering::SeqCst);
+    attacker.join().unwrap();
+    assert!(joins >= 5, "{joins} joins");
+    // Hundreds of connections over the per-peer cap, a handful of lines about them.
+    let capped = all_log_lines()
+        .iter()
+        .filter(|l| l.contains("too many connections from this address"))
+        .count();
+    assert!(
+        (1..=6).contains(&capped),
+        "{capped} lines about the per-peer cap"
+    );
 }
 
 /// A TCP connection from `local` (a 127/8 address) to `to`.
