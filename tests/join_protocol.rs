@@ -169,6 +169,10 @@ struct MintState {
     /// The token's life relative to now, in seconds; `None`: the TTL asked for.
     expires_in: Mutex<Option<i64>>,
     minted: Mutex<Vec<JoinMaterial>>,
+    /// A mint for this role takes this long.
+    slow: Mutex<Option<(JoinRole, Duration)>>,
+    /// Mints running now.
+    in_flight: AtomicUsize,
 }
 
 impl MintState {
@@ -188,6 +192,12 @@ struct FakeMinter(Arc<MintState>);
 impl Minter for FakeMinter {
     fn mint(&self, role: JoinRole, ttl: Duration) -> Result<JoinMaterial, String> {
         let n = self.0.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let slow = *lock(&self.0.slow);
+        if let Some((_, delay)) = slow.filter(|(r, _)| *r == role) {
+            self.0.in_flight.fetch_add(1, Ordering::SeqCst);
+            thread::sleep(delay);
+            self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
         if self.0.fail.load(Ordering::SeqCst) {
             return Err("k3s is not running yet".into());
         }
@@ -913,19 +923,70 @@ fn reuse_ends_once_half_the_ttl_has_passed() {
 }
 
 #[test]
-fn a_cluster_that_cannot_mint_is_not_ready_and_nothing_is_cached() {
+fn a_failed_mint_is_remembered_for_a_few_seconds_then_tried_again() {
     let service = start(Options::default());
     service.minter.fail.store(true, Ordering::SeqCst);
-    let cause = ask_worker(&service, "node-n").unwrap_err();
-    assert!(
-        matches!(&cause, Cause::NotReady(m) if m.contains("not running")),
-        "{cause:?}"
-    );
+    // A crowd of joiners at a cluster that cannot mint yet runs the distro's tool once.
+    let askers: Vec<_> = (0..4)
+        .map(|i| {
+            let target = service.target();
+            thread::spawn(move || {
+                client::ask(&target, right(), &request(JoinRole::Worker, &format!("node-n{i}")))
+            })
+        })
+        .collect();
+    for asker in askers {
+        let cause = asker.join().unwrap().unwrap_err();
+        assert!(
+            matches!(&cause, Cause::NotReady(m) if m.contains("not running")),
+            "{cause:?}"
+        );
+    }
+    assert_eq!(service.minter.calls(), 1);
     service.minter.fail.store(false, Ordering::SeqCst);
+    let started = Instant::now();
+    let cause = ask_worker(&service, "node-n").unwrap_err();
+    assert!(matches!(cause, Cause::NotReady(_)), "{cause:?}");
+    thread::sleep(server::FAILURE_MEMORY.saturating_sub(started.elapsed()));
     let a = ask_worker(&service, "node-n").unwrap();
     let b = ask_worker(&service, "node-n").unwrap();
     assert_eq!(a, b);
     assert_eq!(service.minter.calls(), 2);
+}
+
+#[test]
+fn a_slow_mint_holds_up_no_one_but_its_waiters_and_they_give_up_at_their_deadline() {
+    let service = start(Options {
+        admission: true,
+        ..Options::default()
+    });
+    ask_worker(&service, "node-cached").unwrap();
+    // A controller's mint that outlasts a connection.
+    let slow = server::CONNECTION_DEADLINE + Duration::from_secs(1);
+    *lock(&service.minter.slow) = Some((JoinRole::Controller, slow));
+    let minting = {
+        let target = service.target();
+        thread::spawn(move || client::ask(&target, right(), &request(JoinRole::Controller, "cp-1")))
+    };
+    let started = Instant::now();
+    while service.minter.in_flight.load(Ordering::SeqCst) == 0 && started.elapsed() < STEP {
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Workers are served from the cache while it runs.
+    ask_worker(&service, "node-meanwhile").unwrap();
+    assert_eq!(
+        service.minter.in_flight.load(Ordering::SeqCst),
+        1,
+        "the worker was answered only after the controller's mint"
+    );
+    // The same controller asking again waits for that mint, and gives up at its deadline.
+    let waiter = client::ask(&service.target(), right(), &request(JoinRole::Controller, "cp-1"));
+    assert!(
+        matches!(&waiter, Err(Cause::NotReady(m)) if m.contains("still being minted")),
+        "{waiter:?}"
+    );
+    let _ = minting.join().unwrap();
+    assert_eq!(service.minter.calls(), 2, "one worker mint, one controller mint");
 }
 
 // =======================================================================================
@@ -1214,6 +1275,8 @@ fn a_controller_that_cannot_be_served_does_not_keep_the_lease() {
         "cp-1 kept the lease"
     );
     service.minter.fail.store(false, Ordering::SeqCst);
+    // Once the failure is no longer remembered.
+    thread::sleep(server::FAILURE_MEMORY);
     assert_eq!(ask("cp-2").unwrap().status, Status::Ok);
 }
 

@@ -6,6 +6,7 @@ pub mod client;
 pub mod intake;
 pub mod keys;
 pub mod manual;
+pub mod mint;
 pub mod proto;
 pub mod responder;
 pub mod server;

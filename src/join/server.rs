@@ -5,19 +5,19 @@
 //! minted material is reused while more than half its life remains; controller joins are
 //! admitted one at a time.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::admission::Admission;
 use super::intake::{self, Arrived};
 use super::keys::JoinKeys;
+use super::mint::Materials;
 use super::proto::{self, ClusterInfo, Request, RequestKind, Response, Status};
 use super::throttle::{Throttled, WARN_EVERY};
-use crate::distro::{JoinMaterial, JoinRole};
+use crate::distro::JoinRole;
 
 /// Worker threads serving connections.
 pub const WORKERS: usize = 64;
@@ -30,12 +30,7 @@ pub const BACKLOG: i32 = 1024;
 /// counted from accept; the handshake and request alone in [`intake::PRE_AUTH_DEADLINE`].
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Makes join material on this controller.
-pub trait Minter: Send + Sync {
-    /// Fresh material for `role` with a token living `ttl`; `Err` says why the cluster
-    /// cannot mint yet.
-    fn mint(&self, role: JoinRole, ttl: Duration) -> Result<JoinMaterial, String>;
-}
+pub use super::mint::{Minter, FAILURE_MEMORY};
 
 /// Why a manual credential key was or was not found.
 pub trait Credentials: Send + Sync {
@@ -115,16 +110,12 @@ impl Credentials for NoCredentials {
 pub struct Service {
     keys: JoinKeys,
     tls: Arc<rustls::ServerConfig>,
-    minter: Box<dyn Minter>,
+    materials: Materials,
     credentials: Box<dyn Credentials>,
     /// `Some` on a node that admits controller joins.
     admission: Option<Box<dyn Admit>>,
     /// `None`: this service does not answer whether a cluster exists.
     cluster: Option<Box<dyn ClusterView>>,
-    ttl: Duration,
-    cache: Mutex<HashMap<JoinRole, JoinMaterial>>,
-    /// One mint at a time: concurrent joiners wait for the one mint and share it.
-    minting: Mutex<()>,
     max_per_peer: usize,
     nodes: Option<Box<dyn Nodes>>,
 }
@@ -140,13 +131,10 @@ impl Service {
         Ok(Service {
             tls: super::tls::server_config(&keys)?,
             keys,
-            minter,
+            materials: Materials::new(minter, ttl),
             credentials,
             admission: admission.map(|a| Box::new(Mutex::new(a)) as Box<dyn Admit>),
             cluster: None,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
-            minting: Mutex::new(()),
             max_per_peer: MAX_PER_PEER,
             nodes: None,
         })
@@ -176,20 +164,7 @@ impl Service {
         self
     }
 
-    /// Material for `role`, reused while more than half its life remains.
-    fn material(&self, role: JoinRole) -> Result<JoinMaterial, String> {
-        let _one_at_a_time = lock(&self.minting);
-        if let Some(cached) = lock(&self.cache).get(&role) {
-            if still_fresh(cached, role, self.ttl) {
-                return Ok(cached.clone());
-            }
-        }
-        let fresh = self.minter.mint(role, self.ttl)?;
-        lock(&self.cache).insert(role, fresh.clone());
-        Ok(fresh)
-    }
-
-    fn answer(&self, request: &Request, peer: SocketAddr) -> Response {
+    fn answer(&self, request: &Request, peer: SocketAddr, deadline: Instant) -> Response {
         let reply = |status, message: String| Response::plain(status, message);
         if request.version != 1 {
             return reply(
@@ -275,7 +250,9 @@ impl Service {
                 }
             }
         }
-        match self.material(request.role) {
+        // A caller waiting on someone else's mint gives up in time to still be told so.
+        let wait_until = deadline.checked_sub(ANSWER_TIME).unwrap_or(deadline);
+        match self.materials.get(request.role, wait_until) {
             Ok(mut material) => {
                 log::info!(
                     "join material for {} ({peer}) as a {}",
@@ -405,7 +382,7 @@ impl Service {
                             .min(MAX_DRAIN);
                         tls.sock.extend(drain + LEAVE_SLACK);
                     }
-                    self.answer(request, peer)
+                    self.answer(request, peer, deadline)
                 }
             },
             _ => {
@@ -455,28 +432,8 @@ fn exporter(conn: &rustls::ServerConnection) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// How long controller material may be handed out after it was minted: kubeadm deletes
-/// the uploaded control-plane certificates 2 h after an upload, and they are uploaded
-/// again only by a new mint.
-const CONTROLLER_REUSE: Duration = Duration::from_secs(30 * 60);
-
-/// Whether cached material may be handed out again: more than half its life left, and
-/// for controllers minted at most [`CONTROLLER_REUSE`] ago.
-fn still_fresh(material: &JoinMaterial, role: JoinRole, ttl: Duration) -> bool {
-    let Some(expires) = &material.expires_at else {
-        return true;
-    };
-    let Ok(expires) = humantime::parse_rfc3339(expires) else {
-        return false;
-    };
-    let keep = match role {
-        JoinRole::Controller => (ttl / 2).max(ttl.saturating_sub(CONTROLLER_REUSE)),
-        JoinRole::Worker => ttl / 2,
-    };
-    expires
-        .duration_since(SystemTime::now())
-        .is_ok_and(|left| left > keep)
-}
+/// What writing an answer may take, kept back from a connection's deadline.
+const ANSWER_TIME: Duration = Duration::from_secs(1);
 
 /// What a leave may take beyond its drain: cordon, delete and the answer.
 const LEAVE_SLACK: Duration = Duration::from_secs(90);
