@@ -931,7 +931,11 @@ fn a_failed_mint_is_remembered_for_a_few_seconds_then_tried_again() {
         .map(|i| {
             let target = service.target();
             thread::spawn(move || {
-                client::ask(&target, right(), &request(JoinRole::Worker, &format!("node-n{i}")))
+                client::ask(
+                    &target,
+                    right(),
+                    &request(JoinRole::Worker, &format!("node-n{i}")),
+                )
             })
         })
         .collect();
@@ -980,13 +984,21 @@ fn a_slow_mint_holds_up_no_one_but_its_waiters_and_they_give_up_at_their_deadlin
         "the worker was answered only after the controller's mint"
     );
     // The same controller asking again waits for that mint, and gives up at its deadline.
-    let waiter = client::ask(&service.target(), right(), &request(JoinRole::Controller, "cp-1"));
+    let waiter = client::ask(
+        &service.target(),
+        right(),
+        &request(JoinRole::Controller, "cp-1"),
+    );
     assert!(
         matches!(&waiter, Err(Cause::NotReady(m)) if m.contains("still being minted")),
         "{waiter:?}"
     );
     let _ = minting.join().unwrap();
-    assert_eq!(service.minter.calls(), 2, "one worker mint, one controller mint");
+    assert_eq!(
+        service.minter.calls(),
+        2,
+        "one worker mint, one controller mint"
+    );
 }
 
 // =======================================================================================
