@@ -119,7 +119,7 @@ pub fn run(
     tls: &Arc<rustls::ServerConfig>,
     max_per_peer: usize,
     stop: &AtomicBool,
-    mut hand_off: impl FnMut(Arrived) -> Result<(), Arrived>,
+    mut hand_off: impl FnMut(Box<Arrived>) -> Result<(), Box<Arrived>>,
 ) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let peers = Arc::new(Peers::default());
@@ -152,7 +152,7 @@ pub fn run(
                     if p.sock.set_nonblocking(false).is_err() {
                         continue;
                     }
-                    let arrived = Arrived {
+                    let arrived = Box::new(Arrived {
                         conn: p.conn,
                         sock: p.sock,
                         peer: p.peer,
@@ -160,7 +160,7 @@ pub fn run(
                         tag,
                         accepted: p.accepted,
                         slot: p.slot,
-                    };
+                    });
                     if let Err(dropped) = hand_off(arrived) {
                         WORKERS_FULL.warn(|| {
                             format!(

@@ -338,7 +338,7 @@ impl Service {
     }
 
     /// Answers one connection whose request frame has arrived, by its deadline.
-    fn handle(&self, arrived: Arrived) -> Result<(), String> {
+    fn handle(&self, arrived: Box<Arrived>) -> Result<(), String> {
         let Arrived {
             mut conn,
             sock,
@@ -347,7 +347,7 @@ impl Service {
             tag,
             accepted,
             slot: _slot,
-        } = arrived;
+        } = *arrived;
         let deadline = accepted + CONNECTION_DEADLINE;
         let mut sock = DeadlineStream::until(sock, deadline);
         let mut tls = rustls::Stream::new(&mut conn, &mut sock);
@@ -498,7 +498,7 @@ pub fn serve(
     service: Arc<Service>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<()> {
-    let (tx, rx) = mpsc::sync_channel::<Arrived>(WORKERS * 4);
+    let (tx, rx) = mpsc::sync_channel::<Box<Arrived>>(WORKERS * 4);
     let rx = Arc::new(Mutex::new(rx));
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
