@@ -9,6 +9,7 @@ mod command;
 mod fake;
 mod rooted;
 pub mod system;
+pub mod temp;
 
 use std::io;
 use std::path::{Path, PathBuf};

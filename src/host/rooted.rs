@@ -1,8 +1,8 @@
 //! The real host: every host path lives under a root folder (`/` on a live node).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -177,19 +177,11 @@ impl Host for RootedHost {
         })?;
         let host_parent = path.parent().unwrap_or(Path::new("/"));
         fs::create_dir_all(parent).map_err(|e| HostError::io("create folder", host_parent, e))?;
-        let file_name = real
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = parent.join(format!(".{file_name}.bootstrap-{}", std::process::id()));
+        // A new file of a random name, created with the final mode so a secret is never
+        // briefly world-readable, and never a file or symlink someone planted.
+        let (mut file, temp) =
+            super::temp::create_beside(&real, mode).map_err(|e| HostError::io("write", path, e))?;
         let result = (|| -> io::Result<()> {
-            // Created with the final mode so a secret is never briefly world-readable.
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(mode)
-                .open(&temp)?;
             file.set_permissions(fs::Permissions::from_mode(mode))?;
             if let Some(owner) = owner {
                 use std::os::fd::AsRawFd;
@@ -235,12 +227,10 @@ impl Host for RootedHost {
             reason: "a symlink needs a parent folder",
         })?;
         fs::create_dir_all(parent).map_err(|e| HostError::io("create folder", path, e))?;
-        let file_name = real
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = parent.join(format!(".{file_name}.bootstrap-{}", std::process::id()));
-        let _ = fs::remove_file(&temp);
+        // symlink(2) never follows or replaces what is at its name: a random one that
+        // nobody can have planted.
+        let temp =
+            super::temp::name_beside(&real).map_err(|e| HostError::io("symlink", path, e))?;
         let result = std::os::unix::fs::symlink(target, &temp)
             .and_then(|()| fs::rename(&temp, &real))
             .and_then(|()| fsync_dir(parent));
@@ -391,6 +381,26 @@ mod tests {
             host.list_dir(Path::new("/a/b")).unwrap().unwrap(),
             vec!["secret"]
         );
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_old_temp_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = RootedHost::new(dir.path().join("root"));
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        fs::create_dir_all(dir.path().join("root/a")).unwrap();
+        // The name the temporary file used to have: predictable from the pid.
+        let planted = dir
+            .path()
+            .join(format!("root/a/.secret.bootstrap-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        host.write_atomic(Path::new("/a/secret"), b"x", 0o600, None)
+            .unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        let info = host.stat(Path::new("/a/secret")).unwrap().unwrap();
+        assert_eq!(info.kind, FileKind::File);
+        assert_eq!(fs::read(dir.path().join("root/a/secret")).unwrap(), b"x");
     }
 
     #[test]

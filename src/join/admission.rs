@@ -44,11 +44,7 @@ impl Admission {
         let result = match &self.lease {
             Some(lease) => serde_json::to_vec(lease)
                 .map_err(std::io::Error::other)
-                .and_then(|bytes| {
-                    let temp = file.with_extension("tmp");
-                    std::fs::write(&temp, bytes)?;
-                    std::fs::rename(&temp, file)
-                }),
+                .and_then(|bytes| crate::host::temp::replace(file, &bytes, 0o600)),
             None => match std::fs::remove_file(file) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
@@ -112,5 +108,23 @@ mod tests {
         let mut short = Admission::new(None, Duration::from_secs(0));
         short.acquire("x").unwrap();
         short.acquire("y").unwrap();
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_old_temp_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("lease.tmp")).unwrap();
+        let file = dir.path().join("lease.json");
+        Admission::new(Some(file.clone()), LEASE)
+            .acquire("b")
+            .unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert!(!std::fs::symlink_metadata(&file)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(Admission::new(Some(file), LEASE).acquire("c").is_err());
     }
 }

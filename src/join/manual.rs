@@ -114,7 +114,6 @@ impl CredentialStore {
 
     /// A new credential for `role` living `ttl`; expired ones are dropped on the way.
     pub fn add(&self, role: JoinRole, ttl: Duration) -> std::io::Result<(String, Secret)> {
-        use std::os::unix::fs::OpenOptionsExt;
         let mut all = self.read();
         let now = super::unix_now();
         all.retain(|_, c| c.expires > now);
@@ -131,16 +130,7 @@ impl CredentialStore {
         if let Some(dir) = self.file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let temp = self.file.with_extension("tmp");
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)?;
-        std::io::Write::write_all(&mut out, &serde_json::to_vec(&all)?)?;
-        out.sync_all()?;
-        std::fs::rename(&temp, &self.file)?;
+        crate::host::temp::replace(&self.file, &serde_json::to_vec(&all)?, 0o600)?;
         Ok((id, Secret::new(secret)))
     }
 }
@@ -191,5 +181,25 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&store.file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_old_temp_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        let store = CredentialStore {
+            file: dir.path().join("credentials.json"),
+        };
+        std::os::unix::fs::symlink(&victim, dir.path().join("credentials.tmp")).unwrap();
+        let (id, _) = store
+            .add(JoinRole::Worker, Duration::from_secs(600))
+            .unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert!(!std::fs::symlink_metadata(&store.file)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(store.lookup(&id).is_some());
     }
 }

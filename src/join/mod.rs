@@ -3,11 +3,14 @@
 
 pub mod admission;
 pub mod client;
+pub mod intake;
 pub mod keys;
 pub mod manual;
+pub mod mint;
 pub mod proto;
 pub mod responder;
 pub mod server;
+pub mod throttle;
 pub mod tls;
 
 pub use client::{Backoff, Cause, Fetch, GaveUp};

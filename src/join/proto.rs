@@ -17,7 +17,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-bootstrap-join-v1";
 pub const REQUEST_LABEL: &[u8] = b"bootstrap-join-v1 request";
 pub const RESPONSE_LABEL: &[u8] = b"bootstrap-join-v1 response";
-const TAG_LEN: usize = 32;
+/// Bytes of the HMAC-SHA256 tag that ends every frame.
+pub const TAG_LEN: usize = 32;
 
 /// What a joiner asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,20 +1,23 @@
 //! `bootstrap serve`: hands join material to callers that prove they hold the join
-//! secret. A fixed pool of worker threads, a cap on connections per peer, a deadline per
-//! connection and a cap on message size keep slow or hostile clients from starving it;
+//! secret. Connections come in through `intake` (caps per peer and before
+//! authentication, a short pre-auth deadline, no thread per silent socket); a fixed pool
+//! of worker threads answers whole requests within a deadline counted from accept;
 //! minted material is reused while more than half its life remains; controller joins are
 //! admitted one at a time.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::admission::Admission;
+use super::intake::{self, Arrived};
 use super::keys::JoinKeys;
+use super::mint::Materials;
 use super::proto::{self, ClusterInfo, Request, RequestKind, Response, Status};
-use crate::distro::{JoinMaterial, JoinRole};
+use super::throttle::{Throttled, WARN_EVERY};
+use crate::distro::JoinRole;
 
 /// Worker threads serving connections.
 pub const WORKERS: usize = 64;
@@ -23,15 +26,11 @@ pub const WORKERS: usize = 64;
 pub const MAX_PER_PEER: usize = 32;
 /// Connections the kernel queues until they are accepted (capped by net.core.somaxconn).
 pub const BACKLOG: i32 = 1024;
-/// Everything about one connection (handshake, request, response) must fit in this.
+/// Everything about one connection (handshake, request, response) must fit in this,
+/// counted from accept; the handshake and request alone in [`intake::PRE_AUTH_DEADLINE`].
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Makes join material on this controller.
-pub trait Minter: Send + Sync {
-    /// Fresh material for `role` with a token living `ttl`; `Err` says why the cluster
-    /// cannot mint yet.
-    fn mint(&self, role: JoinRole, ttl: Duration) -> Result<JoinMaterial, String>;
-}
+pub use super::mint::{Minter, FAILURE_MEMORY};
 
 /// Why a manual credential key was or was not found.
 pub trait Credentials: Send + Sync {
@@ -111,17 +110,12 @@ impl Credentials for NoCredentials {
 pub struct Service {
     keys: JoinKeys,
     tls: Arc<rustls::ServerConfig>,
-    minter: Box<dyn Minter>,
+    materials: Materials,
     credentials: Box<dyn Credentials>,
     /// `Some` on a node that admits controller joins.
     admission: Option<Box<dyn Admit>>,
     /// `None`: this service does not answer whether a cluster exists.
     cluster: Option<Box<dyn ClusterView>>,
-    ttl: Duration,
-    cache: Mutex<HashMap<JoinRole, JoinMaterial>>,
-    /// One mint at a time: concurrent joiners wait for the one mint and share it.
-    minting: Mutex<()>,
-    peers: Mutex<HashMap<IpAddr, usize>>,
     max_per_peer: usize,
     nodes: Option<Box<dyn Nodes>>,
 }
@@ -137,14 +131,10 @@ impl Service {
         Ok(Service {
             tls: super::tls::server_config(&keys)?,
             keys,
-            minter,
+            materials: Materials::new(minter, ttl),
             credentials,
             admission: admission.map(|a| Box::new(Mutex::new(a)) as Box<dyn Admit>),
             cluster: None,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
-            minting: Mutex::new(()),
-            peers: Mutex::new(HashMap::new()),
             max_per_peer: MAX_PER_PEER,
             nodes: None,
         })
@@ -174,20 +164,7 @@ impl Service {
         self
     }
 
-    /// Material for `role`, reused while more than half its life remains.
-    fn material(&self, role: JoinRole) -> Result<JoinMaterial, String> {
-        let _one_at_a_time = lock(&self.minting);
-        if let Some(cached) = lock(&self.cache).get(&role) {
-            if still_fresh(cached, role, self.ttl) {
-                return Ok(cached.clone());
-            }
-        }
-        let fresh = self.minter.mint(role, self.ttl)?;
-        lock(&self.cache).insert(role, fresh.clone());
-        Ok(fresh)
-    }
-
-    fn answer(&self, request: &Request, peer: SocketAddr) -> Response {
+    fn answer(&self, request: &Request, peer: SocketAddr, deadline: Instant) -> Response {
         let reply = |status, message: String| Response::plain(status, message);
         if request.version != 1 {
             return reply(
@@ -273,7 +250,9 @@ impl Service {
                 }
             }
         }
-        match self.material(request.role) {
+        // A caller waiting on someone else's mint gives up in time to still be told so.
+        let wait_until = deadline.checked_sub(ANSWER_TIME).unwrap_or(deadline);
+        match self.materials.get(request.role, wait_until) {
             Ok(mut material) => {
                 log::info!(
                     "join material for {} ({peer}) as a {}",
@@ -358,13 +337,20 @@ impl Service {
         }
     }
 
-    /// Serves one connection to its end (or its deadline).
-    fn handle(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
-        let mut conn =
-            rustls::ServerConnection::new(self.tls.clone()).map_err(|e| e.to_string())?;
-        let mut sock = DeadlineStream::new(stream, CONNECTION_DEADLINE);
+    /// Answers one connection whose request frame has arrived, by its deadline.
+    fn handle(&self, arrived: Box<Arrived>) -> Result<(), String> {
+        let Arrived {
+            mut conn,
+            sock,
+            peer,
+            body,
+            tag,
+            accepted,
+            slot: _slot,
+        } = *arrived;
+        let deadline = accepted + CONNECTION_DEADLINE;
+        let mut sock = DeadlineStream::until(sock, deadline);
         let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-        let (body, tag) = proto::read_frame(&mut tls).map_err(|e| e.to_string())?;
         let binding = exporter(tls.conn)?;
         let request: Option<Request> = serde_json::from_slice(&body).ok();
         let key = self.key_for(request.as_ref().and_then(|r| r.credential.as_deref()));
@@ -396,11 +382,13 @@ impl Service {
                             .min(MAX_DRAIN);
                         tls.sock.extend(drain + LEAVE_SLACK);
                     }
-                    self.answer(request, peer)
+                    self.answer(request, peer, deadline)
                 }
             },
             _ => {
-                log::warn!("{peer}: request refused: not authenticated by the join secret");
+                NOT_AUTHENTICATED.warn(|| {
+                    format!("{peer}: request refused: not authenticated by the join secret")
+                });
                 refuse("not authenticated: the request does not prove the join secret")
             }
         };
@@ -419,27 +407,10 @@ impl Service {
         let _ = tls.flush();
         Ok(())
     }
-
-    fn admit_peer(&self, ip: IpAddr) -> bool {
-        let mut peers = lock(&self.peers);
-        let count = peers.entry(ip).or_insert(0);
-        if *count >= self.max_per_peer {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    fn leave_peer(&self, ip: IpAddr) {
-        let mut peers = lock(&self.peers);
-        if let Some(count) = peers.get_mut(&ip) {
-            *count -= 1;
-            if *count == 0 {
-                peers.remove(&ip);
-            }
-        }
-    }
 }
+
+/// Refusals of unauthenticated requests, logged at most once per interval.
+static NOT_AUTHENTICATED: Throttled = Throttled::new(WARN_EVERY);
 
 /// A caller's node name for a message or log line: quoted and escaped, and cut short,
 /// since it may be anything up to the body limit.
@@ -461,28 +432,8 @@ fn exporter(conn: &rustls::ServerConnection) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// How long controller material may be handed out after it was minted: kubeadm deletes
-/// the uploaded control-plane certificates 2 h after an upload, and they are uploaded
-/// again only by a new mint.
-const CONTROLLER_REUSE: Duration = Duration::from_secs(30 * 60);
-
-/// Whether cached material may be handed out again: more than half its life left, and
-/// for controllers minted at most [`CONTROLLER_REUSE`] ago.
-fn still_fresh(material: &JoinMaterial, role: JoinRole, ttl: Duration) -> bool {
-    let Some(expires) = &material.expires_at else {
-        return true;
-    };
-    let Ok(expires) = humantime::parse_rfc3339(expires) else {
-        return false;
-    };
-    let keep = match role {
-        JoinRole::Controller => (ttl / 2).max(ttl.saturating_sub(CONTROLLER_REUSE)),
-        JoinRole::Worker => ttl / 2,
-    };
-    expires
-        .duration_since(SystemTime::now())
-        .is_ok_and(|left| left > keep)
-}
+/// What writing an answer may take, kept back from a connection's deadline.
+const ANSWER_TIME: Duration = Duration::from_secs(1);
 
 /// What a leave may take beyond its drain: cordon, delete and the answer.
 const LEAVE_SLACK: Duration = Duration::from_secs(90);
@@ -495,10 +446,12 @@ pub struct DeadlineStream {
 
 impl DeadlineStream {
     pub fn new(inner: TcpStream, budget: Duration) -> Self {
-        DeadlineStream {
-            inner,
-            deadline: Instant::now() + budget,
-        }
+        DeadlineStream::until(inner, Instant::now() + budget)
+    }
+
+    /// A stream whose reads and writes must finish before `deadline`.
+    pub fn until(inner: TcpStream, deadline: Instant) -> Self {
+        DeadlineStream { inner, deadline }
     }
 
     /// Moves the deadline to `budget` from now.
@@ -538,14 +491,14 @@ impl Write for DeadlineStream {
     }
 }
 
-/// Accepts connections until `stop` is set (checked between connections), serving them
-/// on [`WORKERS`] threads.
+/// Accepts connections until `stop` is set (checked at least every 50 ms), taking them
+/// through [`intake`] and answering them on [`WORKERS`] threads.
 pub fn serve(
     listener: TcpListener,
     service: Arc<Service>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<()> {
-    let (tx, rx) = mpsc::sync_channel::<(TcpStream, SocketAddr)>(WORKERS * 4);
+    let (tx, rx) = mpsc::sync_channel::<Box<Arrived>>(WORKERS * 4);
     let rx = Arc::new(Mutex::new(rx));
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
@@ -553,47 +506,35 @@ pub fn serve(
         let service = service.clone();
         workers.push(std::thread::spawn(move || loop {
             let next = lock(&rx).recv();
-            let Ok((stream, peer)) = next else { break };
-            if let Err(e) = service.handle(stream, peer) {
+            let Ok(arrived) = next else { break };
+            let peer = arrived.peer;
+            if arrived.accepted.elapsed() >= CONNECTION_DEADLINE {
+                log::debug!("{peer}: connection deadline passed in the queue");
+                continue;
+            }
+            if let Err(e) = service.handle(arrived) {
                 log::debug!("{peer}: {e}");
             }
-            service.leave_peer(peer.ip());
         }));
     }
     // std listens with a backlog of 128: a fleet booting at once overflows it and each
     // dropped SYN costs the joiner a 1 s retransmission. Listening again deepens it.
     let backlog = nix::sys::socket::Backlog::new(BACKLOG).map_err(io::Error::from)?;
     nix::sys::socket::listen(&listener, backlog).map_err(io::Error::from)?;
-    listener.set_nonblocking(true)?;
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if stream.set_nonblocking(false).is_err() {
-                    continue;
-                }
-                let _ = stream.set_nodelay(true);
-                if !service.admit_peer(peer.ip()) {
-                    log::warn!("{peer}: too many connections from this address; closed");
-                    continue;
-                }
-                if tx.send((stream, peer)).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // Out of descriptors, say: wait rather than spin on it.
-                log::warn!("accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
+    let served = intake::run(
+        &listener,
+        &service.tls,
+        service.max_per_peer,
+        &stop,
+        |arrived| {
+            tx.try_send(arrived).map_err(|e| match e {
+                mpsc::TrySendError::Full(a) | mpsc::TrySendError::Disconnected(a) => a,
+            })
+        },
+    );
     drop(tx);
     for worker in workers {
         let _ = worker.join();
     }
-    Ok(())
+    served
 }
