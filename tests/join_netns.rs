@@ -105,6 +105,9 @@ fn admission_events(logs: &[String]) -> Vec<Admit> {
             if rest.ends_with("as a controller") {
                 events.push(Admit::Granted(rest.split(' ').next().unwrap().to_owned()));
             }
+        } else if line.ends_with(" holds the control-plane join lease") {
+            let rest = line.split(" info: ").nth(1).unwrap_or_default();
+            events.push(Admit::Granted(rest.split(' ').next().unwrap().to_owned()));
         } else if line.ends_with("has joined the control plane; lease released") {
             let rest = line.split(" info: ").nth(1).unwrap_or_default();
             events.push(Admit::Released(rest.split(' ').next().unwrap().to_owned()));

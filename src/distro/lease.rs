@@ -66,7 +66,10 @@ impl ClusterLease<'_> {
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
         if stderr.contains("(Conflict)") || stderr.contains("(AlreadyExists)") {
-            return Err("admission busy: another controller took the lease just now".into());
+            // Not "admission busy: NAME": nobody is named, the write lost a race.
+            return Err(
+                "lease contended: another join service wrote it just now; ask again".into(),
+            );
         }
         Err(format!(
             "cannot write lease {NAMESPACE}/{NAME}: {}",

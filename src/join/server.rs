@@ -235,6 +235,12 @@ impl Service {
                 log::info!("{} ({peer}) waits: {busy}", request.node);
                 return reply(Status::Busy, busy);
             }
+            // Logged at once (the mint below may take seconds), so the log shows the
+            // lease's holders in the order they held it.
+            log::info!(
+                "{} ({peer}) holds the control-plane join lease",
+                request.node
+            );
             if let Some(nodes) = &self.nodes {
                 match nodes.replace(&request.node, peer.ip().to_canonical()) {
                     Ok(Some(removed)) => log::warn!(
