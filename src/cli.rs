@@ -205,6 +205,15 @@ pub enum TokenCommand {
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
     },
+    /// List the join lines this controller handed out that have not expired: id,
+    /// role, expiry and whether a node used it (a line works once); never a secret
+    List,
+    /// Revoke join line ID (from `token list`) before it expires
+    Revoke {
+        /// The line's id
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 /// `bootstrap secret …`

@@ -187,13 +187,64 @@ fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
     let manual: serde_json::Value =
         serde_json::from_str(&w.read("/var/lib/bootstrap/join/manual.json").unwrap()).unwrap();
     assert_eq!(manual["cluster"]["name"], "loopback", "{manual}");
+    // A join line works once: `token list` shows it used, and another node with it is
+    // refused.
+    let listed = a.run(&["token", "list"]);
+    listed.assert_code(0);
+    let id = line.split("credential=").nth(1).unwrap().split('.').next().unwrap();
+    let row = listed.stdout.lines().find(|l| l.starts_with(id)).unwrap_or_default();
+    assert!(row.contains("worker") && row.ends_with("yes"), "{}", listed.all());
+    assert!(!listed.stdout.contains(&credential), "a secret in token list");
+    let late = node(
+        cluster.path(),
+        "node-l",
+        "node: {name: node-l, address: 10.0.0.25}\npreflight: {ignore: [address]}\njoin: {timeout: 3s}\n",
+    );
+    late.write_mode("/root/join-line", &format!("{line}\n"), 0o600);
+    let run = late.run(&[
+        "up",
+        "--role",
+        "worker",
+        "--join",
+        &late.path("/root/join-line").display().to_string(),
+    ]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("has been used already"), "{}", run.all());
+    assert!(!joined(cluster.path(), "node-l"));
+    // A revoked line is refused too.
+    let revoked = a.run(&["token", "create", "worker", "--ttl", "10m"]);
+    revoked.assert_code(0);
+    let revoked_line = revoked.stdout.trim().to_owned();
+    let revoked_id = revoked_line
+        .split("credential=")
+        .nth(1)
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    a.run(&["token", "revoke", &revoked_id]).assert_code(0);
+    a.run(&["token", "revoke", &revoked_id]).assert_code(1);
+    late.write_mode("/root/join-line", &format!("{revoked_line}\n"), 0o600);
+    let run = late.run(&[
+        "up",
+        "--role",
+        "worker",
+        "--join",
+        &late.path("/root/join-line").display().to_string(),
+    ]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(!joined(cluster.path(), "node-l"));
+
     // A node configured for another cluster refuses material for this one.
+    let fresh = a.run(&["token", "create", "worker", "--ttl", "10m"]);
+    fresh.assert_code(0);
     let x = node(
         cluster.path(),
         "node-x",
         "node: {name: node-x, address: 10.0.0.24}\npreflight: {ignore: [address]}\njoin: {timeout: 20s}\ncluster: {name: elsewhere}\n",
     );
-    x.write_mode("/root/join-line", &format!("{line}\n"), 0o600);
+    x.write_mode("/root/join-line", fresh.stdout.trim(), 0o600);
     let run = x.run(&[
         "up",
         "--role",

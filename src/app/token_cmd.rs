@@ -6,11 +6,15 @@ use crate::distro::JoinRole;
 use crate::{lock, role, state};
 
 pub(super) fn run(cli: &Cli, command: &TokenCommand) -> Result<(), Error> {
-    let TokenCommand::Create {
-        role,
-        ttl,
-        material,
-    } = command;
+    let (role, ttl, material) = match command {
+        TokenCommand::Create {
+            role,
+            ttl,
+            material,
+        } => (role, ttl, material),
+        TokenCommand::List => return list(cli),
+        TokenCommand::Revoke { id } => return revoke(cli, id),
+    };
     if let Some(this) = cli.overrides.role {
         // `--role` is this node's role everywhere; taking it for the new node's here
         // once turned a controller into a worker.
@@ -113,4 +117,51 @@ fn print_line(session: &Session, role: JoinRole, ttl: std::time::Duration) -> Re
     );
     println!("{}", line.text());
     Ok(())
+}
+
+/// The join lines this controller handed out.
+fn store(cli: &Cli) -> Result<crate::join::manual::CredentialStore, Error> {
+    use crate::host::Host;
+    let host = super::open_host(cli)?;
+    let file = host.real_path(std::path::Path::new(crate::join::manual::CREDENTIALS_FILE))?;
+    Ok(crate::join::manual::CredentialStore { file })
+}
+
+/// `token list`: id, role, expiry, used — never a secret.
+fn list(cli: &Cli) -> Result<(), Error> {
+    let lines = store(cli)?.list();
+    if lines.is_empty() {
+        eprintln!("no live join lines");
+        return Ok(());
+    }
+    println!("{:<10} {:<11} {:<21} USED", "ID", "ROLE", "EXPIRES");
+    for line in lines {
+        let expires = std::time::UNIX_EPOCH + std::time::Duration::from_secs(line.expires);
+        println!(
+            "{:<10} {:<11} {:<21} {}",
+            line.id,
+            line.role.to_string(),
+            humantime::format_rfc3339_seconds(expires).to_string(),
+            if line.used { "yes" } else { "no" }
+        );
+    }
+    Ok(())
+}
+
+/// `token revoke ID`.
+fn revoke(cli: &Cli, id: &str) -> Result<(), Error> {
+    let store = store(cli)?;
+    match store.revoke(id) {
+        Ok(true) => {
+            eprintln!("join line {id} revoked");
+            Ok(())
+        }
+        Ok(false) => Err(Error::Failed(format!(
+            "token revoke: no live join line {id} (see `bootstrap token list`)"
+        ))),
+        Err(e) => Err(Error::Failed(format!(
+            "token revoke: {}: {e}",
+            store.file.display()
+        ))),
+    }
 }

@@ -97,6 +97,25 @@ struct Stored {
     role: JoinRole,
     /// Seconds since the Unix epoch.
     expires: u64,
+    /// Join material went out for it: a line works once.
+    #[serde(default)]
+    used: bool,
+}
+
+/// A join line as `token list` shows it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LineInfo {
+    pub id: String,
+    pub role: JoinRole,
+    /// Seconds since the Unix epoch.
+    pub expires: u64,
+    pub used: bool,
+}
+
+/// Whether `id` has the shape `token create` gives ids (8 hex digits): anything else is
+/// refused before the file is read.
+fn plausible_id(id: &str) -> bool {
+    id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The credentials a controller handed out, in a 0600 file (a real path).
@@ -125,21 +144,71 @@ impl CredentialStore {
                 secret: secret.clone(),
                 role,
                 expires: now + ttl.as_secs(),
+                used: false,
             },
         );
         if let Some(dir) = self.file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        crate::host::temp::replace(&self.file, &serde_json::to_vec(&all)?, 0o600)?;
+        self.write(&all)?;
         Ok((id, Secret::new(secret)))
+    }
+
+    fn write(&self, all: &BTreeMap<String, Stored>) -> std::io::Result<()> {
+        crate::host::temp::replace(&self.file, &serde_json::to_vec(all)?, 0o600)
+    }
+
+    /// The live join lines (expired ones are left out).
+    pub fn list(&self) -> Vec<LineInfo> {
+        let now = super::unix_now();
+        self.read()
+            .into_iter()
+            .filter(|(_, c)| c.expires > now)
+            .map(|(id, c)| LineInfo {
+                id,
+                role: c.role,
+                expires: c.expires,
+                used: c.used,
+            })
+            .collect()
+    }
+
+    /// Removes join line `id`; `Ok(false)` when there is none by that id.
+    pub fn revoke(&self, id: &str) -> std::io::Result<bool> {
+        let mut all = self.read();
+        let now = super::unix_now();
+        all.retain(|_, c| c.expires > now);
+        let found = all.remove(id).is_some();
+        self.write(&all)?;
+        Ok(found)
     }
 }
 
 impl super::server::Credentials for CredentialStore {
     fn lookup(&self, id: &str) -> Option<(ring::hmac::Key, JoinRole)> {
+        if !plausible_id(id) {
+            return None;
+        }
         let stored = self.read().remove(id)?;
         (stored.expires > super::unix_now())
             .then(|| (credential_key(&Secret::new(stored.secret)), stored.role))
+    }
+
+    fn used(&self, id: &str) -> bool {
+        plausible_id(id) && self.read().get(id).is_some_and(|c| c.used)
+    }
+
+    fn consume(&self, id: &str) {
+        let mut all = self.read();
+        if let Some(stored) = all.get_mut(id) {
+            stored.used = true;
+            if let Err(e) = self.write(&all) {
+                log::warn!(
+                    "cannot mark join line {id} used in {}: {e}",
+                    self.file.display()
+                );
+            }
+        }
     }
 }
 

@@ -36,6 +36,18 @@ pub use super::mint::{Minter, FAILURE_MEMORY};
 pub trait Credentials: Send + Sync {
     /// The request key and allowed role of the manual credential `id`, if it is live.
     fn lookup(&self, id: &str) -> Option<(ring::hmac::Key, JoinRole)>;
+
+    /// Whether `id` has already brought a node in (a join line works once).
+    fn used(&self, id: &str) -> bool {
+        let _ = id;
+        false
+    }
+
+    /// Marks `id` used: join material went out for it. It still lets that controller
+    /// give the admission lease back.
+    fn consume(&self, id: &str) {
+        let _ = id;
+    }
 }
 
 /// Takes worker nodes out of the cluster on their request (`bootstrap leave` on a worker,
@@ -372,6 +384,15 @@ impl Service {
                 Some(Scope::Manual(_)) if request.kind == RequestKind::Leave => {
                     refuse("a join line's credential does not remove nodes")
                 }
+                Some(Scope::Manual(_))
+                    if request.kind == RequestKind::Join
+                        && request
+                            .credential
+                            .as_deref()
+                            .is_some_and(|id| self.credentials.used(id)) =>
+                {
+                    refuse("this join line has been used already; make a new one with `bootstrap token create`")
+                }
                 Some(Scope::Node(name))
                     if request.kind != RequestKind::Leave || *name != request.node =>
                 {
@@ -388,7 +409,15 @@ impl Service {
                             .min(MAX_DRAIN);
                         tls.sock.extend(drain + LEAVE_SLACK);
                     }
-                    self.answer(request, peer, deadline)
+                    let answer = self.answer(request, peer, deadline);
+                    if let (Some(Scope::Manual(_)), Some(id)) =
+                        (key.as_ref().map(|(_, scope)| scope), &request.credential)
+                    {
+                        if request.kind == RequestKind::Join && answer.material.is_some() {
+                            self.credentials.consume(id);
+                        }
+                    }
+                    answer
                 }
             },
             _ => {
