@@ -102,7 +102,7 @@ pub enum Command {
     /// Print what `up` would do; change nothing
     Plan(PlanArgs),
     /// Role, distro, progress, services and last error of this node
-    Status(OutputArgs),
+    Status(StatusArgs),
     /// Run the host checks only
     Preflight(OutputArgs),
     /// Join material for other nodes (on a running controller)
@@ -260,6 +260,21 @@ pub struct PlanArgs {
     /// Print the effective configuration (secrets redacted) instead
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// `status` options.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Block until this node's `up` has succeeded (exit 0) or failed (its exit
+    /// code), printing progress on stderr
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (exit 4), e.g. 30m [default: no
+    /// bound]
+    #[arg(long, value_name = "DURATION", requires = "wait")]
+    pub timeout: Option<String>,
 }
 
 /// `--output` only.

@@ -65,6 +65,9 @@ pub enum Error {
     Host(#[from] HostError),
     #[error("{0}")]
     PeerTimeout(String),
+    /// The `up` that `status --wait` waited for failed with this exit code.
+    #[error("{message}")]
+    UpFailed { exit_code: i32, message: String },
 }
 
 impl From<crate::rootfs::unpack::UnpackError> for Error {
@@ -97,6 +100,7 @@ impl Error {
             Error::Role(_) => exit::USAGE,
             Error::Preflight(_) => exit::PREFLIGHT,
             Error::PeerTimeout(_) => exit::PEER_TIMEOUT,
+            Error::UpFailed { exit_code, .. } if (1..=255).contains(exit_code) => *exit_code,
             _ => exit::FAILED,
         }
     }
