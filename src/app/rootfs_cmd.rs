@@ -80,8 +80,38 @@ fn describe(
     } else if let Err(e) = image.check_binaries(tree) {
         problems.push(e.to_string());
     }
+    problems.extend(layout_problems(tree, &image)?);
     let report = inspect::report(tree, &image, format)?;
     Ok((report, problems))
+}
+
+/// What `up` would refuse beyond missing binaries: no containerd for kubeadm, an
+/// ambiguous registry image, applications to launch that are not in the image.
+fn layout_problems(tree: &dyn Tree, image: &ClusterImage) -> Result<Vec<String>, Error> {
+    use crate::rootfs::kubefile::Launch;
+    use crate::rootfs::sources::BinarySource;
+    let mut problems = Vec::new();
+    if image.distro == crate::distro_kind::DistroKind::Kubeadm && image.containerd.is_none() {
+        problems.push(
+            "no containerd for kubeadm: ship bin/containerd (with its shim, ctr and runc) or cri/containerd.tar.gz".to_owned(),
+        );
+    }
+    if let Some(source @ BinarySource::Ambiguous { .. }) = &image.registry {
+        problems.push(format!("registry: {source}"));
+    }
+    for launch in image.kubefile.iter().flat_map(|k| &k.launch) {
+        if let Launch::App { name, files, .. } = launch {
+            for file in files {
+                if image.app_file(tree, name, file)?.is_none() {
+                    problems.push(format!(
+                        "Kubefile line {}: app {name}: {file} is in the image neither at application/apps/{name}/ nor at {file}",
+                        launch.line_number()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(problems)
 }
 
 fn mib(bytes: u64) -> String {
@@ -137,6 +167,27 @@ fn print_text(r: &InspectReport, problems: &[String]) {
     if !r.manifests.is_empty() {
         println!("manifests:  {}", r.manifests.join(", "));
     }
+    if let Some(c) = &r.containerd {
+        println!("containerd: {c}");
+    }
+    println!(
+        "registry binary: {}",
+        r.registry
+            .as_deref()
+            .unwrap_or("none (set registry.enabled: false to go without one)")
+    );
+    if let Some(k) = &r.kubefile {
+        println!("kubefile:   {k}");
+    }
+    for (key, value) in &r.labels {
+        println!("label:      {key}={value}");
+    }
+    for l in &r.launch {
+        println!("launch:     {l}");
+    }
+    if let Some(k) = &r.kubeadm_config {
+        println!("kubeadm config: {k} (the base of the one bootstrap writes)");
+    }
     if problems.is_empty() {
         println!("problems:   none");
     } else {
@@ -176,6 +227,7 @@ fn run_unpack(
         sha256: digest.map(|(hex, _)| hex),
         max_size,
         host_arch: go_arch(std::env::consts::ARCH),
+        bundle: false,
     };
     let report = unpack::unpack(&archive, &dest, &options)?;
     println!(

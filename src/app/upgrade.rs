@@ -94,6 +94,7 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
             sha256_source: digest.map(|d| d.1),
             max_size: None,
             host_arch: arch.clone(),
+            bundle: false,
         };
         unpack::unpack(&source, &dest, &options)?;
     } else {

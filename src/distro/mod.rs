@@ -7,6 +7,7 @@ pub mod k0s;
 pub mod k3s;
 pub mod kubeadm;
 mod kubeadm_config;
+mod kubeadm_image;
 pub mod material;
 pub mod node_ops;
 pub mod skew;
@@ -47,6 +48,9 @@ pub enum DistroError {
     Random(#[source] std::io::Error),
     #[error(transparent)]
     Host(#[from] HostError),
+    /// The cluster image's own distro configuration (sealer's `etc/kubeadm.yml`).
+    #[error("{path}: {reason}")]
+    ImageConfig { path: String, reason: String },
 }
 
 /// Everything a driver plans from.

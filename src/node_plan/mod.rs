@@ -2,6 +2,8 @@
 //! runtime and registry, the distro, the join service — assembled from one
 //! [`NodeView`], built once per command by `app`.
 
+mod image_binaries;
+mod launch;
 mod payloads;
 pub mod runtime;
 
@@ -135,6 +137,10 @@ pub fn plan(view: &NodeView<'_>) -> Result<Plan, NodePlanError> {
             plan.push(step);
         }
     }
+    // Last: the join service is up for other nodes even if an image's command fails.
+    for step in launch::steps(view)? {
+        plan.push(step);
+    }
     Ok(plan)
 }
 
@@ -205,6 +211,7 @@ fn unpack_step(view: &NodeView<'_>) -> Option<Step> {
             sha256,
             sha256_source: source.map(|s| s.replacen(&root, "", 1)),
             arch: view.facts.arch.clone(),
+            bundle: false,
         },
     ))
 }

@@ -154,6 +154,15 @@ pub fn check(
         // Installed binaries keep their source's mtime (see `apply`), so size and mtime
         // tell a copy from a change without reading tens of megabytes on every run.
         Action::InstallBinary { source, dest, mode } => copied(host, source, dest, *mode)?,
+        // Installed with the image archive's mtime (see `apply`).
+        Action::InstallFromImage {
+            image, dest, mode, ..
+        } => match host.metadata(dest)? {
+            Some(dst) if dst.kind == FileKind::File && dst.mode == *mode => done(
+                mtime_of(host, image)?.is_some() && mtime_of(host, image)? == mtime_of(host, dest)?,
+            ),
+            _ => Status::Pending,
+        },
         Action::RunCommand { done_when, .. } => match done_when {
             Some(p) => done(probe(host, p)?),
             None => Status::Unknown,

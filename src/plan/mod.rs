@@ -15,7 +15,7 @@ pub mod tls_probe;
 
 pub use apply::{apply, ApplyError, ApplyReport};
 pub use check::{check, Status};
-pub use payloads::{PayloadError, Payloads, Unpack};
+pub use payloads::{ImageFile, PayloadError, Payloads, Unpack};
 pub use step::{Action, Contents, Phase, Probe, ServiceAction, Step};
 
 use serde::Serialize;

@@ -1,6 +1,6 @@
 //! The payload actions the engine runs but does not implement — unpacking the cluster
-//! image and seeding container images — so `plan` stays below the subsystems that do
-//! them. `node_plan::NodePayloads` is the implementation; tests may supply their own.
+//! image, seeding container images, taking a binary out of an image — so `plan` stays
+//! below the subsystems that do them. `node_plan::NodePayloads` is the implementation; tests may supply their own.
 
 use std::path::Path;
 
@@ -18,6 +18,22 @@ pub struct Unpack<'a> {
     pub sha256: Option<&'a str>,
     pub sha256_source: Option<&'a str>,
     pub arch: &'a str,
+    /// A bundle of binaries from inside the cluster image, not a cluster image.
+    pub bundle: bool,
+}
+
+/// One file taken out of a container image archive and installed.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageFile<'a> {
+    /// The image archive's real path.
+    pub image: &'a Path,
+    /// The file's path in the image (`/bin/registry`).
+    pub file: &'a str,
+    /// The destination's real path.
+    pub dest: &'a Path,
+    pub mode: u32,
+    /// The architecture the executable must be for.
+    pub arch: &'a str,
 }
 
 /// Unpacking and seeding, as implemented above the plan engine.
@@ -29,14 +45,19 @@ pub trait Payloads {
     fn unpack(&self, unpack: &Unpack<'_>) -> Result<(), PayloadError>;
 
     /// Seeds a registry storage tree and then an images folder (either may be absent)
-    /// into the registry storage at `storage` (real paths); one line per source says
-    /// what it did.
+    /// into the registry storage at `storage` (real paths), leaving out the archives of
+    /// the folder named in `skip`; one line per source says what it did.
     fn seed(
         &self,
         registry_tree: Option<&Path>,
         images_dir: Option<&Path>,
+        skip: &[String],
         storage: &Path,
     ) -> Result<Vec<String>, PayloadError>;
+
+    /// Installs a file from an image archive's layers: written beside the destination,
+    /// checked, given the archive's mtime, then renamed into place.
+    fn install_image_file(&self, file: &ImageFile<'_>) -> Result<(), PayloadError>;
 }
 
 /// For tests of the engine alone: nothing is unpacked, and payload steps fail.
@@ -57,8 +78,13 @@ impl Payloads for NoPayloads {
         &self,
         _: Option<&Path>,
         _: Option<&Path>,
+        _: &[String],
         _: &Path,
     ) -> Result<Vec<String>, PayloadError> {
+        Err("no payloads in this test".into())
+    }
+
+    fn install_image_file(&self, _: &ImageFile<'_>) -> Result<(), PayloadError> {
         Err("no payloads in this test".into())
     }
 }

@@ -1,9 +1,12 @@
-//! The cluster image (rootfs): sealer-compatible `Metadata` and layout, the distro it
-//! selects, `inspect`, and safe, verified, versioned unpacking of image archives.
+//! The cluster image (rootfs): sealer-compatible `Metadata`, `Kubefile` and layout, the
+//! distro it selects, `inspect`, and safe, verified, versioned unpacking of image archives.
 
+pub mod bundle;
 mod extract;
 mod image;
 pub mod inspect;
+pub mod kubefile;
+pub mod sources;
 pub mod tree;
 pub mod unpack;
 

@@ -77,6 +77,10 @@ pub struct UnpackOptions {
     pub max_size: Option<u64>,
     /// The host architecture, to read per-arch images.
     pub host_arch: String,
+    /// The archive is a bundle of binaries inside a cluster image (containerd's), not a
+    /// cluster image: it has no digest of its own (the image it came in was verified)
+    /// and no `Metadata`.
+    pub bundle: bool,
 }
 
 /// What an unpack did.
@@ -439,7 +443,7 @@ pub fn unpack(
                     .unwrap_or_default(),
             });
         }
-    } else {
+    } else if !opts.bundle {
         log::warn!(
             "{}: no SHA-256 to check against (set rootfs.sha256 or put {}.sha256 beside it); its digest is {actual}",
             archive.display(),
@@ -447,13 +451,21 @@ pub fn unpack(
         );
     }
 
-    let host = RootedHost::new("/");
-    let image = ClusterImage::open(&host, &staging.path, &opts.host_arch).map_err(|source| {
-        UnpackError::Image {
-            archive: archive.to_path_buf(),
-            source,
-        }
-    })?;
+    let label = if opts.bundle {
+        archive
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        let host = RootedHost::new("/");
+        ClusterImage::open(&host, &staging.path, &opts.host_arch)
+            .map_err(|source| UnpackError::Image {
+                archive: archive.to_path_buf(),
+                source,
+            })?
+            .metadata
+            .version
+    };
     let (size, mtime_ns, dev, ino) = stat_identity(&file_meta);
     let marker = Marker {
         archive: archive.to_path_buf(),
@@ -472,11 +484,7 @@ pub fn unpack(
         .map_err(io_err("chmod", &staging.path))?;
     fsync_tree_root(&staging.path)?;
 
-    let version_dir = versions.join(format!(
-        "{}-{}",
-        sanitize(&image.metadata.version),
-        &actual[..12]
-    ));
+    let version_dir = versions.join(format!("{}-{}", sanitize(&label), &actual[..12]));
     if version_dir.exists() {
         // Same digest, but no valid marker: an older, unrecorded copy. Ours to replace.
         let _ = make_writable(&version_dir);
