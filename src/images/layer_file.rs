@@ -359,6 +359,71 @@ fn normalize(path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::test_archives::{docker_save, gzip, oci_layout, tar, Entry, TestImage};
+
+    fn file(path: &str, bytes: &[u8]) -> Entry {
+        Entry::File(path.into(), bytes.to_vec())
+    }
+
+    /// Writes an image of these layers as an archive and takes /bin/registry out of it.
+    fn take_from(layers: Vec<Vec<Entry>>, oci: bool) -> Result<Vec<u8>, String> {
+        let image = TestImage::with_layers(7, layers.iter().map(|l| tar(l)).collect());
+        let entries = if oci {
+            oci_layout(&[(&image, &[])])
+        } else {
+            docker_save(&[(&image, &["registry:2.7.1"])])
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("registry.tar.gz");
+        std::fs::write(&archive, gzip(&tar(&entries))).unwrap();
+        let out = dir.path().join("out");
+        extract_file(&archive, "/bin/registry", "amd64", &out).map_err(|e| e.to_string())?;
+        Ok(std::fs::read(out).unwrap())
+    }
+
+    #[test]
+    fn the_top_most_layer_wins() {
+        let layers = vec![
+            vec![
+                Entry::Dir("bin/".into()),
+                file("bin/registry", b"old"),
+                file("bin/sh", b"sh"),
+            ],
+            vec![file("etc/motd", b"hi")],
+            vec![file("./bin/registry", b"new")],
+        ];
+        assert_eq!(take_from(layers.clone(), false).unwrap(), b"new");
+        assert_eq!(take_from(layers, true).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_whiteout_deletes_it_and_symlinks_are_followed() {
+        let deleted = vec![
+            vec![file("bin/registry", b"old")],
+            vec![file("bin/.wh.registry", b"")],
+        ];
+        let err = take_from(deleted, false).unwrap_err();
+        assert!(err.contains("/bin/registry is missing"), "{err}");
+        let opaque = vec![
+            vec![file("bin/registry", b"old")],
+            vec![file("bin/.wh..wh..opq", b""), file("bin/other", b"x")],
+        ];
+        assert!(take_from(opaque, true).is_err());
+        let usr_merged = vec![
+            vec![Entry::Symlink("bin".into(), "usr/bin".into())],
+            vec![file("usr/bin/registry-2", b"real")],
+            vec![Entry::Symlink(
+                "usr/bin/registry".into(),
+                "registry-2".into(),
+            )],
+        ];
+        assert_eq!(take_from(usr_merged, false).unwrap(), b"real");
+        let err = take_from(vec![vec![file("bin/sh", b"sh")]], false).unwrap_err();
+        assert!(
+            err.contains("registry.tar.gz") && err.contains("1 layers"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn whiteouts_hide_lower_layers() {

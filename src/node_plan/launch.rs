@@ -2,7 +2,7 @@
 //! `CMDS` lines and the applications `LAUNCH` names — run once, on the initialising
 //! controller, from the image folder, with `KUBECONFIG` set, each a journaled step.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use super::{NodePlanError, NodeView};
@@ -124,7 +124,7 @@ fn app_command(
     view: &NodeView<'_>,
     launch: &Launch,
     name: &str,
-    path: &PathBuf,
+    path: &Path,
 ) -> Result<CommandSpec, NodePlanError> {
     let file = path.display().to_string();
     let is_dir = view
@@ -139,10 +139,10 @@ fn app_command(
             format!("app {name}: {file}"),
             "a folder (a Helm chart?); bootstrap launches scripts (.sh) and manifests (.yaml, .yml, .json) only",
         )),
-        Some("sh") => Ok(CommandSpec::new("bash").arg(path.as_path())),
+        Some("sh") => Ok(CommandSpec::new("bash").arg(path)),
         Some("yaml" | "yml" | "json") => Ok(CommandSpec::new("kubectl")
             .args(["apply", "-f"])
-            .arg(path.as_path())),
+            .arg(path)),
         _ => Err(missing(
             view,
             launch,

@@ -74,7 +74,7 @@ fn walk(
         let path = dir.join(&name);
         match tree.node(&path)? {
             Some(n) if n.kind == FileKind::Dir => walk(tree, &path, depth + 1, out)?,
-            Some(n) if n.kind == FileKind::File && n.executable => out.push(path),
+            Some(n) if n.kind == FileKind::File => out.push(path),
             _ => {}
         }
     }

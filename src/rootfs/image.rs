@@ -55,14 +55,11 @@ pub enum RootfsError {
     UnknownRuntime { path: String, value: String },
     #[error("{path}: {reason}")]
     BadKubefile { path: String, reason: String },
-    #[error("{metadata} says {field} {metadata_value:?}, but {kubefile} says {label}={kubefile_value:?}; make them agree")]
+    /// `Metadata` and the Kubefile's labels disagree; each side says what it says.
+    #[error("{metadata_says}, but {kubefile_says}; make them agree")]
     Disagree {
-        metadata: String,
-        field: &'static str,
-        metadata_value: String,
-        kubefile: String,
-        label: &'static str,
-        kubefile_value: String,
+        metadata_says: String,
+        kubefile_says: String,
     },
     #[error("{path}: container runtime {value:?} is not supported; bootstrap runs containerd (label {label}: containerd, or docker for an image that ships docker's bundle)")]
     UnknownContainerRuntime {
@@ -233,12 +230,11 @@ impl ClusterImage {
         if let (Some(meta), Some(value)) = (metadata.cluster_runtime.as_deref(), runtime_label) {
             if DistroKind::from_cluster_runtime(value) != Some(distro) {
                 return Err(RootfsError::Disagree {
-                    metadata: shown.clone(),
-                    field: "ClusterRuntime",
-                    metadata_value: meta.to_owned(),
-                    kubefile: kubefile_shown.clone(),
-                    label: kubefile::CLUSTER_RUNTIME_TYPE,
-                    kubefile_value: value.to_owned(),
+                    metadata_says: format!("{shown} says ClusterRuntime {meta:?}"),
+                    kubefile_says: format!(
+                        "{kubefile_shown} says {}={value:?}",
+                        kubefile::CLUSTER_RUNTIME_TYPE
+                    ),
                 });
             }
         }
@@ -247,12 +243,11 @@ impl ClusterImage {
                 metadata.version = value.to_owned();
             } else if metadata.version.trim_start_matches('v') != value.trim_start_matches('v') {
                 return Err(RootfsError::Disagree {
-                    metadata: shown.clone(),
-                    field: "version",
-                    metadata_value: metadata.version.clone(),
-                    kubefile: kubefile_shown.clone(),
-                    label: kubefile::CLUSTER_RUNTIME_VERSION,
-                    kubefile_value: value.to_owned(),
+                    metadata_says: format!("{shown} says version {:?}", metadata.version),
+                    kubefile_says: format!(
+                        "{kubefile_shown} says {}={value:?}",
+                        kubefile::CLUSTER_RUNTIME_VERSION
+                    ),
                 });
             }
         }
