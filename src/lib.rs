@@ -13,6 +13,7 @@ pub mod duration_serde;
 pub mod facts;
 pub mod host;
 pub mod hostprep;
+pub mod http;
 pub mod images;
 pub mod io;
 pub mod join;

@@ -22,6 +22,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "duration_serde",
             "parsed",
             "io",
+            "http",
             "distro_kind",
             "host",
         ],

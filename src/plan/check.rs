@@ -74,7 +74,7 @@ pub fn probe(host: &dyn Host, probe: &Probe) -> Result<bool, HostError> {
                     std::io::Error::from(std::io::ErrorKind::NotFound),
                 )
             })?;
-            match super::tls_probe::https_ok(&ca, address, server_name, path) {
+            match crate::http::https_ok(&ca, address, server_name, path) {
                 Ok(ok) => ok,
                 Err(why) => {
                     return Err(HostError::Failed {

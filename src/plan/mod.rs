@@ -11,7 +11,6 @@ pub mod journal;
 pub(crate) mod payloads;
 mod render;
 mod step;
-pub mod tls_probe;
 
 pub use apply::{apply, ApplyError, ApplyReport};
 pub use check::{check, Status};
