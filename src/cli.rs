@@ -132,7 +132,8 @@ pub enum Command {
 pub enum RootfsCommand {
     /// Show what a cluster image (folder or archive) holds
     Inspect {
-        /// A cluster-image folder or archive (.tar, .tar.gz, .tar.zst)
+        /// A cluster-image folder or archive (.tar, .tar.gz, .tar.zst), or an
+        /// https:// URL (read as it downloads; nothing is written)
         path: PathBuf,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -244,10 +245,12 @@ pub struct ResetArgs {
 /// `upgrade` options.
 #[derive(Debug, Clone, Args)]
 pub struct UpgradeArgs {
-    /// The new cluster image: a folder or an archive (.tar, .tar.gz, .tar.zst)
-    #[arg(long = "rootfs", value_name = "DIR|ARCHIVE")]
+    /// The new cluster image: a folder, an archive (.tar, .tar.gz, .tar.zst), or
+    /// an https:// URL (rootfs.ca_file and rootfs.insecure_http apply)
+    #[arg(long = "rootfs", value_name = "DIR|ARCHIVE|URL")]
     pub image: PathBuf,
-    /// Expected SHA-256 of the archive [default: from ARCHIVE.sha256 if present]
+    /// Expected SHA-256 of the archive [default: from ARCHIVE.sha256 (or
+    /// URL.sha256) beside it; a URL needs one]
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
 }

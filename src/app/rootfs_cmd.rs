@@ -30,6 +30,14 @@ fn absolute(path: &Path) -> Result<PathBuf, Error> {
 
 fn run_inspect(path: &Path, output: Output) -> Result<(), Error> {
     let arch = go_arch(std::env::consts::ARCH);
+    if let Some(url) = crate::rootfs::remote::url_of(path) {
+        // Read as it downloads; nothing is written. The system's CAs and HTTPS_PROXY
+        // apply; a digest is not needed to look.
+        let remote = crate::rootfs::remote::Remote::new(url, crate::http::Trust::default(), false)?;
+        let (listing, compression) = remote.list()?;
+        let (report, problems) = describe(&listing, &arch, &compression.to_string())?;
+        return finish_inspect(path, report, problems, output);
+    }
     let path = absolute(path)?;
     let meta =
         std::fs::metadata(&path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
@@ -46,6 +54,15 @@ fn run_inspect(path: &Path, output: Output) -> Result<(), Error> {
         let (listing, compression) = inspect::list_archive(&path)?;
         describe(&listing, &arch, &compression.to_string())?
     };
+    finish_inspect(&path, report, problems, output)
+}
+
+fn finish_inspect(
+    path: &Path,
+    report: InspectReport,
+    problems: Vec<String>,
+    output: Output,
+) -> Result<(), Error> {
     match output {
         Output::Json => {
             let mut value = serde_json::to_value(&report).unwrap_or_default();
@@ -228,6 +245,7 @@ fn run_unpack(
         max_size,
         host_arch: go_arch(std::env::consts::ARCH),
         bundle: false,
+        no_switch: false,
     };
     let report = unpack::unpack(&archive, &dest, &options)?;
     println!(

@@ -194,7 +194,10 @@ impl Download {
             String::new()
         };
         if failure.permanent {
-            return Err(io::Error::other(format!("{}{at}: {}", self.shown, failure.reason)));
+            return Err(io::Error::other(format!(
+                "{}{at}: {}",
+                self.shown, failure.reason
+            )));
         }
         let since = *self.failing_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= self.retry.window {

@@ -116,22 +116,17 @@ pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 /// Whether an error is one that trying again cannot mend: the server's certificate or
 /// name did not verify, or the TLS configuration is wrong.
 pub fn is_permanent(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if cause.downcast_ref::<rustls::Error>().is_some() {
+    if error.is::<rustls::Error>() {
+        return true;
+    }
+    // I/O errors nest (hyper-rustls wraps rustls' error, hyper-util wraps that), and
+    // `source()` skips the error an `io::Error` holds: look inside it.
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        if io.get_ref().is_some_and(|inner| is_permanent(inner)) {
             return true;
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return true;
-            }
-        }
-        source = cause.source();
     }
-    false
+    error.source().is_some_and(is_permanent)
 }
 
 /// Whether `https://server_name{path}` at `address` (`host:port`) answers 200 or 401 with a
@@ -180,5 +175,26 @@ pub fn https_ok(
     match response.status().as_u16() {
         200 | 401 => Ok(true),
         other => Err(format!("{address}: answered {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn certificate_failures_are_permanent_however_deeply_wrapped() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature);
+        let wrapped = io::Error::other(io::Error::new(io::ErrorKind::InvalidData, tls));
+        assert!(is_permanent(&wrapped));
+        let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+        assert!(!is_permanent(&io::Error::other(refused)));
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        let url = Url::parse("https://user:pw@images.example.invalid/k3s.tar.zst").unwrap();
+        assert_eq!(shown(&url), "https://images.example.invalid/k3s.tar.zst");
     }
 }

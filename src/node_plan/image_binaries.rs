@@ -166,6 +166,8 @@ pub(super) fn containerd_from_bundle(
             sha256_source: None,
             arch: target_arch(inputs),
             bundle: true,
+            ca_file: None,
+            insecure_http: false,
         },
     )];
     let names: Vec<String> = files.binaries.iter().map(|(n, _)| n.clone()).collect();

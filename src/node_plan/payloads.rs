@@ -17,12 +17,33 @@ impl Payloads for NodePayloads {
     }
 
     fn unpack(&self, request: &Unpack<'_>) -> Result<(), PayloadError> {
+        if crate::plan::is_url(request.archive) {
+            let trust = match request.ca_file {
+                Some(path) => crate::http::Trust::with_ca_file(path)?,
+                None => crate::http::Trust::default(),
+            };
+            let url = request.archive.to_string_lossy();
+            let remote = crate::rootfs::remote::Remote::new(&url, trust, request.insecure_http)?;
+            let options = unpack::UnpackOptions {
+                sha256: request.sha256.map(str::to_owned),
+                sha256_source: request.sha256_source.map(str::to_owned),
+                max_size: None,
+                host_arch: request.arch.to_owned(),
+                bundle: false,
+                no_switch: false,
+            };
+            return remote
+                .unpack(request.dest, &options)
+                .map(drop)
+                .map_err(Into::into);
+        }
         let options = unpack::UnpackOptions {
             sha256: request.sha256.map(str::to_owned),
             sha256_source: request.sha256_source.map(str::to_owned),
             max_size: None,
             host_arch: request.arch.to_owned(),
             bundle: request.bundle,
+            no_switch: false,
         };
         unpack::unpack(request.archive, request.dest, &options)
             .map(drop)

@@ -339,9 +339,20 @@ fn run(host: &dyn Host, payloads: &dyn Payloads, step: &Step) -> Result<(), Appl
             sha256_source,
             arch,
             bundle,
+            ca_file,
+            insecure_http,
         } => {
-            let archive = host.real_path(archive).map_err(fail)?;
+            let archive = if super::payloads::is_url(archive) {
+                archive.clone()
+            } else {
+                host.real_path(archive).map_err(fail)?
+            };
             let dest = host.real_path(dest).map_err(fail)?;
+            let ca_file = ca_file
+                .as_deref()
+                .map(|p| host.real_path(p))
+                .transpose()
+                .map_err(fail)?;
             payloads
                 .unpack(&Unpack {
                     archive: &archive,
@@ -350,6 +361,8 @@ fn run(host: &dyn Host, payloads: &dyn Payloads, step: &Step) -> Result<(), Appl
                     sha256_source: sha256_source.as_deref(),
                     arch,
                     bundle: *bundle,
+                    ca_file: ca_file.as_deref(),
+                    insecure_http: *insecure_http,
                 })
                 .map_err(payload_failed)
         }

@@ -247,7 +247,11 @@ pub fn check(
             sha256,
             ..
         } => {
-            let archive = host.real_path(archive)?;
+            let archive = if super::payloads::is_url(archive) {
+                archive.clone()
+            } else {
+                host.real_path(archive)?
+            };
             let dest = host.real_path(dest)?;
             done(payloads.is_unpacked(&archive, &dest, sha256.as_deref()))
         }

@@ -14,7 +14,7 @@ mod step;
 
 pub use apply::{apply, ApplyError, ApplyReport};
 pub use check::{check, Status};
-pub use payloads::{ImageFile, PayloadError, Payloads, Unpack};
+pub use payloads::{is_url, ImageFile, PayloadError, Payloads, Unpack};
 pub use step::{Action, Contents, Phase, Probe, ServiceAction, Step};
 
 use serde::Serialize;

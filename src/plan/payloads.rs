@@ -20,6 +20,16 @@ pub struct Unpack<'a> {
     pub arch: &'a str,
     /// A bundle of binaries from inside the cluster image, not a cluster image.
     pub bundle: bool,
+    /// For a URL: CA certificates to trust besides the system's (a real path).
+    pub ca_file: Option<&'a Path>,
+    /// For a URL: `http://` allowed.
+    pub insecure_http: bool,
+}
+
+/// Whether an archive "path" is a URL (`https://…`), which is not a host path and is
+/// passed to the payloads as it is.
+pub fn is_url(archive: &Path) -> bool {
+    archive.to_str().is_some_and(|s| s.contains("://"))
 }
 
 /// One file taken out of a container image archive and installed.

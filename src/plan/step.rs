@@ -243,6 +243,12 @@ pub enum Action {
         /// the same safe way, not itself a cluster image.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         bundle: bool,
+        /// For an archive URL: CA certificates trusted besides the system's (a host path).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+        /// For an archive URL: `http://` allowed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        insecure_http: bool,
     },
     /// Makes `path` a symlink to `target`.
     Symlink {

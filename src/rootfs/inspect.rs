@@ -166,11 +166,20 @@ pub fn report(
 pub fn list_archive(
     archive: &Path,
 ) -> Result<(ListingTree, compression::Compression), UnpackError> {
+    let file = std::fs::File::open(archive)
+        .map_err(|e| UnpackError::Io(crate::io::PathError::new("open", archive, e)))?;
+    list_stream(archive, file)
+}
+
+/// [`list_archive`] of a stream (a download), `archive` naming it in messages.
+pub fn list_stream(
+    archive: &Path,
+    reader: impl Read,
+) -> Result<(ListingTree, compression::Compression), UnpackError> {
     let io_err = |op: &'static str| {
         move |source: io::Error| UnpackError::Io(crate::io::PathError::new(op, archive, source))
     };
-    let file = std::fs::File::open(archive).map_err(io_err("open"))?;
-    let mut raw = BufReader::with_capacity(1 << 20, file);
+    let mut raw = BufReader::with_capacity(1 << 20, reader);
     let compression = match compression::detect(&mut raw).map_err(io_err("read"))? {
         Ok(c) => c,
         Err(format) => {
