@@ -116,12 +116,7 @@ impl Kubefile {
                         .ok_or_else(|| err(format!("{word} without a name")))?;
                     let mut files = Vec::new();
                     for source in parts {
-                        let Some(path) = source.strip_prefix("local://") else {
-                            return Err(err(format!(
-                                "{word} {name}: {source:?} is not a local:// file; only applications shipped in the image can be launched"
-                            )));
-                        };
-                        files.push(path.trim_start_matches("./").to_owned());
+                        files.push(app_source(word, name, source).map_err(err)?);
                     }
                     if files.is_empty() {
                         return Err(err(format!("{word} {name} names no file")));
@@ -209,6 +204,24 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
         out.push((start, text.trim().to_owned()));
     }
     out
+}
+
+/// Where an `APP` source is in the built image: a `local://` path as written, and a file
+/// `sealer build` downloaded (`https://…/x.yaml`) by its name.
+fn app_source(word: &str, name: &str, source: &str) -> Result<String, String> {
+    if let Some(path) = source.strip_prefix("local://") {
+        return Ok(path.trim_start_matches("./").to_owned());
+    }
+    if source.starts_with("https://") || source.starts_with("http://") {
+        let path = source.split(['?', '#']).next().unwrap_or_default();
+        let file = path.rsplit('/').next().unwrap_or_default();
+        if !file.is_empty() && !path.ends_with("//") && path.matches('/').count() > 2 {
+            return Ok(file.to_owned());
+        }
+    }
+    Err(format!(
+        "{word} {name}: {source:?} is neither local://PATH nor an http(s):// file, as sealer takes them"
+    ))
 }
 
 /// `["a", "b"]`.
@@ -344,8 +357,16 @@ cmd ["kubectl", "version"]
         let err = Kubefile::parse("LAUNCH [\"nope\"]\n").unwrap_err();
         assert_eq!(err.line, 1);
         assert!(err.reason.contains("\"nope\""), "{err}");
-        let err = Kubefile::parse("APP x https://example.invalid/x.yaml\n").unwrap_err();
-        assert!(err.reason.contains("not a local:// file"), "{err}");
+        let err = Kubefile::parse("APP x oci://example.invalid/chart\n").unwrap_err();
+        assert!(err.reason.contains("neither local://PATH"), "{err}");
+        // sealer build downloaded it into the image: found by its name.
+        let k =
+            Kubefile::parse("APP x https://example.invalid/deploy/x.yaml?raw=1\nLAUNCH [\"x\"]\n")
+                .unwrap();
+        assert!(
+            matches!(&k.launch[0], Launch::App { files, .. } if files == &["x.yaml".to_owned()]),
+            "{k:?}"
+        );
         let err = Kubefile::parse("\n\nCMDS kubectl get nodes\n").unwrap_err();
         assert_eq!(err.line, 3);
         assert!(Kubefile::parse("LABEL a=\"open\n").is_err());
