@@ -109,9 +109,13 @@ impl Download {
                 request = request.header(IF_RANGE, etag.clone());
             }
         }
-        let response = request.send().map_err(|e| Failure {
-            permanent: is_permanent(&e),
-            reason: describe(&e),
+        let response = request.send().map_err(|e| {
+            // The URL is named by whoever reports this; reqwest would repeat it.
+            let e = e.without_url();
+            Failure {
+                permanent: is_permanent(&e),
+                reason: describe(&e),
+            }
         })?;
         let status = response.status().as_u16();
         match status {
@@ -193,17 +197,18 @@ impl Download {
         } else {
             String::new()
         };
+        // Errors do not repeat the URL: whoever reports them names it.
+        let position = match self.offset {
+            0 => String::new(),
+            n => format!("at byte {n}: "),
+        };
         if failure.permanent {
-            return Err(io::Error::other(format!(
-                "{}{at}: {}",
-                self.shown, failure.reason
-            )));
+            return Err(io::Error::other(format!("{position}{}", failure.reason)));
         }
         let since = *self.failing_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= self.retry.window {
             return Err(io::Error::other(format!(
-                "{}{at}: gave up after {} without progress; last: {}",
-                self.shown,
+                "{position}gave up after {} without progress; last: {}",
                 humantime::format_duration(self.retry.window),
                 failure.reason
             )));
@@ -282,7 +287,7 @@ pub fn small_text(client: &Client, url: &Url, limit: u64) -> Result<Option<Strin
     let response = client
         .get(url.clone())
         .send()
-        .map_err(|e| fail(describe(&e)))?;
+        .map_err(|e| fail(describe(&e.without_url())))?;
     match response.status().as_u16() {
         200 => {}
         404 | 410 => return Ok(None),

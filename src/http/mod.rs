@@ -171,7 +171,7 @@ pub fn https_ok(
     let response = client
         .get(&url)
         .send()
-        .map_err(|e| format!("{address}: {}", describe(&e)))?;
+        .map_err(|e| format!("{address}: {}", describe(&e.without_url())))?;
     match response.status().as_u16() {
         200 | 401 => Ok(true),
         other => Err(format!("{address}: answered {other:?}")),
