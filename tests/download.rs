@@ -3,8 +3,8 @@
 //! downloads straight into the unpacker and unpacks once, a dropped connection is
 //! resumed with a Range request, a wrong digest publishes nothing, a server whose
 //! certificate chains to no given CA is refused at once, `URL.sha256` stands in for
-//! `rootfs.sha256`, `http://` needs `rootfs.insecure_http`, and `HTTPS_PROXY` /
-//! `NO_PROXY` are honoured.
+//! `rootfs.sha256`, `http://` needs `rootfs.insecure_http`, `HTTPS_PROXY` / `NO_PROXY`
+//! are honoured, and `upgrade --rootfs URL` switches only to an image it accepts.
 
 mod common;
 
@@ -488,4 +488,67 @@ fn https_proxy_is_used_unless_no_proxy_says_otherwise() {
         "NO_PROXY bypasses the proxy"
     );
     assert_eq!(gets(&server, "/k3s.tar.zst").len(), 1);
+}
+
+/// A k3s cluster image at `version` (stand-ins), as a tar.zst.
+fn k3s_archive(version: &str) -> Vec<u8> {
+    let other = Node::bare();
+    other.image("k3s", version);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_dir_all(".", other.path("/var/lib/bootstrap/rootfs"))
+        .unwrap();
+    zstd::encode_all(&builder.into_inner().unwrap()[..], 1).unwrap()
+}
+
+#[test]
+fn upgrade_takes_a_url_and_keeps_nothing_it_refuses() {
+    let node = Node::new();
+    node.run(&["up"]).assert_code(0);
+    let skip = k3s_archive("v1.33.0+k3s1");
+    let next = k3s_archive("v1.32.0+k3s1");
+    let server = serve(
+        BTreeMap::from([
+            ("/skip.tar.zst".to_owned(), skip.clone()),
+            ("/next.tar.zst".to_owned(), next.clone()),
+            (
+                "/next.tar.zst.sha256".to_owned(),
+                sha256(&next).into_bytes(),
+            ),
+        ]),
+        None,
+    );
+    node.write("/etc/bootstrap/images-ca.pem", &server.ca_pem);
+    node.config("rootfs:\n  ca_file: /etc/bootstrap/images-ca.pem\n");
+    let link = || fs::read_link(node.path("/var/lib/bootstrap/rootfs")).ok();
+    let versions = || {
+        fs::read_dir(node.path("/var/lib/bootstrap/rootfs.versions"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let (before_link, before_versions) = (link(), versions());
+
+    let url = |name: &str| format!("https://127.0.0.1:{}/{name}", server.port);
+    let skip_url = url("skip.tar.zst");
+    let run = node.run(&["upgrade", "--rootfs", &skip_url, "--sha256", &sha256(&skip)]);
+    run.assert_code(1);
+    assert!(run.stderr.contains("one minor at a time"), "{}", run.all());
+    assert_eq!(link(), before_link, "a refused image is not switched to");
+    assert_eq!(versions(), before_versions, "nor kept");
+
+    let run = node.run(&["upgrade", "--rootfs", &url("next.tar.zst")]);
+    run.assert_code(0);
+    assert!(
+        node.read("/var/lib/bootstrap/done.json")
+            .unwrap()
+            .contains("v1.32.0+k3s1"),
+        "{}",
+        run.all()
+    );
+    let now = link().unwrap();
+    assert!(
+        now.to_string_lossy().contains(&sha256(&next)[..12]),
+        "{}",
+        now.display()
+    );
 }
