@@ -102,7 +102,7 @@ pub enum Command {
     /// Print what `up` would do; change nothing
     Plan(PlanArgs),
     /// Role, distro, progress, services and last error of this node
-    Status(OutputArgs),
+    Status(StatusArgs),
     /// Run the host checks only
     Preflight(OutputArgs),
     /// Join material for other nodes (on a running controller)
@@ -139,7 +139,8 @@ pub enum Command {
 pub enum RootfsCommand {
     /// Show what a cluster image (folder or archive) holds
     Inspect {
-        /// A cluster-image folder or archive (.tar, .tar.gz, .tar.zst)
+        /// A cluster-image folder or archive (.tar, .tar.gz, .tar.zst), or an
+        /// https:// URL (read as it downloads; nothing is written)
         path: PathBuf,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -280,10 +281,12 @@ pub struct ResetArgs {
 /// `upgrade` options.
 #[derive(Debug, Clone, Args)]
 pub struct UpgradeArgs {
-    /// The new cluster image: a folder or an archive (.tar, .tar.gz, .tar.zst)
-    #[arg(long = "rootfs", value_name = "DIR|ARCHIVE")]
+    /// The new cluster image: a folder, an archive (.tar, .tar.gz, .tar.zst), or
+    /// an https:// URL (rootfs.ca_file and rootfs.insecure_http apply)
+    #[arg(long = "rootfs", value_name = "DIR|ARCHIVE|URL")]
     pub image: PathBuf,
-    /// Expected SHA-256 of the archive [default: from ARCHIVE.sha256 if present]
+    /// Expected SHA-256 of the archive [default: from ARCHIVE.sha256 (or
+    /// URL.sha256) beside it; a URL needs one]
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
 }
@@ -296,6 +299,21 @@ pub struct PlanArgs {
     /// Print the effective configuration (secrets redacted) instead
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// `status` options.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Block until this node's `up` has succeeded (exit 0) or failed (its exit
+    /// code), printing progress on stderr
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long (exit 4), e.g. 30m [default: no
+    /// bound]
+    #[arg(long, value_name = "DURATION", requires = "wait")]
+    pub timeout: Option<String>,
 }
 
 /// `--output` only.

@@ -15,6 +15,7 @@ pub mod entropy;
 pub mod facts;
 pub mod host;
 pub mod hostprep;
+pub mod http;
 pub mod images;
 pub mod io;
 pub mod join;

@@ -80,6 +80,35 @@ pub fn acquire(path: &Path, wait: Duration, holder: &str) -> Result<LockGuard, L
     }
 }
 
+/// A shared hold on the lock, taken only while no one holds it exclusively: while it is
+/// held, no `up` (nor any other command that takes the lock) can start or be running.
+#[derive(Debug)]
+pub struct Observer {
+    _lock: Option<Flock<File>>,
+}
+
+/// Looks at the lock without waiting and without creating it: `Ok(None)` with the
+/// holder's description while a command holds it, else a shared hold that keeps one from
+/// starting until dropped (so what it wrote can be read consistently).
+pub fn observe(path: &Path) -> Result<Result<Observer, String>, LockError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Ok(Observer { _lock: None }))
+        }
+        Err(source) => {
+            return Err(LockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(lock) => Ok(Ok(Observer { _lock: Some(lock) })),
+        Err((mut file, _)) => Ok(Err(read_holder(&mut file))),
+    }
+}
+
 fn read_holder(file: &mut File) -> String {
     let mut text = String::new();
     let _ = file.seek(SeekFrom::Start(0));
@@ -105,5 +134,23 @@ mod tests {
         assert!(err.to_string().contains("pid 1 (bootstrap up)"), "{err}");
         drop(first);
         acquire(&path, Duration::from_millis(300), "pid 2").unwrap();
+    }
+
+    #[test]
+    fn an_observer_sees_the_holder_and_keeps_the_next_one_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        assert!(
+            observe(&path).unwrap().is_ok(),
+            "no lock file: nothing runs"
+        );
+        assert!(!path.exists(), "observing creates nothing");
+        let held = acquire(&path, Duration::from_secs(1), "pid 7 (bootstrap up)").unwrap();
+        assert_eq!(observe(&path).unwrap().unwrap_err(), "pid 7 (bootstrap up)");
+        drop(held);
+        let observer = observe(&path).unwrap().unwrap();
+        assert!(acquire(&path, Duration::from_millis(200), "pid 8").is_err());
+        drop(observer);
+        acquire(&path, Duration::from_millis(200), "pid 8").unwrap();
     }
 }

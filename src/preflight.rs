@@ -433,6 +433,12 @@ mod tests {
             distro,
             arches: vec![],
             arch_dir: None,
+            kubefile_path: None,
+            kubefile: None,
+            container_runtime: None,
+            containerd: None,
+            registry: None,
+            kubeadm_config: None,
         }
     }
 

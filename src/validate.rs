@@ -1,4 +1,5 @@
-//! Syntax of the values users write: names, labels, taints, endpoints, secrets, digests.
+//! Syntax of the values users write: names, labels, taints, endpoints, secrets, digests;
+//! and whether a binary taken from an image is an executable for this machine.
 //!
 //! Each check returns `Err(expected)`: a phrase saying what was expected, which the caller
 //! joins with the field path and the offending value.
@@ -160,6 +161,40 @@ pub fn byte_size(s: &str) -> Result<u64, &'static str> {
     Ok(bytes as u64)
 }
 
+/// Whether `head` (a file's first 20 bytes or more) starts a 64-bit little-endian ELF
+/// executable for the Go architecture `arch` (`amd64`, `arm64`). `Err` says what it is.
+pub fn elf_executable(head: &[u8], arch: &str) -> Result<(), String> {
+    if head.len() < 20 || &head[..4] != b"\x7fELF" {
+        return Err("not an ELF executable".into());
+    }
+    let machine = u16::from_le_bytes([head[18], head[19]]);
+    let found = match machine {
+        0x3e => "amd64",
+        0xb7 => "arm64",
+        0x03 => "386",
+        0x28 => "arm",
+        0xf3 => "riscv64",
+        0x15 => "ppc64",
+        0x16 => "s390x",
+        _ => "an unknown machine",
+    };
+    if head[4] != 2 || head[5] != 1 {
+        return Err(format!(
+            "an ELF file for {found}, but not 64-bit little-endian"
+        ));
+    }
+    let kind = u16::from_le_bytes([head[16], head[17]]);
+    if kind != 2 && kind != 3 {
+        return Err(format!("an ELF file of type {kind}, not an executable"));
+    }
+    if found != arch {
+        return Err(format!(
+            "an executable for {found}, not for this {arch} machine"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +262,21 @@ mod tests {
         assert!(join_secret("short").is_err());
         assert!(sha256_hex(&"ab".repeat(32)).is_ok());
         assert!(sha256_hex(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn elf_executables_for_this_arch() {
+        let mut head = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+        head.extend([0; 8]);
+        head.extend([2, 0, 0x3e, 0]);
+        assert_eq!(elf_executable(&head, "amd64"), Ok(()));
+        assert!(elf_executable(&head, "arm64")
+            .unwrap_err()
+            .contains("for amd64"));
+        assert!(elf_executable(b"#!/bin/sh\nexit 0\n\0\0\0", "amd64").is_err());
+        head[16] = 1;
+        assert!(elf_executable(&head, "amd64")
+            .unwrap_err()
+            .contains("type 1"));
     }
 }

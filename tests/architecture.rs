@@ -24,6 +24,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "duration_serde",
             "parsed",
             "io",
+            "http",
             "distro_kind",
             "host",
         ],

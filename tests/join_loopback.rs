@@ -191,10 +191,27 @@ fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
     // refused.
     let listed = a.run(&["token", "list"]);
     listed.assert_code(0);
-    let id = line.split("credential=").nth(1).unwrap().split('.').next().unwrap();
-    let row = listed.stdout.lines().find(|l| l.starts_with(id)).unwrap_or_default();
-    assert!(row.contains("worker") && row.ends_with("yes"), "{}", listed.all());
-    assert!(!listed.stdout.contains(&credential), "a secret in token list");
+    let id = line
+        .split("credential=")
+        .nth(1)
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap();
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_default();
+    assert!(
+        row.contains("worker") && row.ends_with("yes"),
+        "{}",
+        listed.all()
+    );
+    assert!(
+        !listed.stdout.contains(&credential),
+        "a secret in token list"
+    );
     let late = node(
         cluster.path(),
         "node-l",
@@ -209,7 +226,11 @@ fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
         &late.path("/root/join-line").display().to_string(),
     ]);
     assert_ne!(run.code, 0, "{}", run.all());
-    assert!(run.stderr.contains("has been used already"), "{}", run.all());
+    assert!(
+        run.stderr.contains("has been used already"),
+        "{}",
+        run.all()
+    );
     assert!(!joined(cluster.path(), "node-l"));
     // A revoked line is refused too.
     let revoked = a.run(&["token", "create", "worker", "--ttl", "10m"]);

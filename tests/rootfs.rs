@@ -163,18 +163,36 @@ fn inspect_a_sealer_basefs_per_arch_image() {
             fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
         }
     }
-    let run = to_run(
-        Command::new(BIN)
-            .args(["rootfs", "inspect", "--output", "json"])
-            .arg(&img)
-            .output()
-            .unwrap(),
+    let inspect = || {
+        to_run(
+            Command::new(BIN)
+                .args(["rootfs", "inspect", "--output", "json"])
+                .arg(&img)
+                .output()
+                .unwrap(),
+        )
+    };
+    // kubeadm runs the host's containerd: without one the image cannot come up.
+    let run = inspect();
+    run.assert_code(1);
+    assert!(
+        run.stdout.contains("no containerd for kubeadm"),
+        "{}",
+        run.stdout
     );
+    // basefs ships it as a bundle beside the arch folders.
+    fs::create_dir_all(img.join("cri")).unwrap();
+    fs::write(img.join("cri/containerd.tar.gz"), "bundle").unwrap();
+    let run = inspect();
     run.assert_code(0);
     let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(json["distro"], "kubeadm", "no ClusterRuntime means kubeadm");
     assert_eq!(json["metadata"], format!("{arch}/etc/Metadata"));
     assert_eq!(json["arch"], arch);
+    assert_eq!(
+        json["containerd"],
+        "cri/containerd.tar.gz (containerd bundle)"
+    );
 }
 
 /// A node whose cluster image comes as an archive at /images/k3s.tar.zst.

@@ -1,6 +1,6 @@
 //! `up` end to end against a temp root with stand-ins: host preparation applied, the
 //! journal resuming after a failure or a kill, nothing changed by a second run, one run at
-//! a time, markers and the Cluster API sentinel, and preflight's exit code.
+//! a time, markers and the Cluster API sentinel, preflight's exit code, and `status --wait`.
 
 mod common;
 
@@ -433,4 +433,90 @@ fn a_controller_without_a_secret_makes_one_that_passes_the_rule() {
     node.write_mode("/etc/bootstrap/join-secret", &first.stdout, 0o600);
     node.config("cluster: {name: generated, join_secret_file: /etc/bootstrap/join-secret}\n");
     node.run(&["plan"]).assert_code(0);
+}
+
+/// Reads a spawned command's exit code and output.
+fn finish(child: std::process::Child) -> common::Run {
+    let out = child.wait_with_output().unwrap();
+    common::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn status_wait_blocks_until_up_succeeds() {
+    let node = Node::new().env("STANDIN_SLEEP", "modprobe:br_netfilter=2");
+    // Started before `up`: it waits for a run to begin, then for it to end.
+    let waiter = node.spawn(&["status", "--wait", "--timeout", "60s"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let up = node.spawn(&["up"]);
+    let waited = finish(waiter);
+    let up = finish(up);
+    up.assert_code(0);
+    waited.assert_code(0);
+    assert!(
+        waited.stderr.contains("waiting for bootstrap up to start"),
+        "{}",
+        waited.stderr
+    );
+    assert!(
+        waited.stderr.contains("bootstrap is running (pid")
+            && waited.stderr.contains("now: run:modprobe br_netfilter"),
+        "progress while it runs: {}",
+        waited.stderr
+    );
+    assert!(waited.stdout.contains("state:     up"), "{}", waited.stdout);
+    // Once up, it returns at once.
+    let again = node.run(&["status", "--wait", "--output", "json"]);
+    again.assert_code(0);
+    let json: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(json["state"], "up");
+}
+
+#[test]
+fn status_wait_exits_with_the_code_of_the_failed_up() {
+    let node = Node::new();
+    std::fs::remove_dir_all(node.path("/run/systemd")).unwrap();
+    let waiter = node.spawn(&["status", "--wait", "--timeout", "60s"]);
+    std::thread::sleep(Duration::from_millis(300));
+    node.run(&["up"]).assert_code(3);
+    let waited = finish(waiter);
+    waited.assert_code(3);
+    assert!(
+        waited.stderr.contains("bootstrap up failed") && waited.stderr.contains("systemd"),
+        "{}",
+        waited.stderr
+    );
+    // A step failure keeps its own code, 1, and names the step.
+    let node = Node::new().env("STANDIN_FAIL", "modprobe:br_netfilter");
+    node.run(&["up"]).assert_code(1);
+    let waited = node.run(&["status", "--wait"]);
+    waited.assert_code(1);
+    assert!(
+        waited.stderr.contains("in step run:modprobe br_netfilter"),
+        "{}",
+        waited.stderr
+    );
+}
+
+#[test]
+fn status_wait_gives_up_after_its_timeout() {
+    let node = Node::new();
+    let start = Instant::now();
+    let run = node.run(&["status", "--wait", "--timeout", "1s"]);
+    run.assert_code(4);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert!(
+        run.stderr.contains("has not finished after 1s")
+            && run.stderr.contains("waiting for bootstrap up to start"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !node.exists("/var/lib/bootstrap/lock"),
+        "waiting writes nothing"
+    );
+    node.run(&["status", "--timeout", "1s"]).assert_code(2);
 }

@@ -68,6 +68,9 @@ pub enum Error {
     Host(#[from] HostError),
     #[error("{0}")]
     PeerTimeout(String),
+    /// The `up` that `status --wait` waited for failed with this exit code.
+    #[error("{message}")]
+    UpFailed { exit_code: i32, message: String },
 }
 
 impl From<crate::rootfs::unpack::UnpackError> for Error {
@@ -100,6 +103,7 @@ impl Error {
             Error::Role(_) => exit::USAGE,
             Error::Preflight(_) => exit::PREFLIGHT,
             Error::PeerTimeout(_) => exit::PEER_TIMEOUT,
+            Error::UpFailed { exit_code, .. } if (1..=255).contains(exit_code) => *exit_code,
             _ => exit::FAILED,
         }
     }
@@ -144,6 +148,16 @@ pub(crate) struct Session {
     pub from_archive: bool,
     /// `upgrade` is moving this node ahead of the version its join material names.
     pub upgrading: bool,
+    /// For an archive URL: its SHA-256 and where that came from.
+    pub archive_digest: Option<(String, String)>,
+}
+
+/// Whether opening the image may download `rootfs.archive` when it is a URL not yet
+/// unpacked (`up`, which changes the host anyway) or not (`plan`, `status` …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fetch {
+    Allowed,
+    Never,
 }
 
 /// The host rooted at `--root`, which must be an existing folder.
@@ -262,28 +276,34 @@ fn read_join_line(cli: &Cli) -> Result<Option<crate::join::manual::JoinLine>, Er
 
 impl Session {
     pub(crate) fn open(cli: &Cli) -> Result<Session, Error> {
+        Session::open_with(cli, Fetch::Never)
+    }
+
+    /// Opens the session; `fetch` says whether an archive URL may be downloaded now.
+    pub(crate) fn open_with(cli: &Cli, fetch: Fetch) -> Result<Session, Error> {
         let host = open_host(cli)?;
         let config = load_config(cli, &host)?;
         let facts = match &cli.facts {
             Some(path) => Facts::load(path)?,
             None => Facts::gather(&host)?,
         };
-        let (image, from_archive) = open_image(&host, &config, &facts.arch)?;
+        let opened = open_image(&host, &config, &facts.arch, fetch)?;
         Ok(Session {
-            from_archive,
+            from_archive: opened.from_archive,
+            archive_digest: opened.digest,
             upgrading: false,
             host,
             config,
             facts,
-            image,
+            image: opened.image,
         })
     }
 
     /// Reads the cluster image again, now that `rootfs.archive` is unpacked.
     pub(crate) fn reopen_image(&mut self) -> Result<(), Error> {
-        let (image, from_archive) = open_image(&self.host, &self.config, &self.facts.arch)?;
-        self.image = image;
-        self.from_archive = from_archive;
+        let opened = open_image(&self.host, &self.config, &self.facts.arch, Fetch::Never)?;
+        self.image = opened.image;
+        self.from_archive = opened.from_archive;
         Ok(())
     }
 
@@ -382,6 +402,7 @@ impl Session {
             running_binary: std::env::current_exe()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|_| "/usr/bin/bootstrap".to_owned()),
+            archive_digest: self.archive_digest.clone(),
         }
     }
 
@@ -536,17 +557,36 @@ impl Session {
     }
 }
 
+/// The cluster image as a command finds it.
+struct Opened {
+    image: ClusterImage,
+    /// Read from the archive, which is not unpacked yet.
+    from_archive: bool,
+    /// An archive URL's SHA-256 and where it came from.
+    digest: Option<(String, String)>,
+}
+
 /// The cluster image: the unpacked folder, or — while `rootfs.archive` is not unpacked
-/// yet — the archive itself, read without unpacking it.
+/// yet — the archive itself, read without unpacking it. An archive URL is downloaded
+/// and unpacked first when `fetch` allows; it is never read twice.
 fn open_image(
     host: &RootedHost,
     config: &Config,
     arch: &str,
-) -> Result<(ClusterImage, bool), Error> {
+    fetch: Fetch,
+) -> Result<Opened, Error> {
     let dir = &config.rootfs.dir;
-    let Some(archive) = &config.rootfs.archive else {
-        return Ok((ClusterImage::open(host, dir, arch)?, false));
+    let opened = |image, from_archive| Opened {
+        image,
+        from_archive,
+        digest: None,
     };
+    let Some(archive) = &config.rootfs.archive else {
+        return Ok(opened(ClusterImage::open(host, dir, arch)?, false));
+    };
+    if let Some(url) = crate::rootfs::remote::url_of(archive) {
+        return open_remote(host, config, arch, url, fetch);
+    }
     let archive_real = host.real_path(archive)?;
     let dest_real = host.real_path(dir)?;
     let digest = unpack::expected_digest(&archive_real, config.rootfs.sha256.as_deref())?;
@@ -565,12 +605,76 @@ fn open_image(
                 dir.display()
             );
         }
-        return Ok((ClusterImage::open(host, dir, arch)?, false));
+        return Ok(opened(ClusterImage::open(host, dir, arch)?, false));
     }
     let (listing, _) = crate::rootfs::inspect::list_archive(&archive_real)?;
     let mut image = ClusterImage::read(&listing, arch)?;
     image.dir = dir.clone();
-    Ok((image, true))
+    Ok(opened(image, true))
+}
+
+/// The image `rootfs.archive` names by URL: unpacked already (found by its digest), or
+/// downloaded and unpacked now when `fetch` allows.
+fn open_remote(
+    host: &RootedHost,
+    config: &Config,
+    arch: &str,
+    url: &str,
+    fetch: Fetch,
+) -> Result<Opened, Error> {
+    let remote = remote(host, config, url)?;
+    let (sha256, source) = remote.digest(config.rootfs.sha256.as_deref())?;
+    let source = match config.rootfs.sha256 {
+        Some(_) => "rootfs.sha256".to_owned(),
+        None => source,
+    };
+    let dir = &config.rootfs.dir;
+    let dest_real = host.real_path(dir)?;
+    let unpacked = unpack::find_unpacked(Path::new(&remote.shown()), &dest_real, Some(&sha256));
+    if unpacked.is_none() {
+        if fetch == Fetch::Never {
+            return Err(Error::Failed(format!(
+                "rootfs.archive {} is not downloaded yet: `bootstrap up` downloads and unpacks it (`bootstrap rootfs inspect URL` shows what it holds)",
+                remote.shown()
+            )));
+        }
+        let options = unpack::UnpackOptions {
+            sha256: Some(sha256.clone()),
+            sha256_source: Some(source.clone()),
+            host_arch: arch.to_owned(),
+            ..unpack::UnpackOptions::default()
+        };
+        remote.unpack(&dest_real, &options)?;
+    } else if unpacked.is_some_and(|v| !unpack::points_at(&dest_real, &v)) {
+        log::info!(
+            "rootfs.archive {} was unpacked before and has been superseded (bootstrap upgrade); using the image at {}",
+            remote.shown(),
+            dir.display()
+        );
+    }
+    Ok(Opened {
+        image: ClusterImage::open(host, dir, arch)?,
+        from_archive: false,
+        digest: Some((sha256, source)),
+    })
+}
+
+/// The archive URL with the trust and scheme `rootfs.*` allow.
+pub(crate) fn remote(
+    host: &RootedHost,
+    config: &Config,
+    url: &str,
+) -> Result<crate::rootfs::remote::Remote, Error> {
+    let trust = match &config.rootfs.ca_file {
+        Some(path) => crate::http::Trust::with_ca_file(&host.real_path(path)?)
+            .map_err(unpack::UnpackError::from)?,
+        None => crate::http::Trust::default(),
+    };
+    Ok(crate::rootfs::remote::Remote::new(
+        url,
+        trust,
+        config.rootfs.insecure_http,
+    )?)
 }
 
 /// A host path's real location, for display and for the lock.

@@ -30,6 +30,14 @@ fn absolute(path: &Path) -> Result<PathBuf, Error> {
 
 fn run_inspect(path: &Path, output: Output) -> Result<(), Error> {
     let arch = go_arch(std::env::consts::ARCH);
+    if let Some(url) = crate::rootfs::remote::url_of(path) {
+        // Read as it downloads; nothing is written. The system's CAs and HTTPS_PROXY
+        // apply; a digest is not needed to look.
+        let remote = crate::rootfs::remote::Remote::new(url, crate::http::Trust::default(), false)?;
+        let (listing, compression) = remote.list()?;
+        let (report, problems) = describe(&listing, &arch, &compression.to_string())?;
+        return finish_inspect(path, report, problems, output);
+    }
     let path = absolute(path)?;
     let meta =
         std::fs::metadata(&path).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
@@ -46,6 +54,15 @@ fn run_inspect(path: &Path, output: Output) -> Result<(), Error> {
         let (listing, compression) = inspect::list_archive(&path)?;
         describe(&listing, &arch, &compression.to_string())?
     };
+    finish_inspect(&path, report, problems, output)
+}
+
+fn finish_inspect(
+    path: &Path,
+    report: InspectReport,
+    problems: Vec<String>,
+    output: Output,
+) -> Result<(), Error> {
     match output {
         Output::Json => {
             let mut value = serde_json::to_value(&report).unwrap_or_default();
@@ -80,8 +97,38 @@ fn describe(
     } else if let Err(e) = image.check_binaries(tree) {
         problems.push(e.to_string());
     }
+    problems.extend(layout_problems(tree, &image)?);
     let report = inspect::report(tree, &image, format)?;
     Ok((report, problems))
+}
+
+/// What `up` would refuse beyond missing binaries: no containerd for kubeadm, an
+/// ambiguous registry image, applications to launch that are not in the image.
+fn layout_problems(tree: &dyn Tree, image: &ClusterImage) -> Result<Vec<String>, Error> {
+    use crate::rootfs::kubefile::Launch;
+    use crate::rootfs::sources::BinarySource;
+    let mut problems = Vec::new();
+    if image.distro == crate::distro_kind::DistroKind::Kubeadm && image.containerd.is_none() {
+        problems.push(
+            "no containerd for kubeadm: ship bin/containerd (with its shim, ctr and runc) or cri/containerd.tar.gz".to_owned(),
+        );
+    }
+    if let Some(source @ BinarySource::Ambiguous { .. }) = &image.registry {
+        problems.push(format!("registry: {source}"));
+    }
+    for launch in image.kubefile.iter().flat_map(|k| &k.launch) {
+        if let Launch::App { name, files, .. } = launch {
+            for file in files {
+                if image.app_file(tree, name, file)?.is_none() {
+                    problems.push(format!(
+                        "Kubefile line {}: app {name}: {file} is in the image neither at application/apps/{name}/ nor at {file}",
+                        launch.line_number()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(problems)
 }
 
 fn mib(bytes: u64) -> String {
@@ -137,6 +184,27 @@ fn print_text(r: &InspectReport, problems: &[String]) {
     if !r.manifests.is_empty() {
         println!("manifests:  {}", r.manifests.join(", "));
     }
+    if let Some(c) = &r.containerd {
+        println!("containerd: {c}");
+    }
+    println!(
+        "registry binary: {}",
+        r.registry
+            .as_deref()
+            .unwrap_or("none (set registry.enabled: false to go without one)")
+    );
+    if let Some(k) = &r.kubefile {
+        println!("kubefile:   {k}");
+    }
+    for (key, value) in &r.labels {
+        println!("label:      {key}={value}");
+    }
+    for l in &r.launch {
+        println!("launch:     {l}");
+    }
+    if let Some(k) = &r.kubeadm_config {
+        println!("kubeadm config: {k} (the base of the one bootstrap writes)");
+    }
     if problems.is_empty() {
         println!("problems:   none");
     } else {
@@ -176,6 +244,8 @@ fn run_unpack(
         sha256: digest.map(|(hex, _)| hex),
         max_size,
         host_arch: go_arch(std::env::consts::ARCH),
+        bundle: false,
+        no_switch: false,
     };
     let report = unpack::unpack(&archive, &dest, &options)?;
     println!(

@@ -1,10 +1,13 @@
-//! `bootstrap status`: what this node is and how far `up` got, from its own records.
+//! `bootstrap status`: what this node is and how far `up` got, from its own records;
+//! with `--wait`, blocks until `up` has finished (like `cloud-init status --wait`).
+
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{open_host, print_json, Error, Session};
-use crate::cli::{Cli, Output, OutputArgs};
-use crate::host::Host;
+use super::{open_host, print_json, real_path, Error, Session};
+use crate::cli::{Cli, Output, StatusArgs};
+use crate::host::{Host, RootedHost};
 use crate::plan::check::systemctl;
 use crate::plan::journal::{Entry, EntryStatus, Journal};
 use crate::role::{self, RoleDecision};
@@ -33,8 +36,121 @@ struct ServiceState {
     state: String,
 }
 
-pub(super) fn run(cli: &Cli, args: &OutputArgs) -> Result<(), Error> {
+pub(super) fn run(cli: &Cli, args: &StatusArgs) -> Result<(), Error> {
     let host = open_host(cli)?;
+    let outcome = if args.wait {
+        let timeout = args
+            .timeout
+            .as_deref()
+            .map(|text| {
+                humantime::parse_duration(text).map_err(|e| {
+                    Error::Usage(format!(
+                        "--timeout: expected a duration such as 30m, got {text:?}: {e}"
+                    ))
+                })
+            })
+            .transpose()?;
+        Some(wait(&host, timeout)?)
+    } else {
+        None
+    };
+    let status = collect(cli, &host)?;
+    match args.output {
+        Output::Json => print_json(&status),
+        Output::Text => print_text(&status),
+    }
+    match outcome {
+        Some(Finished::Failed(marker)) => Err(Error::UpFailed {
+            exit_code: marker.exit_code,
+            message: format!(
+                "bootstrap up failed at {}{}: {}",
+                marker.at,
+                marker
+                    .step
+                    .as_ref()
+                    .map(|s| format!(" in step {s}"))
+                    .unwrap_or_default(),
+                marker.error
+            ),
+        }),
+        Some(Finished::Up) | None => Ok(()),
+    }
+}
+
+/// How the `up` that `--wait` waited for ended.
+enum Finished {
+    Up,
+    Failed(FailedMarker),
+}
+
+/// How often `--wait` looks again.
+const WAIT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Waits until no command holds the lock and `up` has left its success or failure marker,
+/// saying on stderr whenever what it waits for changes. Without a marker, `up` has not run
+/// (or stopped before writing anything, as on a configuration error), so it waits on.
+fn wait(host: &RootedHost, timeout: Option<Duration>) -> Result<Finished, Error> {
+    let lock_path = real_path(host, state::LOCK_FILE);
+    let start = Instant::now();
+    let mut said = String::new();
+    loop {
+        let line = match crate::lock::observe(&lock_path)? {
+            Ok(_observer) => {
+                // Held until the end of this arm: no run can start or end meanwhile.
+                let failed: Option<FailedMarker> = state::read_json(host, state::FAILED_FILE);
+                if let Some(marker) = failed {
+                    eprintln!("bootstrap up failed (exit code {})", marker.exit_code);
+                    return Ok(Finished::Failed(marker));
+                }
+                if state::read_json::<DoneMarker>(host, state::DONE_FILE).is_some() {
+                    eprintln!("bootstrap up has succeeded");
+                    return Ok(Finished::Up);
+                }
+                let journal = Journal::load(host)?;
+                match journal.unfinished() {
+                    Some(entry) => format!(
+                        "bootstrap up is not running; it stopped in step {} and has not finished: waiting for it to run again",
+                        entry.id
+                    ),
+                    None => "waiting for bootstrap up to start".to_owned(),
+                }
+            }
+            Err(holder) => {
+                let journal = Journal::load(host)?;
+                let done = journal
+                    .entries
+                    .iter()
+                    .filter(|e| e.status == EntryStatus::Done)
+                    .count();
+                let now = journal
+                    .entries
+                    .iter()
+                    .rev()
+                    .find(|e| e.status == EntryStatus::Started)
+                    .map(|e| format!("; now: {}", e.id))
+                    .unwrap_or_default();
+                format!("bootstrap is running ({holder}): {done} steps done{now}")
+            }
+        };
+        if line != said {
+            eprintln!("{line}");
+            said = line;
+        }
+        if let Some(limit) = timeout {
+            if start.elapsed() >= limit {
+                return Err(Error::PeerTimeout(format!(
+                    "status --wait: bootstrap up has not finished after {}; last seen: {said}",
+                    humantime::format_duration(limit)
+                )));
+            }
+        }
+        std::thread::sleep(WAIT_INTERVAL);
+    }
+}
+
+/// Everything `status` reports, read from the node's records.
+fn collect(cli: &Cli, host: &RootedHost) -> Result<Status, Error> {
+    let host = host.clone();
     let journal = Journal::load(&host)?;
     let done: Option<DoneMarker> = state::read_json(&host, state::DONE_FILE);
     let failed: Option<FailedMarker> = state::read_json(&host, state::FAILED_FILE);
@@ -64,11 +180,7 @@ pub(super) fn run(cli: &Cli, args: &OutputArgs) -> Result<(), Error> {
         done,
         failed,
     };
-    match args.output {
-        Output::Json => print_json(&status),
-        Output::Text => print_text(&status),
-    }
-    Ok(())
+    Ok(status)
 }
 
 /// Units bootstrap enabled, started or masked, with what systemd says of them now.

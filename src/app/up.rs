@@ -13,8 +13,9 @@ pub(super) fn run(cli: &Cli, args: &UpArgs) -> Result<(), Error> {
     if args.stage == Stage::Install {
         return install_stage(cli);
     }
-    // Nothing is written until config, facts, image and role are known to be good.
-    let mut session = Session::open(cli)?;
+    // Nothing is written until config, facts, image and role are known to be good (an
+    // archive URL is downloaded first: staged, it publishes nothing unless verified).
+    let mut session = Session::open_with(cli, super::Fetch::Allowed)?;
     role::resolve(&session.host, &session.config, &session.facts, false)?;
 
     state::ensure_dir(&session.host)?;
@@ -171,7 +172,7 @@ fn converge(cli: &Cli, session: &mut Session) -> Result<(), Error> {
 /// `up --stage install`: what every node of this image needs, put in place without a role,
 /// a started service or anything node-specific (image baking).
 fn install_stage(cli: &Cli) -> Result<(), Error> {
-    let mut session = Session::open(cli)?;
+    let mut session = Session::open_with(cli, super::Fetch::Allowed)?;
     state::ensure_dir(&session.host)?;
     let _lock = lock::acquire(
         &real_path(&session.host, state::LOCK_FILE),

@@ -33,9 +33,38 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
         &format!("pid {} (bootstrap upgrade)", std::process::id()),
     )?;
 
-    let source = host.real_path(&args.image)?;
     let arch = session.facts.arch.clone();
-    let (target, is_archive) = if source.is_dir() {
+    let url = crate::rootfs::remote::url_of(&args.image);
+    let source = match url {
+        Some(_) => std::path::PathBuf::new(),
+        None => host.real_path(&args.image)?,
+    };
+    // A URL is downloaded and unpacked beside the current image (not switched to)
+    // before the checks: it cannot be looked into without reading all of it.
+    let mut fetched = None;
+    let (target, is_archive) = if let Some(url) = url {
+        let remote = super::remote(host, &session.config, url)?;
+        let (sha256, source) = remote.digest(args.sha256.as_deref())?;
+        let options = unpack::UnpackOptions {
+            sha256: Some(sha256),
+            sha256_source: Some(if args.sha256.is_some() {
+                "--sha256".to_owned()
+            } else {
+                source
+            }),
+            host_arch: arch.clone(),
+            no_switch: true,
+            ..unpack::UnpackOptions::default()
+        };
+        let dest = host.real_path(&session.config.rootfs.dir)?;
+        let report = remote.unpack(&dest, &options)?;
+        let image = unpack::open_unpacked(&report.version_dir, &arch)?;
+        fetched = Some(Fetched {
+            version_dir: report.version_dir,
+            new: !report.reused,
+        });
+        (image, false)
+    } else if source.is_dir() {
         (ClusterImage::open(host, &args.image, &arch)?, false)
     } else if source.is_file() {
         let (listing, _) = crate::rootfs::inspect::list_archive(&source)?;
@@ -64,7 +93,13 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
         &target.metadata.version,
         controller_versions.as_deref(),
     )
-    .map_err(|e| Error::Failed(format!("upgrade refused: {e}")))?;
+    .map_err(|e| {
+        // A refused download is not kept.
+        if let Some(f) = fetched.as_ref().filter(|f| f.new) {
+            let _ = std::fs::remove_dir_all(&f.version_dir);
+        }
+        Error::Failed(format!("upgrade refused: {e}"))
+    })?;
     if kind == UpgradeKind::Same {
         log::info!(
             "this node already runs {} {}; nothing to upgrade",
@@ -87,13 +122,17 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
 
     let dest = host.real_path(&session.config.rootfs.dir)?;
     let previous = std::fs::canonicalize(&dest).ok();
-    if is_archive {
+    if let Some(f) = &fetched {
+        unpack::switch_link(&dest, &f.version_dir, &arch)?;
+    } else if is_archive {
         let digest = unpack::expected_digest(&source, args.sha256.as_deref())?;
         let options = unpack::UnpackOptions {
             sha256: digest.as_ref().map(|d| d.0.clone()),
             sha256_source: digest.map(|d| d.1),
             max_size: None,
             host_arch: arch.clone(),
+            bundle: false,
+            no_switch: false,
         };
         unpack::unpack(&source, &dest, &options)?;
     } else {
@@ -138,6 +177,13 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
         report.applied.len()
     );
     Ok(())
+}
+
+/// A cluster image downloaded from a URL into the versions folder.
+struct Fetched {
+    version_dir: std::path::PathBuf,
+    /// Published by this run (not found already unpacked).
+    new: bool,
 }
 
 /// The control plane's version, as the API server reports it through `kubeconfig`.

@@ -114,8 +114,27 @@ impl Config {
         self.check_cidrs(&mut errors);
 
         check_host_path_field(&mut errors, "rootfs.dir", &self.rootfs.dir);
-        if let Some(archive) = &self.rootfs.archive {
-            check_host_path_field(&mut errors, "rootfs.archive", archive);
+        match self.rootfs.archive.as_deref().map(|a| (a, a.to_str())) {
+            Some((_, Some(url))) if url.contains("://") => {
+                let scheme = url.split("://").next().unwrap_or_default();
+                match scheme {
+                    "https" => {}
+                    "http" if self.rootfs.insecure_http => {}
+                    "http" => errors.push(err(
+                        "rootfs.archive",
+                        "an http:// URL sends the image unprotected; use https://, or set rootfs.insecure_http: true (the SHA-256 is still checked)",
+                    )),
+                    _ => errors.push(err(
+                        "rootfs.archive",
+                        format!("{scheme}:// is not supported; expected a host path or an https:// URL"),
+                    )),
+                }
+            }
+            Some((path, _)) => check_host_path_field(&mut errors, "rootfs.archive", path),
+            None => {}
+        }
+        if let Some(path) = &self.rootfs.ca_file {
+            check_host_path_field(&mut errors, "rootfs.ca_file", path);
         }
         if let Some(sha) = &self.rootfs.sha256 {
             if let Err(what) = validate::sha256_hex(sha) {

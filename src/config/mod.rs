@@ -196,10 +196,14 @@ impl Default for ClusterConfig {
 pub struct RootfsConfig {
     /// The unpacked cluster image.
     pub dir: PathBuf,
-    /// An archive to unpack into `dir`.
+    /// An archive to unpack into `dir`: a host path, or an `https://` URL.
     pub archive: Option<PathBuf>,
-    /// The archive's expected SHA-256.
+    /// The archive's expected SHA-256 (required for a URL, unless `URL.sha256` is there).
     pub sha256: Option<String>,
+    /// Allow an `http://` archive URL (the SHA-256 is still checked).
+    pub insecure_http: bool,
+    /// A PEM file of CA certificates trusted for the archive URL, besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RootfsConfig {
@@ -208,6 +212,8 @@ impl Default for RootfsConfig {
             dir: PathBuf::from("/var/lib/bootstrap/rootfs"),
             archive: None,
             sha256: None,
+            insecure_http: false,
+            ca_file: None,
         }
     }
 }

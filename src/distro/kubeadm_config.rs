@@ -1,9 +1,11 @@
 //! kubeadm's configuration documents: Init/Cluster/Join/KubeletConfiguration in the API
-//! version the Kubernetes version needs, each merged with `distro.kubeadm.<kind>`.
+//! version the Kubernetes version needs, over the cluster image's `etc/kubeadm.yml` when
+//! it has one, each merged with `distro.kubeadm.<kind>`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::kubeadm_image::{self, ImageDocs};
 use super::{Context, DistroError, JoinMaterial};
 
 pub const CRI_SOCKET: &str = "unix:///var/run/containerd/containerd.sock";
@@ -109,14 +111,24 @@ fn user_docs<'a>(
 
 /// Each document merged with `distro.kubeadm.<kind>`, joined as a multi-document file
 /// of JSON objects (valid YAML, unambiguous types).
-pub(super) fn render_docs(ctx: &Context<'_>, mut docs: Vec<Value>) -> Result<String, DistroError> {
+pub(super) fn render_docs(ctx: &Context<'_>, docs: Vec<Value>) -> Result<String, DistroError> {
+    render_layered(ctx, docs, None)
+}
+
+/// [`render_docs`], each document over the image's of its kind when there is one.
+fn render_layered(
+    ctx: &Context<'_>,
+    mut docs: Vec<Value>,
+    image: Option<&ImageDocs>,
+) -> Result<String, DistroError> {
     let user = user_docs(ctx)?;
     let present: Vec<String> = docs
         .iter()
         .filter_map(|d| d["kind"].as_str().map(str::to_owned))
         .collect();
+    let image_proxy = image.is_some_and(|i| i.get("KubeProxyConfiguration").is_some());
     if present.iter().any(|k| k == "ClusterConfiguration")
-        && user.contains_key("KubeProxyConfiguration")
+        && (user.contains_key("KubeProxyConfiguration") || image_proxy)
     {
         docs.push(json!({
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
@@ -126,14 +138,17 @@ pub(super) fn render_docs(ctx: &Context<'_>, mut docs: Vec<Value>) -> Result<Str
     let mut out = String::new();
     for mut doc in docs {
         let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
-        if let Some(extra) = user.get(&kind) {
-            if !extra.is_object() {
-                return Err(DistroError::Config {
-                    field: format!("distro.kubeadm.{kind}"),
-                    message: "expected a map of fields".into(),
-                });
-            }
-            super::merge_json(&mut doc, extra);
+        let extra = user.get(&kind);
+        if extra.is_some_and(|e| !e.is_object()) {
+            return Err(DistroError::Config {
+                field: format!("distro.kubeadm.{kind}"),
+                message: "expected a map of fields".into(),
+            });
+        }
+        match (image, extra) {
+            (Some(image), extra) => doc = kubeadm_image::layer(image, &kind, doc, extra),
+            (None, Some(extra)) => super::merge_json(&mut doc, extra),
+            (None, None) => {}
         }
         out.push_str("---\n");
         out.push_str(&serde_json::to_string_pretty(&doc).unwrap_or_default());
@@ -189,7 +204,8 @@ pub(super) fn render_init(ctx: &Context<'_>, secrets: &Secrets) -> Result<String
         "failSwapOn": true,
         "containerRuntimeEndpoint": CRI_SOCKET,
     });
-    render_docs(ctx, vec![init, cluster, kubelet])
+    let image = kubeadm_image::load(ctx, is_v1beta4(ctx))?;
+    render_layered(ctx, vec![init, cluster, kubelet], image.as_ref())
 }
 
 pub(super) fn render_join(
@@ -231,5 +247,6 @@ pub(super) fn render_join(
         }
         join["controlPlane"] = control_plane;
     }
-    render_docs(ctx, vec![join])
+    let image = kubeadm_image::load(ctx, is_v1beta4(ctx))?;
+    render_layered(ctx, vec![join], image.as_ref())
 }

@@ -7,6 +7,7 @@ pub mod k0s;
 pub mod k3s;
 pub mod kubeadm;
 mod kubeadm_config;
+mod kubeadm_image;
 pub mod lease;
 pub mod material;
 pub mod node_ops;
@@ -48,6 +49,9 @@ pub enum DistroError {
     Random(#[source] std::io::Error),
     #[error(transparent)]
     Host(#[from] HostError),
+    /// The cluster image's own distro configuration (sealer's `etc/kubeadm.yml`).
+    #[error("{path}: {reason}")]
+    ImageConfig { path: String, reason: String },
 }
 
 /// Everything a driver plans from.
@@ -616,6 +620,12 @@ mod tests {
             distro: DistroKind::K3s,
             arches: vec![],
             arch_dir: None,
+            kubefile_path: None,
+            kubefile: None,
+            container_runtime: None,
+            containerd: None,
+            registry: None,
+            kubeadm_config: None,
         };
         let ctx = Context {
             host: &host,

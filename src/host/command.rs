@@ -56,6 +56,10 @@ pub struct CommandSpec {
     pub stdin: Option<Secret>,
     #[serde(with = "crate::duration_serde")]
     pub timeout: Duration,
+    /// The working folder (a host path, mapped under the root); bootstrap's own when
+    /// none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
 }
 
 /// The default bound on a command.
@@ -70,7 +74,14 @@ impl CommandSpec {
             env: Vec::new(),
             stdin: None,
             timeout: DEFAULT_COMMAND_TIMEOUT,
+            cwd: None,
         }
+    }
+
+    /// Runs it in the host folder `dir`.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
     }
 
     /// Appends one argument.

@@ -69,6 +69,12 @@ pub enum HostError {
     BadPath { path: PathBuf, reason: &'static str },
 }
 
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.trim_end().lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 fn stderr_suffix(stderr: &str) -> String {
     let trimmed = stderr.trim();
     if trimmed.is_empty() {
@@ -149,10 +155,16 @@ pub trait Host {
         if output.success() {
             Ok(output)
         } else {
+            // A command that explains itself only on stdout is shown by that.
+            let shown = if output.stderr.iter().all(u8::is_ascii_whitespace) {
+                tail(&String::from_utf8_lossy(&output.stdout), 20)
+            } else {
+                String::from_utf8_lossy(&output.stderr).into_owned()
+            };
             Err(HostError::Failed {
                 command: command.to_string(),
                 status: output.status_text(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                stderr: shown,
             })
         }
     }

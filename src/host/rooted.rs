@@ -61,6 +61,9 @@ impl RootedHost {
         for (name, value) in &spec.env {
             command.env(name, value);
         }
+        if let Some(dir) = &spec.cwd {
+            command.current_dir(self.resolve(dir)?);
+        }
         command
             .stdin(if spec.stdin.is_some() {
                 Stdio::piped()

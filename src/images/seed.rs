@@ -29,6 +29,16 @@ const ARCHIVE_SUFFIXES: [&str; 6] = [".tar", ".tar.gz", ".tgz", ".tar.zst", ".ta
 /// at `storage_root`. A missing folder seeds nothing. Stops at the first archive that
 /// fails; the archives before it stay seeded, and that one leaves no trace.
 pub fn seed_images_dir(images_dir: &Path, storage_root: &Path) -> Result<SeedReport, SeedError> {
+    seed_images_dir_except(images_dir, storage_root, &[])
+}
+
+/// [`seed_images_dir`], leaving out the archives named in `skip` (the registry's own
+/// image, which the node runs from its binary and does not serve).
+pub fn seed_images_dir_except(
+    images_dir: &Path,
+    storage_root: &Path,
+    skip: &[String],
+) -> Result<SeedReport, SeedError> {
     let entries = match fs::read_dir(images_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -46,6 +56,13 @@ pub fn seed_images_dir(images_dir: &Path, storage_root: &Path) -> Result<SeedRep
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         if name.starts_with('.') || path.is_dir() {
+            continue;
+        }
+        if skip.contains(&name) {
+            log::info!(
+                "{}: not seeded: it is the registry's own image",
+                path.display()
+            );
             continue;
         }
         if ARCHIVE_SUFFIXES.iter().any(|suffix| name.ends_with(suffix)) {

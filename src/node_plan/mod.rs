@@ -2,6 +2,8 @@
 //! runtime and registry, the distro, the join service — assembled from one
 //! [`NodeView`], built once per command by `app`.
 
+mod image_binaries;
+mod launch;
 mod payloads;
 pub mod registry;
 pub mod runtime;
@@ -51,6 +53,8 @@ pub struct NodeView<'a> {
     pub kept_join_secret: Option<Secret>,
     /// The bootstrap binary the join service runs when the cluster image ships none.
     pub running_binary: String,
+    /// For an archive URL, its SHA-256 and where that came from, as the session found.
+    pub archive_digest: Option<(String, String)>,
 }
 
 impl<'a> NodeView<'a> {
@@ -141,6 +145,10 @@ pub fn plan(view: &NodeView<'_>) -> Result<Plan, NodePlanError> {
             plan.push(step);
         }
     }
+    // Last: the join service is up for other nodes even if an image's command fails.
+    for step in launch::steps(view)? {
+        plan.push(step);
+    }
     Ok(plan)
 }
 
@@ -188,12 +196,19 @@ pub fn install_plan(view: &NodeView<'_>) -> Result<Plan, NodePlanError> {
 /// Unpacking `rootfs.archive` into `rootfs.dir`, when an archive is configured.
 fn unpack_step(view: &NodeView<'_>) -> Option<Step> {
     let archive = view.config.rootfs.archive.as_ref()?;
-    let digest = view
-        .host
-        .real_path(archive)
-        .ok()
-        .and_then(|real| unpack::expected_digest(&real, view.config.rootfs.sha256.as_deref()).ok())
-        .flatten();
+    let url = crate::plan::is_url(archive);
+    let digest = if url {
+        // Resolved (given, or URL.sha256) when the session opened the image.
+        view.archive_digest.clone()
+    } else {
+        view.host
+            .real_path(archive)
+            .ok()
+            .and_then(|real| {
+                unpack::expected_digest(&real, view.config.rootfs.sha256.as_deref()).ok()
+            })
+            .flatten()
+    };
     let (sha256, source) = match digest {
         Some((hex, source)) if view.config.rootfs.sha256.is_some() => {
             (Some(hex), Some(format!("rootfs.sha256 ({source})")))
@@ -211,6 +226,9 @@ fn unpack_step(view: &NodeView<'_>) -> Option<Step> {
             sha256,
             sha256_source: source.map(|s| s.replacen(&root, "", 1)),
             arch: view.facts.arch.clone(),
+            bundle: false,
+            ca_file: view.config.rootfs.ca_file.clone().filter(|_| url),
+            insecure_http: url && view.config.rootfs.insecure_http,
         },
     ))
 }

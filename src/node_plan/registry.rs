@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::runtime::{step, write, Inputs, RuntimeError};
-use crate::host::{FileKind, Host, HostError};
+use crate::host::{Host, HostError};
 use crate::plan::{Action, Contents, Phase, Probe, ServiceAction, Step};
 use crate::systemd::daemon_reload;
 
@@ -63,27 +63,8 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
         return Ok(steps);
     }
     let host = inputs.host;
-    let bin_dir = inputs.image_dir("bin")?;
-    let binary = bin_dir.join("registry");
-    if !host
-        .stat(&binary)?
-        .is_some_and(|m| m.kind == FileKind::File)
-    {
-        return Err(RuntimeError::MissingInImage {
-            image: inputs.image.dir.display().to_string(),
-            what: "bin/registry".to_owned(),
-            why: "registry.enabled is true; set registry.enabled: false to go without a local registry".to_owned(),
-        });
-    }
-    steps.push(step(
-        Phase::Registry,
-        "the CNCF distribution registry serves the cluster's images",
-        Action::InstallBinary {
-            source: binary,
-            dest: PathBuf::from(reg::BINARY),
-            mode: 0o755,
-        },
-    ));
+    let (install, registry_image) = super::image_binaries::registry_install(inputs)?;
+    steps.push(install);
 
     let mut ips: Vec<IpAddr> = inputs
         .config
@@ -283,6 +264,7 @@ pub fn registry_steps(inputs: &Inputs<'_>) -> Result<Vec<Step>, RuntimeError> {
                     ],
                 )?,
                 images_dir: images,
+                skip: registry_image.into_iter().collect(),
                 registry_tree: tree,
                 storage: PathBuf::from(reg::STORAGE_DIR),
             },
@@ -454,6 +436,12 @@ mod tests {
             distro: DistroKind::K3s,
             arches: vec![],
             arch_dir: None,
+            kubefile_path: None,
+            kubefile: None,
+            container_runtime: None,
+            containerd: None,
+            registry: None,
+            kubeadm_config: None,
         }
     }
 

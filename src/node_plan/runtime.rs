@@ -12,6 +12,7 @@ use crate::distro_kind::{kube_version, DistroKind};
 use crate::host::{CommandSpec, FileKind, HostError};
 use crate::plan::{Action, Contents, Phase, Probe, ServiceAction, Step};
 use crate::role::Role;
+use crate::rootfs::sources::BinarySource;
 use crate::systemd::daemon_reload;
 
 /// Where k3s imports image archives from at every start.
@@ -40,6 +41,8 @@ pub enum RuntimeError {
     Unit(#[from] crate::systemd::UnitError),
     #[error("registry htpasswd: {0}")]
     Htpasswd(#[from] crate::registry::HtpasswdError),
+    #[error(transparent)]
+    Packed(#[from] super::image_binaries::PackedError),
     #[error(transparent)]
     Host(#[from] HostError),
 }
@@ -244,7 +247,11 @@ fn airgap_images(
     dir: &str,
     decompress: bool,
 ) -> Result<(), RuntimeError> {
+    let registry_image = super::image_binaries::registry_image_name(inputs);
     for (name, source) in inputs.image_files("images")? {
+        if registry_image.as_ref() == Some(&name) {
+            continue;
+        }
         let dest_name = if decompress {
             strip_compression_suffix(&name)
         } else {
@@ -285,46 +292,59 @@ fn kubeadm_containerd(
     version: Option<(u32, u32)>,
     steps: &mut Vec<Step>,
 ) -> Result<(), RuntimeError> {
-    let bin_dir = inputs.image_dir("bin")?;
-    let names: Vec<String> = inputs.host.list_dir(&bin_dir)?.unwrap_or_default();
-    for needed in ["containerd", "runc", "containerd-shim-runc-v2"] {
-        if !names.iter().any(|n| n == needed) {
-            return Err(RuntimeError::MissingInImage {
-                image: inputs.image.dir.display().to_string(),
-                what: format!("bin/{needed}"),
-                why: "kubeadm needs containerd and runc on the host".to_owned(),
-            });
-        }
+    let mut cni_files = Vec::new();
+    for cni in ["cni/bin", "opt/cni/bin"] {
+        cni_files.extend(inputs.image_files(cni)?);
     }
-    for (name, dest) in containerd::binaries(&names) {
+    let (binary, text) = match &inputs.image.containerd {
+        Some(BinarySource::Bundle { path, docker }) => {
+            let own: Vec<String> = cni_files.iter().map(|(n, _)| n.clone()).collect();
+            let (bundle_steps, text) =
+                super::image_binaries::containerd_from_bundle(inputs, path, *docker, &own)?;
+            steps.extend(bundle_steps);
+            (path.join("containerd"), text)
+        }
+        _ => {
+            let bin_dir = inputs.image_dir("bin")?;
+            let names: Vec<String> = inputs.host.list_dir(&bin_dir)?.unwrap_or_default();
+            for needed in ["containerd", "runc", "containerd-shim-runc-v2"] {
+                if !names.iter().any(|n| n == needed) {
+                    return Err(RuntimeError::MissingInImage {
+                        image: inputs.image.dir.display().to_string(),
+                        what: format!("bin/{needed}"),
+                        why: "kubeadm needs containerd and runc on the host (from bin/, or from the bundle cri/containerd.tar.gz)".to_owned(),
+                    });
+                }
+            }
+            for (name, dest) in containerd::binaries(&names) {
+                steps.push(step(
+                    Phase::Runtime,
+                    "kubeadm runs on the host's containerd",
+                    Action::InstallBinary {
+                        source: bin_dir.join(&name),
+                        dest,
+                        mode: 0o755,
+                    },
+                ));
+            }
+            let binary = bin_dir.join("containerd");
+            let output = inputs
+                .host
+                .run(&CommandSpec::new(binary.display().to_string()).arg("--version"))?;
+            (binary, output.stdout_text())
+        }
+    };
+    for (name, source) in cni_files {
         steps.push(step(
             Phase::Runtime,
-            "kubeadm runs on the host's containerd",
+            "pod networking plugins",
             Action::InstallBinary {
-                source: bin_dir.join(&name),
-                dest,
+                source,
+                dest: Path::new(containerd::CNI_BIN_DIR).join(name),
                 mode: 0o755,
             },
         ));
     }
-    for cni in ["cni/bin", "opt/cni/bin"] {
-        for (name, source) in inputs.image_files(cni)? {
-            steps.push(step(
-                Phase::Runtime,
-                "pod networking plugins",
-                Action::InstallBinary {
-                    source,
-                    dest: Path::new(containerd::CNI_BIN_DIR).join(name),
-                    mode: 0o755,
-                },
-            ));
-        }
-    }
-    let binary = bin_dir.join("containerd");
-    let output = inputs
-        .host
-        .run(&CommandSpec::new(binary.display().to_string()).arg("--version"))?;
-    let text = output.stdout_text();
     let schema =
         containerd::version_from_output(&text).ok_or_else(|| RuntimeError::ContainerdVersion {
             binary: binary.display().to_string(),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::check::{self, Status};
 use super::journal::{EntryStatus, Journal, Undo};
-use super::payloads::{PayloadError, Payloads, Unpack};
+use super::payloads::{ImageFile, PayloadError, Payloads, Unpack};
 use super::step::{Action, Phase, ServiceAction, Step};
 use super::Plan;
 use crate::host::{Host, HostError};
@@ -152,6 +152,7 @@ fn undo_for(host: &dyn Host, action: &Action) -> Result<Option<Undo>, HostError>
     Ok(match action {
         Action::WriteFile { path, .. }
         | Action::InstallBinary { dest: path, .. }
+        | Action::InstallFromImage { dest: path, .. }
         | Action::CopyFile { dest: path, .. }
         | Action::Symlink { path, .. } => {
             if host.metadata(path)?.is_some() {
@@ -226,6 +227,25 @@ fn run(host: &dyn Host, payloads: &dyn Payloads, step: &Step) -> Result<(), Appl
         Action::InstallBinary { source, dest, mode } => {
             copy_file(host, source, dest, *mode, false).map_err(fail)
         }
+        Action::InstallFromImage {
+            image,
+            file,
+            dest,
+            mode,
+            arch,
+        } => {
+            let image = host.real_path(image).map_err(fail)?;
+            let dest = host.real_path(dest).map_err(fail)?;
+            payloads
+                .install_image_file(&ImageFile {
+                    image: &image,
+                    file,
+                    dest: &dest,
+                    mode: *mode,
+                    arch,
+                })
+                .map_err(payload_failed)
+        }
         Action::RunCommand { command, .. } => host.run_checked(command).map(drop).map_err(fail),
         Action::Service { unit, action } => {
             let mut args = vec![action.verb()];
@@ -256,6 +276,7 @@ fn run(host: &dyn Host, payloads: &dyn Payloads, step: &Step) -> Result<(), Appl
             images_dir,
             registry_tree,
             storage,
+            skip,
             ..
         } => {
             let real = |path: &Option<std::path::PathBuf>| {
@@ -265,7 +286,7 @@ fn run(host: &dyn Host, payloads: &dyn Payloads, step: &Step) -> Result<(), Appl
             let dir = real(images_dir).map_err(fail)?;
             let storage = host.real_path(storage).map_err(fail)?;
             payloads
-                .seed(tree.as_deref(), dir.as_deref(), &storage)
+                .seed(tree.as_deref(), dir.as_deref(), skip, &storage)
                 .map_err(payload_failed)
         }
         Action::HostsEntry { ip, names } => {
@@ -313,9 +334,21 @@ fn run(host: &dyn Host, payloads: &dyn Payloads, step: &Step) -> Result<(), Appl
             sha256,
             sha256_source,
             arch,
+            bundle,
+            ca_file,
+            insecure_http,
         } => {
-            let archive = host.real_path(archive).map_err(fail)?;
+            let archive = if super::payloads::is_url(archive) {
+                archive.clone()
+            } else {
+                host.real_path(archive).map_err(fail)?
+            };
             let dest = host.real_path(dest).map_err(fail)?;
+            let ca_file = ca_file
+                .as_deref()
+                .map(|p| host.real_path(p))
+                .transpose()
+                .map_err(fail)?;
             payloads
                 .unpack(&Unpack {
                     archive: &archive,
@@ -323,6 +356,9 @@ fn run(host: &dyn Host, payloads: &dyn Payloads, step: &Step) -> Result<(), Appl
                     sha256: sha256.as_deref(),
                     sha256_source: sha256_source.as_deref(),
                     arch,
+                    bundle: *bundle,
+                    ca_file: ca_file.as_deref(),
+                    insecure_http: *insecure_http,
                 })
                 .map_err(payload_failed)
         }

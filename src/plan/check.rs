@@ -74,7 +74,7 @@ pub fn probe(host: &dyn Host, probe: &Probe) -> Result<bool, HostError> {
                     std::io::Error::from(std::io::ErrorKind::NotFound),
                 )
             })?;
-            match super::tls_probe::https_ok(&ca, address, server_name, path) {
+            match crate::http::https_ok(&ca, address, server_name, path) {
                 Ok(ok) => ok,
                 Err(why) => {
                     return Err(HostError::Failed {
@@ -154,6 +154,15 @@ pub fn check(
         // Installed binaries keep their source's mtime (see `apply`), so size and mtime
         // tell a copy from a change without reading tens of megabytes on every run.
         Action::InstallBinary { source, dest, mode } => copied(host, source, dest, *mode)?,
+        // Installed with the image archive's mtime (see `apply`).
+        Action::InstallFromImage {
+            image, dest, mode, ..
+        } => match host.metadata(dest)? {
+            Some(dst) if dst.kind == FileKind::File && dst.mode == *mode => done(
+                mtime_of(host, image)?.is_some() && mtime_of(host, image)? == mtime_of(host, dest)?,
+            ),
+            _ => Status::Pending,
+        },
         Action::RunCommand { done_when, .. } => match done_when {
             Some(p) => done(probe(host, p)?),
             None => Status::Unknown,
@@ -238,7 +247,11 @@ pub fn check(
             sha256,
             ..
         } => {
-            let archive = host.real_path(archive)?;
+            let archive = if super::payloads::is_url(archive) {
+                archive.clone()
+            } else {
+                host.real_path(archive)?
+            };
             let dest = host.real_path(dest)?;
             done(payloads.is_unpacked(&archive, &dest, sha256.as_deref()))
         }

@@ -11,11 +11,10 @@ pub mod journal;
 pub(crate) mod payloads;
 mod render;
 mod step;
-pub mod tls_probe;
 
 pub use apply::{apply, ApplyError, ApplyReport};
 pub use check::{check, Status};
-pub use payloads::{PayloadError, Payloads, Unpack};
+pub use payloads::{is_url, ImageFile, PayloadError, Payloads, Unpack};
 pub use step::{Action, Contents, Phase, Probe, ServiceAction, Step};
 
 use serde::Serialize;

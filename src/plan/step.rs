@@ -180,6 +180,16 @@ pub enum Action {
         dest: PathBuf,
         mode: u32,
     },
+    /// Installs one file of a container image archive (`file`, a path in the image, from
+    /// its top-most layer that has it), checked to be an executable for `arch`. In
+    /// place when the destination has the archive's mtime and the mode.
+    InstallFromImage {
+        image: PathBuf,
+        file: String,
+        dest: PathBuf,
+        mode: u32,
+        arch: String,
+    },
     RunCommand {
         command: CommandSpec,
         /// When given, the command is skipped while this probe passes.
@@ -202,6 +212,9 @@ pub enum Action {
     SeedImages {
         #[serde(skip_serializing_if = "Option::is_none")]
         images_dir: Option<PathBuf>,
+        /// Archives of `images_dir` not to seed (the registry's own image).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skip: Vec<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         registry_tree: Option<PathBuf>,
         storage: PathBuf,
@@ -226,6 +239,16 @@ pub enum Action {
         sha256_source: Option<String>,
         /// The host architecture, for per-arch images.
         arch: String,
+        /// A bundle of binaries from inside the cluster image (containerd's), unpacked
+        /// the same safe way, not itself a cluster image.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        bundle: bool,
+        /// For an archive URL: CA certificates trusted besides the system's (a host path).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+        /// For an archive URL: `http://` allowed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        insecure_http: bool,
     },
     /// Makes `path` a symlink to `target`.
     Symlink {
@@ -329,7 +352,9 @@ impl Action {
         match self {
             Action::MakeDir { path, .. } => format!("mkdir:{}", path.display()),
             Action::WriteFile { path, .. } => format!("write:{}", path.display()),
-            Action::InstallBinary { dest, .. } => format!("install:{}", dest.display()),
+            Action::InstallBinary { dest, .. } | Action::InstallFromImage { dest, .. } => {
+                format!("install:{}", dest.display())
+            }
             Action::RunCommand { command, .. } => format!("run:{command}"),
             Action::Service { unit, action } => format!("{}:{unit}", action.verb()),
             Action::WaitFor { probe, .. } => format!("wait:{probe}"),
@@ -409,6 +434,18 @@ impl fmt::Display for Action {
                 dest.display(),
                 source.display()
             ),
+            Action::InstallFromImage {
+                image,
+                file,
+                dest,
+                mode,
+                ..
+            } => write!(
+                f,
+                "install {} from {file} in the image {} ({mode:04o})",
+                dest.display(),
+                image.display()
+            ),
             Action::RunCommand { command, .. } => write!(f, "run `{command}`"),
             Action::Service { unit, action } => match action {
                 ServiceAction::StartNoBlock => write!(f, "systemctl start --no-block {unit}"),
@@ -453,6 +490,17 @@ impl fmt::Display for Action {
                     names.join(" ")
                 )
             }
+            Action::UnpackRootfs {
+                archive,
+                dest,
+                bundle: true,
+                ..
+            } => write!(
+                f,
+                "unpack the bundle {} into {}",
+                archive.display(),
+                dest.display()
+            ),
             Action::UnpackRootfs {
                 archive,
                 dest,

@@ -32,6 +32,16 @@ pub struct InspectReport {
     pub images: ImagesSummary,
     pub registry_repositories: Vec<String>,
     pub manifests: Vec<String>,
+    /// Where containerd comes from (kubeadm installs it on the host).
+    pub containerd: Option<String>,
+    /// Where the registry binary comes from.
+    pub registry: Option<String>,
+    /// The Kubefile, its labels, and what runs once the cluster is up.
+    pub kubefile: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub launch: Vec<String>,
+    /// sealer's kubeadm configuration, the base of the one bootstrap writes.
+    pub kubeadm_config: Option<String>,
 }
 
 /// One file and its size.
@@ -121,7 +131,22 @@ pub fn report(
         .into_iter()
         .map(|f| f.name)
         .collect();
+    let shown = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     Ok(InspectReport {
+        containerd: image.containerd.as_ref().map(ToString::to_string),
+        registry: image.registry.as_ref().map(ToString::to_string),
+        kubefile: shown(&image.kubefile_path),
+        labels: image
+            .kubefile
+            .as_ref()
+            .map(|k| k.labels.clone())
+            .unwrap_or_default(),
+        launch: image
+            .kubefile
+            .as_ref()
+            .map(|k| k.launch.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        kubeadm_config: shown(&image.kubeadm_config),
         source: tree.describe(),
         format: format.to_owned(),
         distro: image.distro.to_string(),
@@ -137,15 +162,24 @@ pub fn report(
 }
 
 /// Lists an archive's entries in one streaming pass (nothing is written), keeping the
-/// contents of the files that may be `Metadata`.
+/// contents of the files that may be `Metadata` or the `Kubefile`.
 pub fn list_archive(
     archive: &Path,
+) -> Result<(ListingTree, compression::Compression), UnpackError> {
+    let file = std::fs::File::open(archive)
+        .map_err(|e| UnpackError::Io(crate::io::PathError::new("open", archive, e)))?;
+    list_stream(archive, file)
+}
+
+/// [`list_archive`] of a stream (a download), `archive` naming it in messages.
+pub fn list_stream(
+    archive: &Path,
+    reader: impl Read,
 ) -> Result<(ListingTree, compression::Compression), UnpackError> {
     let io_err = |op: &'static str| {
         move |source: io::Error| UnpackError::Io(crate::io::PathError::new(op, archive, source))
     };
-    let file = std::fs::File::open(archive).map_err(io_err("open"))?;
-    let mut raw = BufReader::with_capacity(1 << 20, file);
+    let mut raw = BufReader::with_capacity(1 << 20, reader);
     let compression = match compression::detect(&mut raw).map_err(io_err("read"))? {
         Ok(c) => c,
         Err(format) => {
@@ -190,7 +224,11 @@ pub fn list_archive(
         }
         let size = entry.size();
         let executable = header.mode().unwrap_or(0) & 0o111 != 0;
-        if rel.file_name().is_some_and(|n| n == "Metadata") && size <= MAX_METADATA_BYTES {
+        if rel
+            .file_name()
+            .is_some_and(|n| n == "Metadata" || n == "Kubefile")
+            && size <= MAX_METADATA_BYTES
+        {
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes).map_err(corrupt)?;
             listing.contents.insert(rel.clone(), bytes);

@@ -1,9 +1,14 @@
-//! The cluster image (rootfs): sealer-compatible `Metadata` and layout, the distro it
-//! selects, `inspect`, and safe, verified, versioned unpacking of image archives.
+//! The cluster image (rootfs): sealer-compatible `Metadata`, `Kubefile` and layout, the
+//! distro it selects, `inspect`, and safe, verified, versioned unpacking of image archives
+//! (from a file, or streamed from a URL).
 
+pub mod bundle;
 mod extract;
 mod image;
 pub mod inspect;
+pub mod kubefile;
+pub mod remote;
+pub mod sources;
 pub mod tree;
 pub mod unpack;
 

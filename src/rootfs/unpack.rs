@@ -60,6 +60,12 @@ pub enum UnpackError {
     },
     #[error("{dest} exists and is not a folder or a symlink bootstrap made")]
     BadDest { dest: PathBuf },
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error("{url}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("{url}: a cluster image from a URL needs its SHA-256: set rootfs.sha256 (or --sha256), or publish {url}.sha256 beside it")]
+    NoDigest { url: String },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
@@ -77,6 +83,22 @@ pub struct UnpackOptions {
     pub max_size: Option<u64>,
     /// The host architecture, to read per-arch images.
     pub host_arch: String,
+    /// The archive is a bundle of binaries inside a cluster image (containerd's), not a
+    /// cluster image: it has no digest of its own (the image it came in was verified)
+    /// and no `Metadata`.
+    pub bundle: bool,
+    /// Publish the version folder but leave DEST where it points (`upgrade` switches it
+    /// once its checks pass).
+    pub no_switch: bool,
+}
+
+/// An archive being read: where it comes from (a path, or a URL shown as one), its
+/// bytes, its size when known, and the file's identity (zero for a download).
+struct Input {
+    archive: PathBuf,
+    reader: Box<dyn Read + Send>,
+    len: Option<u64>,
+    identity: (u64, i128, u64, u64),
 }
 
 /// What an unpack did.
@@ -335,6 +357,84 @@ pub fn unpack(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackReport, UnpackError> {
+    let versions = versions_dir(dest);
+    fs::create_dir_all(&versions).map_err(io_err("create folder", &versions))?;
+    if let Some(done) = find_unpacked(archive, dest, opts.sha256.as_deref()) {
+        return reuse(archive, &done, dest, opts);
+    }
+    let file = File::open(archive).map_err(io_err("open", archive))?;
+    let file_meta = file.metadata().map_err(io_err("stat", archive))?;
+    let input = Input {
+        archive: archive.to_path_buf(),
+        reader: Box::new(file),
+        len: Some(file_meta.len()),
+        identity: stat_identity(&file_meta),
+    };
+    unpack_input(input, dest, opts)
+}
+
+/// Unpacks what `download` serves so that `dest` (a real path) points at it: the bytes
+/// go from the network through the hasher and the decompressor into the staging folder,
+/// with no copy of the archive on disk. `opts.sha256` must be set: a download is only
+/// published when its digest is the one expected.
+pub fn unpack_download(
+    download: crate::http::download::Download,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport, UnpackError> {
+    let archive = PathBuf::from(download.shown());
+    let versions = versions_dir(dest);
+    fs::create_dir_all(&versions).map_err(io_err("create folder", &versions))?;
+    if let Some(done) = find_unpacked(&archive, dest, opts.sha256.as_deref()) {
+        return reuse(&archive, &done, dest, opts);
+    }
+    let input = Input {
+        archive,
+        len: download.len(),
+        reader: Box::new(download),
+        identity: (0, 0, 0, 0),
+    };
+    unpack_input(input, dest, opts)
+}
+
+/// What an unpack reports for an archive already unpacked in `done`; DEST is pointed at
+/// it unless `opts.no_switch`.
+fn reuse(
+    archive: &Path,
+    done: &Path,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport, UnpackError> {
+    let text = fs::read_to_string(done.join(MARKER)).map_err(io_err("read", done))?;
+    let marker: Marker =
+        serde_json::from_str(&text).map_err(|e| io_err("parse", done)(io::Error::other(e)))?;
+    if !opts.no_switch && !points_at(dest, done) {
+        switch_link(dest, done, &opts.host_arch)?;
+    }
+    log::info!(
+        "{} is already unpacked in {}",
+        archive.display(),
+        done.display()
+    );
+    Ok(UnpackReport {
+        archive: archive.to_path_buf(),
+        sha256: marker.sha256,
+        compression: marker.compression,
+        version_dir: done.to_path_buf(),
+        reused: true,
+        files: 0,
+        bytes: 0,
+        stripped_modes: Vec::new(),
+    })
+}
+
+/// The unpack proper: staged, hashed while read, verified, then published.
+fn unpack_input(
+    input: Input,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport, UnpackError> {
+    let archive = input.archive.as_path();
     let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
     let dest_name = dest
         .file_name()
@@ -342,34 +442,6 @@ pub fn unpack(
         .to_string_lossy()
         .into_owned();
     let versions = versions_dir(dest);
-    fs::create_dir_all(&versions).map_err(io_err("create folder", &versions))?;
-
-    if let Some(done) = find_unpacked(archive, dest, opts.sha256.as_deref()) {
-        let text = fs::read_to_string(done.join(MARKER)).map_err(io_err("read", &done))?;
-        let marker: Marker =
-            serde_json::from_str(&text).map_err(|e| io_err("parse", &done)(io::Error::other(e)))?;
-        if !points_at(dest, &done) {
-            switch_link(dest, &done, &opts.host_arch)?;
-        }
-        log::info!(
-            "{} is already unpacked in {}",
-            archive.display(),
-            done.display()
-        );
-        return Ok(UnpackReport {
-            archive: archive.to_path_buf(),
-            sha256: marker.sha256,
-            compression: marker.compression,
-            version_dir: done,
-            reused: true,
-            files: 0,
-            bytes: 0,
-            stripped_modes: Vec::new(),
-        });
-    }
-
-    let file = File::open(archive).map_err(io_err("open", archive))?;
-    let file_meta = file.metadata().map_err(io_err("stat", archive))?;
     let max_bytes = match opts.max_size {
         Some(max) => max,
         None => {
@@ -395,7 +467,10 @@ pub fn unpack(
     };
 
     let progress = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(file_meta.len());
+        let bar = match input.len {
+            Some(len) => indicatif::ProgressBar::new(len),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "unpacking {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -407,7 +482,7 @@ pub fn unpack(
     let mut raw = BufReader::with_capacity(
         1 << 20,
         HashingReader {
-            inner: file,
+            inner: input.reader,
             hasher: Sha256::new(),
             bytes: 0,
             progress: progress.clone(),
@@ -439,7 +514,7 @@ pub fn unpack(
                     .unwrap_or_default(),
             });
         }
-    } else {
+    } else if !opts.bundle {
         log::warn!(
             "{}: no SHA-256 to check against (set rootfs.sha256 or put {}.sha256 beside it); its digest is {actual}",
             archive.display(),
@@ -447,14 +522,22 @@ pub fn unpack(
         );
     }
 
-    let host = RootedHost::new("/");
-    let image = ClusterImage::open(&host, &staging.path, &opts.host_arch).map_err(|source| {
-        UnpackError::Image {
-            archive: archive.to_path_buf(),
-            source,
-        }
-    })?;
-    let (size, mtime_ns, dev, ino) = stat_identity(&file_meta);
+    let label = if opts.bundle {
+        archive
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        let host = RootedHost::new("/");
+        ClusterImage::open(&host, &staging.path, &opts.host_arch)
+            .map_err(|source| UnpackError::Image {
+                archive: archive.to_path_buf(),
+                source,
+            })?
+            .metadata
+            .version
+    };
+    let (size, mtime_ns, dev, ino) = input.identity;
     let marker = Marker {
         archive: archive.to_path_buf(),
         sha256: actual.clone(),
@@ -472,12 +555,17 @@ pub fn unpack(
         .map_err(io_err("chmod", &staging.path))?;
     fsync_tree_root(&staging.path)?;
 
-    let version_dir = versions.join(format!(
-        "{}-{}",
-        sanitize(&image.metadata.version),
-        &actual[..12]
-    ));
+    let version_dir = versions.join(format!("{}-{}", sanitize(&label), &actual[..12]));
     if version_dir.exists() {
+        let published = fs::read_to_string(version_dir.join(MARKER))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Marker>(&t).ok())
+            .is_some_and(|m| m.sha256 == actual);
+        if published {
+            // Another run unpacked the same archive meanwhile: use its copy.
+            drop(staging);
+            return reuse(archive, &version_dir, dest, opts);
+        }
         // Same digest, but no valid marker: an older, unrecorded copy. Ours to replace.
         let _ = make_writable(&version_dir);
         fs::remove_dir_all(&version_dir).map_err(io_err("remove", &version_dir))?;
@@ -485,7 +573,9 @@ pub fn unpack(
     fs::rename(&staging.path, &version_dir).map_err(io_err("rename", &version_dir))?;
     staging.committed = true;
     fsync_dir(&versions)?;
-    switch_link(dest, &version_dir, &opts.host_arch)?;
+    if !opts.no_switch {
+        switch_link(dest, &version_dir, &opts.host_arch)?;
+    }
     log::info!(
         "unpacked {} ({compression}, {} files, {} bytes) into {}",
         archive.display(),
@@ -526,7 +616,7 @@ fn fsync_tree_root(dir: &Path) -> Result<(), UnpackError> {
 fn extract_stream(
     archive: &Path,
     compression: Compression,
-    raw: BufReader<HashingReader<File>>,
+    raw: BufReader<HashingReader<Box<dyn Read + Send>>>,
     staging: &Path,
     max_bytes: u64,
 ) -> Result<(ExtractReport, String), UnpackError> {
