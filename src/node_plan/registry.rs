@@ -440,7 +440,9 @@ mod tests {
             kubefile: None,
             container_runtime: None,
             containerd: None,
-            registry: None,
+            registry: Some(crate::rootfs::sources::BinarySource::Bin {
+                path: PathBuf::from("bin/registry"),
+            }),
             kubeadm_config: None,
         }
     }
