@@ -35,9 +35,6 @@ pub const CERTS_UPLOADED: &str = "/var/lib/bootstrap/kubeadm/certs-uploaded";
 pub const ADMIN_KUBECONFIG: &str = "/etc/kubernetes/admin.conf";
 pub const KUBELET_KUBECONFIG: &str = "/etc/kubernetes/kubelet.conf";
 pub const CA_CERT: &str = "/etc/kubernetes/pki/ca.crt";
-/// kubeadm deletes the uploaded certificates after 2 h; a controller joining on a key
-/// uploaded longer ago than this gets a fresh upload first.
-const CERTS_REUPLOAD_AFTER: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 const KUBEADM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 /// Bound on draining a controller before its kubelet is replaced.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
@@ -503,67 +500,51 @@ pub fn is_bootstrap_token(token: &str) -> bool {
     matches!(token.split_once('.'), Some((id, secret)) if ok(id, 6) && ok(secret, 16))
 }
 
-/// The certificate key for a controller join; the certificates are uploaded again first
-/// when the last upload is old enough that kubeadm may delete them before the join.
+/// The certificate key for a controller join: every controller mint uploads the
+/// control-plane certificates again, encrypted with a key of its own. Any controller may
+/// mint, so an earlier key — this controller's or another's — may no longer open what
+/// kubeadm keeps; and a key once handed out opens nothing uploaded later.
 fn certificate_key_for_join(ctx: &Context<'_>) -> Result<Secret, DistroError> {
-    let secrets = secrets(ctx)?;
-    let last_upload = match ctx.host.read_string(Path::new(CERTS_UPLOADED))? {
-        Some(text) => humantime::parse_rfc3339(text.trim()).ok(),
-        // Uploaded by `kubeadm init --upload-certs`, when admin.conf was written.
-        None => std::fs::metadata(ctx.host.real_path(Path::new(ADMIN_KUBECONFIG))?)
-            .and_then(|m| m.modified())
-            .ok(),
-    };
-    let fresh = last_upload
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < CERTS_REUPLOAD_AFTER);
-    let uploaded_with_this_key = ctx.host.exists(Path::new(SECRETS))?;
-    if !fresh || !uploaded_with_this_key {
-        let config = render_docs(
-            ctx,
-            vec![
-                json!({
-                    "apiVersion": api_version(ctx),
-                    "kind": "InitConfiguration",
-                    "certificateKey": secrets.certificate_key,
-                    "nodeRegistration": {"criSocket": CRI_SOCKET},
-                }),
-                json!({
-                    "apiVersion": api_version(ctx),
-                    "kind": "ClusterConfiguration",
-                    "kubernetesVersion": ctx.kube_version(),
-                    "controlPlaneEndpoint": ctx.endpoint(),
-                }),
-            ],
-        )?;
-        ctx.host
-            .write_atomic(Path::new(UPLOAD_CONFIG), config.as_bytes(), 0o600, None)?;
-        if !uploaded_with_this_key {
-            let text = serde_json::to_string(&secrets).unwrap_or_default();
-            ctx.host
-                .write_atomic(Path::new(SECRETS), text.as_bytes(), 0o600, None)?;
-        }
-        log::info!("uploading the control-plane certificates again (kubeadm keeps them 2 h)");
-        ctx.host.run_checked(
-            &CommandSpec::new(KUBEADM)
-                .args([
-                    "init",
-                    "phase",
-                    "upload-certs",
-                    "--upload-certs",
-                    "--config",
-                    UPLOAD_CONFIG,
-                ])
-                .timeout(KUBEADM_TIMEOUT),
-        )?;
-        ctx.host.write_atomic(
-            Path::new(CERTS_UPLOADED),
-            crate::state::now_rfc3339().as_bytes(),
-            0o600,
-            None,
-        )?;
-    }
-    Ok(Secret::new(secrets.certificate_key))
+    let key = crate::random::hex(32).map_err(DistroError::Random)?;
+    let config = render_docs(
+        ctx,
+        vec![
+            json!({
+                "apiVersion": api_version(ctx),
+                "kind": "InitConfiguration",
+                "certificateKey": key,
+                "nodeRegistration": {"criSocket": CRI_SOCKET},
+            }),
+            json!({
+                "apiVersion": api_version(ctx),
+                "kind": "ClusterConfiguration",
+                "kubernetesVersion": ctx.kube_version(),
+                "controlPlaneEndpoint": ctx.endpoint(),
+            }),
+        ],
+    )?;
+    ctx.host
+        .write_atomic(Path::new(UPLOAD_CONFIG), config.as_bytes(), 0o600, None)?;
+    log::info!("uploading the control-plane certificates with a new key for this controller join");
+    ctx.host.run_checked(
+        &CommandSpec::new(KUBEADM)
+            .args([
+                "init",
+                "phase",
+                "upload-certs",
+                "--upload-certs",
+                "--config",
+                UPLOAD_CONFIG,
+            ])
+            .timeout(KUBEADM_TIMEOUT),
+    )?;
+    ctx.host.write_atomic(
+        Path::new(CERTS_UPLOADED),
+        crate::state::now_rfc3339().as_bytes(),
+        0o600,
+        None,
+    )?;
+    Ok(Secret::new(key))
 }
 
 #[cfg(test)]

@@ -20,11 +20,6 @@ pub trait Minter: Send + Sync {
 /// How long a failed mint's reason is the answer before the next caller tries again.
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(3);
 
-/// How long controller material may be handed out after it was minted: kubeadm deletes
-/// the uploaded control-plane certificates 2 h after an upload, and they are uploaded
-/// again only by a new mint.
-const CONTROLLER_REUSE: Duration = Duration::from_secs(30 * 60);
-
 /// What is known for one role.
 #[derive(Default)]
 struct Slot {
@@ -112,19 +107,22 @@ impl Materials {
     }
 }
 
-/// Whether cached material may be handed out again: more than half its life left, and
-/// for controllers minted at most [`CONTROLLER_REUSE`] ago.
+/// Whether cached material may be handed out again: worker material with more than half
+/// its life left. Controller material never is: with every controller minting, the
+/// control-plane certificates kubeadm keeps are the ones the *last* mint uploaded, with
+/// that mint's key, so a cached key from an earlier mint may no longer open them (and
+/// controller joins are rare and one at a time).
 fn still_fresh(material: &JoinMaterial, role: JoinRole, ttl: Duration) -> bool {
+    if role == JoinRole::Controller {
+        return false;
+    }
     let Some(expires) = &material.expires_at else {
         return true;
     };
     let Ok(expires) = humantime::parse_rfc3339(expires) else {
         return false;
     };
-    let keep = match role {
-        JoinRole::Controller => (ttl / 2).max(ttl.saturating_sub(CONTROLLER_REUSE)),
-        JoinRole::Worker => ttl / 2,
-    };
+    let keep = ttl / 2;
     expires
         .duration_since(SystemTime::now())
         .is_ok_and(|left| left > keep)
