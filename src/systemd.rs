@@ -117,6 +117,41 @@ impl SystemdUnit {
     }
 }
 
+/// A long-running bootstrap subcommand as a service: started after the network, run
+/// again `restart_sec` seconds after it dies, enabled for multi-user boots;
+/// `unit_extra` and `service_extra` add keys to `[Unit]` and `[Service]`.
+pub fn daemon_unit(
+    description: &str,
+    exec_start: String,
+    restart_sec: &str,
+    unit_extra: &[(&str, &str)],
+    service_extra: &[(&str, &str)],
+) -> SystemdUnit {
+    let unit = unit_extra.iter().fold(
+        UnitSection::new("Unit")
+            .set("Description", description)
+            .set("Wants", "network-online.target")
+            .set("After", "network-online.target"),
+        |section, (k, v)| section.set(*k, *v),
+    );
+    let service = service_extra.iter().fold(
+        UnitSection::new("Service")
+            .set("ExecStart", exec_start)
+            .set("Restart", "always")
+            .set("RestartSec", restart_sec),
+        |section, (k, v)| section.set(*k, *v),
+    );
+    SystemdUnit {
+        header: vec!["Written by bootstrap; `bootstrap reset` removes it.".to_owned()],
+        gap_after_header: true,
+        sections: vec![
+            unit,
+            service,
+            UnitSection::new("Install").set("WantedBy", "multi-user.target"),
+        ],
+    }
+}
+
 /// `systemctl daemon-reload`, keyed by the unit files it follows so that a changed unit
 /// is reloaded again on the next run.
 pub fn daemon_reload(phase: Phase, units: &[&str]) -> Step {

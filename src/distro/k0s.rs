@@ -293,14 +293,7 @@ impl Distro for K0s {
         name: Option<&str>,
         address: std::net::IpAddr,
     ) -> Result<Vec<String>, DistroError> {
-        let mut removed = Vec::new();
-        if let Some(name) = name {
-            let command =
-                self.kubectl(ADMIN_KUBECONFIG)
-                    .args(["delete", "node", name, "--ignore-not-found"]);
-            host.run_checked(&command)?;
-            removed.push(format!("node {name}"));
-        }
+        let mut removed: Vec<String> = super::delete_node(self, host, name)?.into_iter().collect();
         let list = host.run_checked(&CommandSpec::new(BIN).args(["etcd", "member-list"]))?;
         let members: Value =
             serde_json::from_slice(&list.stdout).map_err(|e| DistroError::Cluster {

@@ -302,14 +302,7 @@ impl Distro for Kubeadm {
         name: Option<&str>,
         address: std::net::IpAddr,
     ) -> Result<Vec<String>, DistroError> {
-        let mut removed = Vec::new();
-        if let Some(name) = name {
-            let command =
-                self.kubectl(ADMIN_KUBECONFIG)
-                    .args(["delete", "node", name, "--ignore-not-found"]);
-            host.run_checked(&command)?;
-            removed.push(format!("node {name}"));
-        }
+        let mut removed: Vec<String> = super::delete_node(self, host, name)?.into_iter().collect();
         let etcdctl = |args: &[&str]| {
             let pod = format!("etcd-{this_node}");
             self.kubectl(ADMIN_KUBECONFIG)

@@ -389,20 +389,11 @@ pub trait Distro {
         address: IpAddr,
     ) -> Result<Vec<String>, DistroError> {
         let _ = (this_node, address);
-        // k3s and kubeadm-style defaults: deleting the Node is what removes the member
-        // where the distro does that itself (k3s's etcd controller).
-        let mut removed = Vec::new();
-        if let Some(name) = name {
-            let command = self.kubectl(self.admin_kubeconfig()).args([
-                "delete",
-                "node",
-                name,
-                "--ignore-not-found",
-            ]);
-            host.run_checked(&command)?;
-            removed.push(format!("node {name} and its etcd member"));
-        }
-        Ok(removed)
+        // k3s: deleting the Node is what removes the member (its etcd controller does).
+        Ok(delete_node(self, host, name)?
+            .map(|node| format!("{node} and its etcd member"))
+            .into_iter()
+            .collect())
     }
 
     /// What leaving takes beyond drain and delete (an etcd member the distro does not
@@ -419,6 +410,25 @@ pub trait Distro {
 
     /// Moving this node to the cluster image in `ctx` (the new one).
     fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError>;
+}
+
+/// Deletes Node `name` (if any) with the admin kubeconfig; what was removed.
+pub(crate) fn delete_node<D: Distro + ?Sized>(
+    driver: &D,
+    host: &dyn Host,
+    name: Option<&str>,
+) -> Result<Option<String>, DistroError> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let command = driver.kubectl(driver.admin_kubeconfig()).args([
+        "delete",
+        "node",
+        name,
+        "--ignore-not-found",
+    ]);
+    host.run_checked(&command)?;
+    Ok(Some(format!("node {name}")))
 }
 
 /// The driver for a distribution.

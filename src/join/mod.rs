@@ -45,29 +45,15 @@ pub(crate) fn unix_now() -> u64 {
 
 /// `bootstrap-join.service`: `bootstrap serve`, restarted when it dies.
 pub fn unit_text(binary: &str) -> Result<String, crate::systemd::UnitError> {
-    use crate::systemd::{SystemdUnit, UnitSection};
-    SystemdUnit {
-        header: vec!["Written by bootstrap; `bootstrap reset` removes it.".to_owned()],
-        gap_after_header: true,
-        sections: vec![
-            UnitSection::new("Unit")
-                .set(
-                    "Description",
-                    "bootstrap join service (join material for new nodes)",
-                )
-                .set("Wants", "network-online.target")
-                .set("After", "network-online.target"),
-            UnitSection::new("Service")
-                .set("ExecStart", format!("{binary} serve"))
-                .set("Restart", "always")
-                .set("RestartSec", "5")
-                // It mints with the distro's own tools, as root; what it needs of the
-                // file system is the distro's and bootstrap's state.
-                .set("PrivateTmp", "yes")
-                .set("ProtectHome", "yes"),
-            UnitSection::new("Install").set("WantedBy", "multi-user.target"),
-        ],
-    }
+    crate::systemd::daemon_unit(
+        "bootstrap join service (join material for new nodes)",
+        format!("{binary} serve"),
+        "5",
+        &[],
+        // It mints with the distro's own tools, as root; what it needs of the file
+        // system is the distro's and bootstrap's state.
+        &[("PrivateTmp", "yes"), ("ProtectHome", "yes")],
+    )
     .render()
 }
 

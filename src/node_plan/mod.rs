@@ -286,29 +286,17 @@ pub const API_PROXY_UNIT: &str = "bootstrap-apiserver-proxy.service";
 
 /// `bootstrap-apiserver-proxy.service`, running `binary apiserver-proxy`.
 pub fn api_proxy_unit(binary: &str) -> Result<String, crate::systemd::UnitError> {
-    use crate::systemd::{SystemdUnit, UnitSection};
-    SystemdUnit {
-        header: vec!["Written by bootstrap; `bootstrap reset` removes it.".to_owned()],
-        gap_after_header: true,
-        sections: vec![
-            UnitSection::new("Unit")
-                .set(
-                    "Description",
-                    "bootstrap node-local Kubernetes API load balancer",
-                )
-                .set("Wants", "network-online.target")
-                .set("After", "network-online.target")
-                .set("Before", "kubelet.service"),
-            UnitSection::new("Service")
-                .set("ExecStart", format!("{binary} apiserver-proxy"))
-                .set("Restart", "always")
-                .set("RestartSec", "2")
-                .set("NoNewPrivileges", "yes")
-                .set("PrivateTmp", "yes")
-                .set("ProtectHome", "yes"),
-            UnitSection::new("Install").set("WantedBy", "multi-user.target"),
+    crate::systemd::daemon_unit(
+        "bootstrap node-local Kubernetes API load balancer",
+        format!("{binary} apiserver-proxy"),
+        "2",
+        &[("Before", "kubelet.service")],
+        &[
+            ("NoNewPrivileges", "yes"),
+            ("PrivateTmp", "yes"),
+            ("ProtectHome", "yes"),
         ],
-    }
+    )
     .render()
 }
 
