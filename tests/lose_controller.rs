@@ -293,6 +293,16 @@ fn lose_the_first_controller(runtime: &str, version: &str, prefix: &str) {
             Some(id.as_str())
         );
     }
+    if runtime == "kubernetes" {
+        // Once the last joiner gave the lease back, kubeadm's uploaded certificates
+        // (kube-system/kubeadm-certs) are gone rather than kept for 2 h.
+        let state = cluster_state(cluster.path());
+        assert!(
+            state["kubeadm"]["certs_uploaded"].is_null(),
+            "kubeadm-certs still there: {}",
+            state["kubeadm"]
+        );
+    }
 
     // 4. A fresh c1 (a new disk, the same user-data) boots and joins the cluster that runs.
     lab.link("c1", true);

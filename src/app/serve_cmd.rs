@@ -102,8 +102,24 @@ impl server::Admit for InClusterAdmission {
     }
 
     fn release(&self, node: &str) {
-        if let Err(e) = self.lease().release(node) {
-            log::warn!("could not release the control-plane join lease of {node}: {e}; it lapses by itself");
+        let lease = self.lease();
+        match lease.holder() {
+            Ok(Some(holder)) if holder == node => {
+                // While the joined controller still holds the lease nobody else mints:
+                // what was shared only for its join goes first (kubeadm's encrypted
+                // certificates), then the lease.
+                let driver = crate::distro::driver(self.distro);
+                if let Err(e) = driver.after_controller_joined(&self.host) {
+                    log::warn!("after {node} joined: {e}");
+                }
+                if let Err(e) = lease.release(node) {
+                    log::warn!("could not release the control-plane join lease of {node}: {e}; it lapses by itself");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!(
+                "could not read the control-plane join lease to release it for {node}: {e}; it lapses by itself"
+            ),
         }
     }
 }

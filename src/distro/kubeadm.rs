@@ -293,6 +293,23 @@ impl Distro for Kubeadm {
         Ok(material)
     }
 
+    /// The `kubeadm-certs` Secret: the control-plane certificates uploaded (encrypted with
+    /// the joiner's certificate key) for the join that just ended. kubeadm would keep them
+    /// 2 h; nobody needs them once the controller has joined.
+    fn after_controller_joined(&self, host: &dyn crate::host::Host) -> Result<(), DistroError> {
+        let command = self.kubectl(ADMIN_KUBECONFIG).args([
+            "-n",
+            "kube-system",
+            "delete",
+            "secret",
+            "kubeadm-certs",
+            "--ignore-not-found",
+        ]);
+        host.run_checked(&command)?;
+        log::info!("deleted the uploaded control-plane certificates (kube-system/kubeadm-certs)");
+        Ok(())
+    }
+
     /// The Node, then its stacked etcd member, removed with etcdctl in this controller's
     /// etcd static pod (kubeadm removes a member only on `kubeadm reset` of that node).
     fn forget_controller(

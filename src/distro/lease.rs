@@ -104,17 +104,25 @@ impl ClusterLease<'_> {
         }
     }
 
-    /// Ends `holder`'s lease (a no-op for anyone else).
-    pub fn release(&self, holder: &str) -> Result<(), String> {
+    /// Who holds the lease now (a lapsed grant counts as nobody).
+    pub fn holder(&self) -> Result<Option<String>, String> {
+        let Some(lease) = self.get()? else {
+            return Ok(None);
+        };
+        Ok(held_by_another(&lease, "", SystemTime::now()).map(|(holder, _)| holder))
+    }
+
+    /// Ends `holder`'s lease (a no-op for anyone else); `Ok(true)` when it did.
+    pub fn release(&self, holder: &str) -> Result<bool, String> {
         let Some(current) = self.get()? else {
-            return Ok(());
+            return Ok(false);
         };
         if current["spec"]["holderIdentity"].as_str() != Some(holder) {
-            return Ok(());
+            return Ok(false);
         }
         let mut lease = document(None, SystemTime::now(), self.duration);
         lease["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-        self.write("replace", &lease)
+        self.write("replace", &lease).map(|()| true)
     }
 }
 

@@ -396,6 +396,13 @@ pub trait Distro {
             .collect())
     }
 
+    /// Once a controller has joined and given the admission lease back: removes what was
+    /// shared with the cluster only for that join.
+    fn after_controller_joined(&self, host: &dyn Host) -> Result<(), DistroError> {
+        let _ = host;
+        Ok(())
+    }
+
     /// What leaving takes beyond drain and delete (an etcd member the distro does not
     /// remove by itself).
     fn leave_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError>;

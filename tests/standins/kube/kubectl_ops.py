@@ -115,6 +115,8 @@ def cmd_delete(args, default_kubeconfig):
                               "grace-period": True, "ignore-not-found": False,
                               "now": False}, {})
     _timeout(flags)
+    if pos[:1] in (["secret"], ["secrets"]):
+        return _delete_secret(flags, pos[1:], default_kubeconfig)
     names = _node_targets(pos, "delete")
     conn = Conn(flags, default_kubeconfig)
     conn.forbid_node_identity(f'nodes "{names[0]}"')
@@ -136,6 +138,27 @@ def cmd_delete(args, default_kubeconfig):
             gone.append(name)
     for name in gone:
         print(f'node "{name}" deleted')
+    return 0
+
+
+def _delete_secret(flags, names, default_kubeconfig):
+    """`delete secret kubeadm-certs -n kube-system`: the one Secret the stand-ins keep
+    (kubeadm's uploaded control-plane certificates, in cluster.json["kubeadm"])."""
+    if names != ["kubeadm-certs"] or flags.get("namespace") != "kube-system":
+        fail(f"error: the stand-in kubectl deletes only the kube-system/kubeadm-certs "
+             f"Secret, not {names}")
+    conn = Conn(flags, default_kubeconfig)
+    conn.forbid_node_identity('secrets "kubeadm-certs"')
+    with state.cluster() as c:
+        conn.check(c)
+        k = c.get("kubeadm") or {}
+        if not k.get("certs_uploaded"):
+            if flags.get("ignore-not-found"):
+                return 0
+            fail('Error from server (NotFound): secrets "kubeadm-certs" not found')
+        for key in ("certs_uploaded", "certificate_key", "certs"):
+            k.pop(key, None)
+    print('secret "kubeadm-certs" deleted')
     return 0
 
 
