@@ -99,7 +99,7 @@ impl ArchiveContents {
 
 /// Lexically normalises an archive path (`./a//b/../c` is `a/c`); `None` when it climbs
 /// out of the archive.
-fn normalize(path: &str) -> Option<String> {
+pub(super) fn normalize(path: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {
         match part {

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::archive::normalize;
 use super::manifest::{self, Manifest, MANIFEST_LIMIT};
 use super::report::{io_error, SeedError};
 use crate::io::compression;
@@ -339,21 +340,6 @@ fn link_target<R: Read>(entry: &tar::Entry<'_, R>, path: &str, hard: bool) -> Op
     }
     let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
     normalize(&format!("{dir}/{target}"))
-}
-
-/// `./a//b/../c` is `a/c`; `None` when it climbs out.
-fn normalize(path: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            part => parts.push(part),
-        }
-    }
-    Some(parts.join("/"))
 }
 
 #[cfg(test)]

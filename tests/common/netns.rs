@@ -273,21 +273,7 @@ impl Lab {
 
     /// Kills every process inside the node's namespace (its machine is gone).
     pub fn kill_all(&self, node: &str) {
-        let pids = Command::new("ip")
-            .args(["netns", "pids", &self.ns(node)])
-            .stdin(Stdio::null())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        kill_in(&self.ns(node));
     }
 
     /// Everything the processes wrote, for failure messages.
@@ -300,6 +286,25 @@ impl Lab {
     }
 }
 
+/// SIGKILL to every process inside namespace `ns`.
+fn kill_in(ns: &str) {
+    let pids = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for (_, child) in &mut self.children {
@@ -309,21 +314,7 @@ impl Drop for Lab {
         // Anything still inside our namespaces (stand-ins a killed `up` had started) was
         // started by this test: end it by pid.
         for ns in &self.namespaces {
-            let pids = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .stdin(Stdio::null())
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            kill_in(ns);
         }
         // Node namespaces first (their veths go with them), then the switch.
         for ns in self.namespaces.iter().rev() {

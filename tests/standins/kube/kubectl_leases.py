@@ -36,11 +36,15 @@ def _read_object(flags):
     return obj
 
 
-def _store(c, key, obj, version):
+def _store(c, key, obj, verb):
+    """Keeps `obj` at `key` with the next resourceVersion, and logs the write."""
+    version = c.get("lease_version", 0) + 1
     obj = json.loads(json.dumps(obj))
     obj["metadata"]["resourceVersion"] = str(version)
     c.setdefault("leases", {})[key] = obj
     c["lease_version"] = version
+    c.setdefault("lease_log", []).append(
+        [verb, obj["metadata"]["name"], obj.get("spec", {}).get("holderIdentity")])
 
 
 def get(args, default_kubeconfig, names):
@@ -61,7 +65,9 @@ def get(args, default_kubeconfig, names):
     return 0
 
 
-def create(args, default_kubeconfig):
+def _write(args, default_kubeconfig, verb, refuse):
+    """`kubectl create|replace -f -`: `refuse(current, obj, name)` fails the write as the
+    API server would (`current`: the stored object, or None)."""
     flags, pos = parse(args, {"filename": True}, {"f": "filename"})
     if pos:
         fail("error: Unexpected args: " + str(pos))
@@ -71,36 +77,33 @@ def create(args, default_kubeconfig):
     with state.cluster() as c:
         conn.check(c)
         key = _key(flags, name)
-        if key in c.get("leases", {}):
-            fail(f'Error from server (AlreadyExists): {SHOWN} "{name}" already exists')
-        if obj["metadata"].get("resourceVersion"):
-            fail("Error from server (BadRequest): resourceVersion should not be set on objects "
-                 "to be created")
-        _store(c, key, obj, c.get("lease_version", 0) + 1)
-        c.setdefault("lease_log", []).append(["create", name, obj.get("spec", {}).get("holderIdentity")])
-    print(f"lease.coordination.k8s.io/{name} created")
+        refuse(c.get("leases", {}).get(key), obj, name)
+        _store(c, key, obj, verb)
+    print(f"lease.coordination.k8s.io/{name} {verb}d")
     return 0
+
+
+def _refuse_create(current, obj, name):
+    if current is not None:
+        fail(f'Error from server (AlreadyExists): {SHOWN} "{name}" already exists')
+    if obj["metadata"].get("resourceVersion"):
+        fail("Error from server (BadRequest): resourceVersion should not be set on objects "
+             "to be created")
+
+
+def _refuse_replace(current, obj, name):
+    if current is None:
+        fail(f'Error from server (NotFound): {SHOWN} "{name}" not found')
+    wanted = obj["metadata"].get("resourceVersion")
+    if wanted and wanted != current["metadata"]["resourceVersion"]:
+        fail(f'Error from server (Conflict): Operation cannot be fulfilled on {SHOWN} '
+             f'"{name}": the object has been modified; please apply your changes to the '
+             "latest version and try again")
+
+
+def create(args, default_kubeconfig):
+    return _write(args, default_kubeconfig, "create", _refuse_create)
 
 
 def replace(args, default_kubeconfig):
-    flags, pos = parse(args, {"filename": True}, {"f": "filename"})
-    if pos:
-        fail("error: Unexpected args: " + str(pos))
-    obj = _read_object(flags)
-    conn = Conn(flags, default_kubeconfig)
-    name = obj["metadata"]["name"]
-    with state.cluster() as c:
-        conn.check(c)
-        key = _key(flags, name)
-        current = c.get("leases", {}).get(key)
-        if current is None:
-            fail(f'Error from server (NotFound): {SHOWN} "{name}" not found')
-        wanted = obj["metadata"].get("resourceVersion")
-        if wanted and wanted != current["metadata"]["resourceVersion"]:
-            fail(f'Error from server (Conflict): Operation cannot be fulfilled on {SHOWN} '
-                 f'"{name}": the object has been modified; please apply your changes to the '
-                 "latest version and try again")
-        _store(c, key, obj, c.get("lease_version", 0) + 1)
-        c.setdefault("lease_log", []).append(["replace", name, obj.get("spec", {}).get("holderIdentity")])
-    print(f"lease.coordination.k8s.io/{name} replaced")
-    return 0
+    return _write(args, default_kubeconfig, "replace", _refuse_replace)
