@@ -8,7 +8,7 @@ use super::{Error, Session};
 use crate::cli::{Cli, UpgradeArgs};
 use crate::distro::skew::{self, UpgradeKind};
 use crate::host::Host;
-use crate::plan::{apply, journal::Journal, Plan};
+use crate::plan::{apply, journal::Journal};
 use crate::rootfs::{unpack, ClusterImage};
 use crate::state::{self, DoneMarker};
 use crate::{lock, role};
@@ -149,13 +149,8 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
     upgraded.upgrading = true;
     let material = upgraded.join_material(&decision)?;
     let ctx = upgraded.distro_context(&decision, material.as_ref());
-    let mut plan = Plan::default();
-    for step in driver.upgrade_steps(&ctx)? {
-        plan.push(step);
-    }
-    for step in upgraded.plan(&decision)?.steps {
-        plan.push(step);
-    }
+    let plan =
+        crate::node_plan::upgrade_plan(driver.upgrade_steps(&ctx)?, upgraded.plan(&decision)?);
     let mut journal = Journal::load(host)?;
     let report = apply(host, &crate::node_plan::NodePayloads, &plan, &mut journal)?;
     state::write_json(

@@ -373,9 +373,9 @@ impl Distro for K0s {
         out
     }
 
-    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
+    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<super::UpgradeSteps, DistroError> {
         let version = ctx.version().to_owned();
-        let mut out = vec![
+        let swap = vec![
             steps::run(
                 Phase::Upgrade,
                 "k0s stops before its binary is replaced",
@@ -384,15 +384,15 @@ impl Distro for K0s {
             )
             .keyed(&[version.as_bytes()]),
             steps::install(Phase::Upgrade, "the new k0s binary", ctx.bin("k0s")?, BIN),
-            steps::run(
-                Phase::Upgrade,
-                "k0s starts on the new binary",
-                CommandSpec::new(BIN).arg("start"),
-                None,
-            )
-            .keyed(&[version.as_bytes()]),
         ];
-        out.extend(status_then_ready(ctx, Phase::Upgrade));
-        Ok(out)
+        let mut start = vec![steps::run(
+            Phase::Upgrade,
+            "k0s starts on the new binary",
+            CommandSpec::new(BIN).arg("start"),
+            None,
+        )
+        .keyed(&[version.as_bytes()])];
+        start.extend(status_then_ready(ctx, Phase::Upgrade));
+        Ok(super::UpgradeSteps { swap, start })
     }
 }

@@ -422,19 +422,28 @@ impl Distro for K3s {
         &["/var/lib/rancher", "/etc/rancher"]
     }
 
-    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
+    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<super::UpgradeSteps, DistroError> {
         let unit = unit_name(ctx.role);
         let version = ctx.version().to_owned();
-        Ok(vec![
-            steps::install(Phase::Upgrade, "the new k3s binary", ctx.bin("k3s")?, BIN),
-            steps::service(
+        // k3s reads its files only when it starts: the running one is replaced in place
+        // and restarted once they are written.
+        Ok(super::UpgradeSteps {
+            swap: vec![steps::install(
                 Phase::Upgrade,
-                "k3s restarts on the new binary",
-                unit,
-                ServiceAction::RestartNoBlock,
-            )
-            .keyed(&[version.as_bytes()]),
-            self.readiness(ctx, Phase::Upgrade),
-        ])
+                "the new k3s binary",
+                ctx.bin("k3s")?,
+                BIN,
+            )],
+            start: vec![
+                steps::service(
+                    Phase::Upgrade,
+                    "k3s restarts on the new binary",
+                    unit,
+                    ServiceAction::RestartNoBlock,
+                )
+                .keyed(&[version.as_bytes()]),
+                self.readiness(ctx, Phase::Upgrade),
+            ],
+        })
     }
 }

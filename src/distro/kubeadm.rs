@@ -415,7 +415,7 @@ impl Distro for Kubeadm {
         out
     }
 
-    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError> {
+    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<super::UpgradeSteps, DistroError> {
         let target = ctx.kube_version();
         let upgrade = if ctx.role == Role::InitController {
             CommandSpec::new(KUBEADM).args(["upgrade", "apply", target.as_str(), "--yes"])
@@ -476,6 +476,9 @@ impl Distro for Kubeadm {
                 KUBELET,
             ),
             steps::install(Phase::Upgrade, "and kubectl", ctx.bin("kubectl")?, KUBECTL),
+        ]);
+        // The kubelet restarts once the node's files are written for the new version.
+        let mut start = vec![
             steps::service(
                 Phase::Upgrade,
                 "kubelet restarts on the new binary",
@@ -484,9 +487,9 @@ impl Distro for Kubeadm {
             )
             .keyed(&[target.as_bytes()]),
             self.readiness(ctx, Phase::Upgrade),
-        ]);
+        ];
         if drain {
-            out.push(
+            start.push(
                 steps::run(
                     Phase::Upgrade,
                     "it takes pods again",
@@ -496,7 +499,7 @@ impl Distro for Kubeadm {
                 .keyed(&[target.as_bytes()]),
             );
         }
-        Ok(out)
+        Ok(super::UpgradeSteps { swap: out, start })
     }
 }
 

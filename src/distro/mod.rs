@@ -415,8 +415,20 @@ pub trait Distro {
         &[]
     }
 
-    /// Moving this node to the cluster image in `ctx` (the new one).
-    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<Vec<Step>, DistroError>;
+    /// Moving this node to the cluster image in `ctx` (the new one), in two parts: what
+    /// stops the old binaries and puts the new ones in place, and what starts them. The
+    /// node's version-dependent files are written between the two, so a new binary never
+    /// starts with a file written for the old one.
+    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<UpgradeSteps, DistroError>;
+}
+
+/// A distro's upgrade, split where the node's files are written for the new version.
+#[derive(Debug, Default)]
+pub struct UpgradeSteps {
+    /// Stop what runs (where it must stop) and swap its binaries.
+    pub swap: Vec<Step>,
+    /// Start on the new binaries and wait until ready.
+    pub start: Vec<Step>,
 }
 
 /// Deletes Node `name` (if any) with the admin kubeconfig; what was removed.

@@ -7,6 +7,7 @@ mod launch;
 mod payloads;
 pub mod registry;
 pub mod runtime;
+mod upgrade;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use crate::rootfs::{unpack, ClusterImage};
 use crate::secret::Secret;
 pub use payloads::NodePayloads;
 use runtime::{Inputs, RuntimeError};
+pub use upgrade::upgrade_plan;
 
 /// Why the node's plan could not be made.
 #[derive(Debug, thiserror::Error)]

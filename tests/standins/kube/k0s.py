@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zlib
 
 from kube import state
@@ -532,6 +533,28 @@ def daemon_worker(flags, c, name):
     register(c, name, flags, "worker", node_ip(flags))
 
 
+DROPIN_DIR = "/etc/k0s/containerd.d"
+
+
+def check_containerd_dropins():
+    """k0s merges every /etc/k0s/containerd.d/*.toml into its containerd's config when it
+    starts: from 1.36 it runs containerd 2.x, which refuses a version 2 drop-in; before,
+    containerd 1.7, which refuses version 3."""
+    folder = state.host(DROPIN_DIR)
+    if not folder.is_dir():
+        return
+    want = 3 if state.version_key(state.VERSION)[:2] >= (1, 36) else 2
+    for f in sorted(folder.glob("*.toml")):
+        try:
+            doc = tomllib.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            state.die(f"Error: failed to start containerd: {DROPIN_DIR}/{f.name}: {e}")
+        if doc.get("version") != want:
+            state.die(f"Error: failed to start containerd: {DROPIN_DIR}/{f.name}: config "
+                      f"version {doc.get('version')} is not supported by k0s {state.VERSION} "
+                      f"(version {want} expected)")
+
+
 def cmd_daemon(role, args):
     spec, aliases = spec_for(role)
     flags, pos = state.parse_flags(args, spec, aliases)
@@ -549,6 +572,8 @@ def cmd_daemon(role, args):
         state.die(f"k0s {role}: the stand-in runs daemons only under the stand-in systemctl "
                   "(STANDIN_DAEMON=1)")
     check_flag_values(flags)
+    if role == "worker" or flags.get("enable-worker") or flags.get("single"):
+        check_containerd_dropins()
     with state.cluster() as c:
         (daemon_controller if role == "controller" else daemon_worker)(flags, c, name)
     workloads = role == "worker" or bool(flags.get("enable-worker") or flags.get("single"))
