@@ -70,6 +70,7 @@ fn joiner(
         node: format!("bench-{index:04}"),
         credential: None,
         drain_timeout_secs: None,
+        kube_version: None,
     };
     barrier.wait();
     let start = Instant::now();

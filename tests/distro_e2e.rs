@@ -342,25 +342,50 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// `n` with its join service really running on `port` (the fleet's upgrade turns go
+/// through it), and a short `upgrade.wait`.
+fn with_join_service(mut n: ClusterNode, port: u16) -> ClusterNode {
+    let config = n.read("/etc/bootstrap/config.yaml").unwrap();
+    n.config(&format!(
+        "{config}join:\n  port: {port}\nupgrade:\n  wait: 6s\n"
+    ));
+    n.node = n.node.env("STANDIN_JOIN_SERVICE", "1");
+    n
+}
+
 fn upgrade_with_skew_rules(case: &Case) {
     let cluster = tempfile::tempdir().unwrap();
-    let controllers = ["127.0.10.10"];
-    let a = node(
-        case,
-        cluster.path(),
-        "node-a",
-        "127.0.10.10",
-        &controllers,
-        "auto",
+    // Each distro's case runs beside the others: its own addresses and join port.
+    let (net, port) = match case.runtime {
+        "k3s" => ("127.0.31", 17431),
+        "k0s" => ("127.0.32", 17432),
+        _ => ("127.0.33", 17433),
+    };
+    let (a_addr, w_addr) = (format!("{net}.10"), format!("{net}.20"));
+    let controllers = [a_addr.as_str()];
+    let a = with_join_service(
+        node(
+            case,
+            cluster.path(),
+            "node-a",
+            &a_addr,
+            &controllers,
+            "auto",
+        ),
+        port,
     );
-    let w = node(
-        case,
-        cluster.path(),
-        "node-w",
-        "127.0.10.20",
-        &controllers,
-        "worker",
+    let w = with_join_service(
+        node(
+            case,
+            cluster.path(),
+            "node-w",
+            &w_addr,
+            &controllers,
+            "worker",
+        ),
+        port,
     );
+    let _units = (common::Units(&a), common::Units(&w));
     a.run(&["up"]).assert_code(0);
     hand_material(&a, &w, "worker");
     w.run(&["up"]).assert_code(0);
@@ -377,10 +402,13 @@ fn upgrade_with_skew_rules(case: &Case) {
     let run = a.run(&["upgrade", "--rootfs", "/opt/images/older"]);
     run.assert_code(1);
     assert!(run.stderr.contains("downgrade"), "{}", run.all());
+    // A worker first waits for the controllers (bounded by upgrade.wait), saying why.
     let run = w.run(&["upgrade", "--rootfs", "/opt/images/next"]);
-    run.assert_code(1);
+    run.assert_code(4);
     assert!(
-        run.stderr.contains("never run ahead of controllers"),
+        run.stderr
+            .contains("waiting: controller node-a has not upgraded to")
+            && run.stderr.contains("within upgrade.wait"),
         "{}",
         run.all()
     );
@@ -421,6 +449,24 @@ fn upgrade_with_skew_rules(case: &Case) {
             .unwrap_or_default(),
         case.next,
         "{state}"
+    );
+    // A controller's status shows which node runs which version.
+    let status = a.run(&["status"]);
+    status.assert_code(0);
+    for name in ["node-a", "node-w"] {
+        assert!(
+            status
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("fleet:") && l.contains(name) && l.contains(case.next)),
+            "{}",
+            status.all()
+        );
+    }
+    assert!(
+        status.stdout.contains(&format!("version:   {}", case.next)),
+        "{}",
+        status.all()
     );
     // `up` stays safe to re-run on an upgraded node: the skew rules look at the cluster
     // as it is now, not at the version recorded when the node joined.

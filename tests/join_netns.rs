@@ -177,6 +177,7 @@ fn probe_admission(switch: &str, keys: &bootstrap::join::JoinKeys) -> String {
                     node: "admission-probe".into(),
                     credential: None,
                     drain_timeout_secs: None,
+                    kube_version: None,
                 },
             )
         };

@@ -366,6 +366,7 @@ fn request(role: JoinRole, node: &str) -> Request {
         node: node.to_owned(),
         credential: None,
         drain_timeout_secs: None,
+        kube_version: None,
     }
 }
 
@@ -840,6 +841,7 @@ fn manual_credentials_are_keyed_and_limited_to_their_role() {
     let with = |role, id: &str| Request {
         credential: Some(id.to_owned()),
         drain_timeout_secs: None,
+        kube_version: None,
         ..request(role, "node-manual")
     };
     let ok = client::ask(&service.target(), &keys, &with(JoinRole::Worker, ID)).unwrap();
@@ -1568,6 +1570,7 @@ fn leave_request(node: &str, credential: Option<&str>) -> Request {
         kind: RequestKind::Leave,
         credential: credential.map(str::to_owned),
         drain_timeout_secs: Some(42),
+        kube_version: None,
         ..request(JoinRole::Worker, node)
     }
 }
@@ -1605,7 +1608,7 @@ fn a_worker_leaves_with_its_own_node_credential_and_nothing_else() {
     )
     .unwrap_err();
     assert!(
-        matches!(&other, Cause::Refused(m) if m.contains("only lets that node leave")),
+        matches!(&other, Cause::Refused(m) if m.contains("only lets that worker leave or upgrade")),
         "{other:?}"
     );
     let join = client::ask(
@@ -1730,7 +1733,7 @@ fn a_controller_learns_whether_a_cluster_exists_only_with_the_secret() {
     )
     .unwrap_err();
     assert!(
-        matches!(&by_node, Cause::Refused(m) if m.contains("only lets that node leave")),
+        matches!(&by_node, Cause::Refused(m) if m.contains("only lets that worker leave or upgrade")),
         "{by_node:?}"
     );
 

@@ -6,10 +6,8 @@ use std::path::Path;
 
 use super::{Error, Session};
 use crate::cli::{Cli, LeaveArgs, ResetArgs};
-use crate::distro::{Distro, DistroError, JoinMaterial, NodeOps, Presence};
+use crate::distro::{Distro, NodeOps, Presence};
 use crate::host::Host;
-use crate::join::keys::NODE_CREDENTIAL_PREFIX;
-use crate::join::JoinKeys;
 use crate::plan::{apply::apply_unjournaled, Action, Phase, Plan, Step};
 use crate::{lock, role, state};
 
@@ -120,25 +118,12 @@ fn leave_through_controller(
     node: &str,
     drain_timeout: std::time::Duration,
 ) -> Result<(), Error> {
-    let material = JoinMaterial::load(&session.host).map_err(DistroError::from)?;
     let targets = session.join_services(decision)?;
-    let (keys, credential) = match session.join_keys()? {
-        Some(keys) => (keys, None),
-        None => match material
-            .as_ref()
-            .and_then(|m| m.join.pin.zip(m.join.node_credential.clone()))
-        {
-            Some((pin, own)) => (
-                JoinKeys::from_credential(pin, &own),
-                Some(format!("{NODE_CREDENTIAL_PREFIX}{node}")),
-            ),
-            None => {
-                return Err(Error::Failed(not_left(
-                    node,
-                    "this worker holds neither the join secret nor a node credential from its join material; pass --kubeconfig with credentials that may drain and delete nodes",
-                )))
-            }
-        },
+    let Some((keys, credential)) = super::upgrade_turn::service_keys(session, node)? else {
+        return Err(Error::Failed(not_left(
+            node,
+            "this worker holds neither the join secret nor a node credential from its join material; pass --kubeconfig with credentials that may drain and delete nodes",
+        )));
     };
     if targets.is_empty() {
         return Err(Error::Failed(not_left(

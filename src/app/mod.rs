@@ -14,6 +14,7 @@ mod status;
 mod token_cmd;
 mod up;
 mod upgrade;
+mod upgrade_turn;
 
 use std::path::{Path, PathBuf};
 

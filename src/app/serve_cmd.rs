@@ -124,6 +124,48 @@ impl server::Admit for InClusterAdmission {
     }
 }
 
+/// The fleet's upgrade turns, from the lease in the cluster, through this controller's
+/// kubectl.
+struct InClusterUpgrades {
+    host: RootedHost,
+    distro: crate::distro::DistroKind,
+    max_workers: u32,
+}
+
+impl server::Upgrades for InClusterUpgrades {
+    fn acquire(&self, node: &str, role: JoinRole, target: &str) -> Result<(), String> {
+        use crate::distro::upgrade_lease::{Ask, UpgradeLease};
+        let driver = crate::distro::driver(self.distro);
+        // Only a worker's turn depends on the controllers; a controller's never does.
+        let controllers = match role {
+            JoinRole::Worker => driver
+                .controllers(&self.host, driver.admin_kubeconfig())
+                .map_err(|e| format!("waiting: cannot list the controllers: {e}"))?,
+            JoinRole::Controller => Vec::new(),
+        };
+        let lease = UpgradeLease {
+            host: &self.host,
+            driver,
+        };
+        lease.acquire(&Ask {
+            node,
+            role,
+            target,
+            controllers: &controllers,
+            max_workers: self.max_workers,
+            now: crate::join::unix_now(),
+        })
+    }
+
+    fn finish(&self, node: &str, version: &str) -> Result<(), String> {
+        let lease = crate::distro::upgrade_lease::UpgradeLease {
+            host: &self.host,
+            driver: crate::distro::driver(self.distro),
+        };
+        lease.finish(node, version)
+    }
+}
+
 /// What this controller knows of its cluster, for a first controller asking before it
 /// initialises.
 struct NodeCluster {
@@ -207,6 +249,11 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         host: session.host.clone(),
         distro: session.image.distro,
     };
+    let upgrades = InClusterUpgrades {
+        host: session.host.clone(),
+        distro: session.image.distro,
+        max_workers: session.config.upgrade.max_unavailable,
+    };
     let cluster = NodeCluster {
         host: session.host.clone(),
         distro: session.image.distro,
@@ -228,6 +275,7 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
     )
     .map_err(Error::Failed)?
     .with_admission(Box::new(admission))
+    .with_upgrades(Box::new(upgrades))
     .with_cluster(Box::new(cluster))
     .with_max_per_peer(max_per_peer)
     .with_nodes(Box::new(nodes));

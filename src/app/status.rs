@@ -28,6 +28,25 @@ struct Status {
     steps_total: usize,
     unfinished: Option<Entry>,
     services: Vec<ServiceState>,
+    /// The distro version this node runs (as its last `up` or `upgrade` left it).
+    version: Option<String>,
+    /// On a controller: which node runs which version, and who is upgrading now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet: Option<Vec<FleetNode>>,
+    /// Why the fleet could not be read, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet_error: Option<String>,
+}
+
+/// One node of the cluster as a controller sees it during upgrades.
+#[derive(Serialize)]
+struct FleetNode {
+    name: String,
+    /// The kubelet's version, or (a controller that is no Node) the version it reported
+    /// when its upgrade finished.
+    version: Option<String>,
+    /// The version it is upgrading to now, while its turn lasts.
+    upgrading_to: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -154,9 +173,21 @@ fn collect(cli: &Cli, host: &RootedHost) -> Result<Status, Error> {
     let journal = Journal::load(&host)?;
     let done: Option<DoneMarker> = state::read_json(&host, state::DONE_FILE);
     let failed: Option<FailedMarker> = state::read_json(&host, state::FAILED_FILE);
-    let (distro, config_error) = match Session::open(cli) {
-        Ok(session) => (Some(super::plan_cmd::distro_output(&session)), None),
-        Err(e) => (None, Some(e.to_string())),
+    let role = role::load(&host)?;
+    let (distro, config_error, fleet) = match Session::open(cli) {
+        Ok(session) => {
+            let fleet = role
+                .as_ref()
+                .filter(|r| r.role.is_controller() && done.is_some())
+                .map(|_| fleet(&session));
+            (Some(super::plan_cmd::distro_output(&session)), None, fleet)
+        }
+        Err(e) => (None, Some(e.to_string()), None),
+    };
+    let (fleet, fleet_error) = match fleet {
+        Some(Ok(nodes)) => (Some(nodes), None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
     };
     let status = Status {
         bootstrap_version: env!("CARGO_PKG_VERSION"),
@@ -166,8 +197,11 @@ fn collect(cli: &Cli, host: &RootedHost) -> Result<Status, Error> {
             (None, None, false) => "in progress or interrupted",
             (None, None, true) => "not set up",
         },
-        role: role::load(&host)?,
+        version: done.as_ref().map(|d| d.distro_version.clone()),
+        role,
         distro,
+        fleet,
+        fleet_error,
         config_error,
         steps_done: journal
             .entries
@@ -181,6 +215,40 @@ fn collect(cli: &Cli, host: &RootedHost) -> Result<Status, Error> {
         failed,
     };
     Ok(status)
+}
+
+/// Every node's version, from the Nodes' kubelets and the upgrade lease's reports, with
+/// the turns in progress.
+fn fleet(session: &Session) -> Result<Vec<FleetNode>, String> {
+    use std::collections::BTreeMap;
+    let driver = crate::distro::driver(session.image.distro);
+    let lease = crate::distro::upgrade_lease::UpgradeLease {
+        host: &session.host,
+        driver,
+    };
+    let (record, _) = lease.read()?;
+    let mut nodes: BTreeMap<String, FleetNode> = BTreeMap::new();
+    fn entry<'m>(nodes: &'m mut BTreeMap<String, FleetNode>, name: &str) -> &'m mut FleetNode {
+        nodes.entry(name.to_owned()).or_insert_with(|| FleetNode {
+            name: name.to_owned(),
+            version: None,
+            upgrading_to: None,
+        })
+    }
+    for (name, version) in &record.versions {
+        entry(&mut nodes, name).version = Some(version.clone());
+    }
+    let now = crate::join::unix_now();
+    for (name, turn) in record.upgrading.iter().filter(|(_, t)| t.until > now) {
+        entry(&mut nodes, name).upgrading_to = Some(turn.target.clone());
+    }
+    let ops = crate::distro::NodeOps::new(&session.host, driver, driver.admin_kubeconfig());
+    for (name, version) in ops.kubelet_versions().map_err(|e| e.to_string())? {
+        if !version.is_empty() {
+            entry(&mut nodes, &name).version = Some(version);
+        }
+    }
+    Ok(nodes.into_values().collect())
 }
 
 /// Units bootstrap enabled, started or masked, with what systemd says of them now.
@@ -240,6 +308,9 @@ fn print_text(s: &Status) {
         (None, None) => println!("distro:    unknown"),
     }
     println!("bootstrap: {}", s.bootstrap_version);
+    if let Some(v) = &s.version {
+        println!("version:   {v}");
+    }
     println!("steps:     {} of {} done", s.steps_done, s.steps_total);
     if let Some(u) = &s.unfinished {
         println!(
@@ -264,5 +335,19 @@ fn print_text(s: &Status) {
     }
     for svc in &s.services {
         println!("service:   {} {}", svc.unit, svc.state);
+    }
+    for node in s.fleet.iter().flatten() {
+        println!(
+            "fleet:     {} {}{}",
+            node.name,
+            node.version.as_deref().unwrap_or("?"),
+            node.upgrading_to
+                .as_ref()
+                .map(|t| format!(" (upgrading to {t})"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(e) = &s.fleet_error {
+        println!("fleet:     unknown: {e}");
     }
 }

@@ -77,29 +77,41 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
     };
 
     let driver = crate::distro::driver(session.image.distro);
-    let controller_versions = if decision.role.is_controller() {
-        None
-    } else {
-        Some(control_plane_versions(
-            host,
-            driver,
-            driver.node_kubeconfig(decision.role),
-        )?)
-    };
-    let kind = skew::check_upgrade(
-        session.image.distro,
-        &done.distro_version,
-        target.distro,
-        &target.metadata.version,
-        controller_versions.as_deref(),
-    )
-    .map_err(|e| {
+    let refuse = |e: crate::distro::skew::SkewError| {
         // A refused download is not kept.
         if let Some(f) = fetched.as_ref().filter(|f| f.new) {
             let _ = std::fs::remove_dir_all(&f.version_dir);
         }
         Error::Failed(format!("upgrade refused: {e}"))
-    })?;
+    };
+    // The rules about this node alone first: a refused upgrade waits for nothing.
+    let kind = skew::check_upgrade(
+        session.image.distro,
+        &done.distro_version,
+        target.distro,
+        &target.metadata.version,
+        None,
+    )
+    .map_err(refuse)?;
+    let turn = if kind == UpgradeKind::Same {
+        None
+    } else {
+        super::upgrade_turn::wait(&session, &decision, &target.metadata.version)?
+    };
+    if !decision.role.is_controller() && kind != UpgradeKind::Same {
+        // Its turn came once every controller reported the new version; the API server
+        // has the last word.
+        let controller_versions =
+            control_plane_versions(host, driver, driver.node_kubeconfig(decision.role))?;
+        skew::check_upgrade(
+            session.image.distro,
+            &done.distro_version,
+            target.distro,
+            &target.metadata.version,
+            Some(&controller_versions),
+        )
+        .map_err(refuse)?;
+    }
     if kind == UpgradeKind::Same {
         log::info!(
             "this node already runs {} {}; nothing to upgrade",
@@ -171,6 +183,13 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
         target.metadata.version,
         report.applied.len()
     );
+    if let Some(turn) = turn {
+        let kubeconfig = decision
+            .role
+            .is_controller()
+            .then(|| driver.admin_kubeconfig());
+        turn.finish(&upgraded, kubeconfig, &target.metadata.version);
+    }
     Ok(())
 }
 

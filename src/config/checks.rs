@@ -211,6 +211,18 @@ impl Config {
                 }
             }
         }
+        if self.upgrade.max_unavailable == 0 {
+            errors.push(err(
+                "upgrade.max_unavailable",
+                "expected at least 1 (workers upgrade this many at a time)",
+            ));
+        }
+        if self.upgrade.wait.is_zero() {
+            errors.push(err(
+                "upgrade.wait",
+                "expected a duration above zero, such as 30m",
+            ));
+        }
         if let Err(what) = check_token_ttl(self.join.token_ttl) {
             errors.push(err("join.token_ttl", what));
         }

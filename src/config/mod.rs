@@ -86,6 +86,7 @@ pub struct Config {
     /// Settings merged into each distro's own config (used by the distro drivers).
     pub distro: DistroConfig,
     pub join: JoinConfig,
+    pub upgrade: UpgradeConfig,
     pub preflight: PreflightConfig,
     /// Write `/run/cluster-api/bootstrap-success.complete` on success (Cluster API).
     pub cluster_api_sentinel: bool,
@@ -110,6 +111,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             distro: DistroConfig::default(),
             join: JoinConfig::default(),
+            upgrade: UpgradeConfig::default(),
             preflight: PreflightConfig::default(),
             cluster_api_sentinel: false,
             lock_wait: Duration::from_secs(120),
@@ -297,6 +299,27 @@ impl Default for JoinConfig {
             port: 7443,
             timeout: Duration::from_secs(30 * 60),
             token_ttl: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// How a fleet upgrades itself (`bootstrap upgrade` on every node at once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpgradeConfig {
+    /// Workers upgrading at the same time, once every controller has (the join
+    /// services enforce the value of the controller they run on).
+    pub max_unavailable: u32,
+    /// How long `upgrade` waits for its turn before giving up.
+    #[serde(with = "crate::duration_serde")]
+    pub wait: Duration,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        UpgradeConfig {
+            max_unavailable: 1,
+            wait: Duration::from_secs(60 * 60),
         }
     }
 }

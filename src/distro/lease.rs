@@ -26,7 +26,14 @@ pub struct ClusterLease<'a> {
     pub duration: Duration,
 }
 
-impl ClusterLease<'_> {
+/// A Lease object of `kube-system`, read and written through a controller's kubectl.
+pub(crate) struct LeaseStore<'a> {
+    pub host: &'a dyn Host,
+    pub driver: &'a dyn Distro,
+    pub name: &'static str,
+}
+
+impl LeaseStore<'_> {
     fn kubectl(&self, args: &[&str]) -> crate::host::CommandSpec {
         self.driver
             .kubectl(self.driver.admin_kubeconfig())
@@ -36,27 +43,35 @@ impl ClusterLease<'_> {
     }
 
     /// The stored Lease, `None` when there is none yet.
-    fn get(&self) -> Result<Option<Value>, String> {
+    pub(crate) fn get(&self) -> Result<Option<Value>, String> {
+        let name = self.name;
         let output = self
             .host
-            .run(&self.kubectl(&["get", "lease", NAME, "-o", "json"]))
+            .run(&self.kubectl(&["get", "lease", name, "-o", "json"]))
             .map_err(|e| e.to_string())?;
         if output.success() {
             return serde_json::from_slice(&output.stdout)
                 .map(Some)
-                .map_err(|e| format!("lease {NAMESPACE}/{NAME}: unreadable: {e}"));
+                .map_err(|e| format!("lease {NAMESPACE}/{name}: unreadable: {e}"));
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
         if stderr.contains("(NotFound)") {
             return Ok(None);
         }
         Err(format!(
-            "cannot read lease {NAMESPACE}/{NAME}: {}",
+            "cannot read lease {NAMESPACE}/{name}: {}",
             stderr.trim()
         ))
     }
 
-    fn write(&self, verb: &str, lease: &Value) -> Result<(), String> {
+    /// Creates `lease`, or replaces it when it carries the `resourceVersion` read (a
+    /// write that lost a race fails with "contended").
+    pub(crate) fn write(&self, lease: &Value) -> Result<(), String> {
+        let verb = if lease["metadata"]["resourceVersion"].is_string() {
+            "replace"
+        } else {
+            "create"
+        };
         let command = self
             .kubectl(&[verb, "-f", "-"])
             .stdin(Secret::new(lease.to_string()));
@@ -66,15 +81,31 @@ impl ClusterLease<'_> {
         }
         let stderr = String::from_utf8_lossy(&output.stderr);
         if stderr.contains("(Conflict)") || stderr.contains("(AlreadyExists)") {
-            // Not "admission busy: NAME": nobody is named, the write lost a race.
-            return Err(
-                "lease contended: another join service wrote it just now; ask again".into(),
-            );
+            // Nobody is named: the write lost a race.
+            return Err(format!(
+                "lease {NAMESPACE}/{} contended: another join service wrote it just now; ask again",
+                self.name
+            ));
         }
         Err(format!(
-            "cannot write lease {NAMESPACE}/{NAME}: {}",
+            "cannot write lease {NAMESPACE}/{}: {}",
+            self.name,
             stderr.trim()
         ))
+    }
+}
+
+impl ClusterLease<'_> {
+    fn store(&self) -> LeaseStore<'_> {
+        LeaseStore {
+            host: self.host,
+            driver: self.driver,
+            name: NAME,
+        }
+    }
+
+    fn get(&self) -> Result<Option<Value>, String> {
+        self.store().get()
     }
 
     /// Gives the lease to `holder` (again, if it holds it); `Err` names the holder, or
@@ -95,13 +126,10 @@ impl ClusterLease<'_> {
             .and_then(|l| l["metadata"]["resourceVersion"].as_str())
             .map(str::to_owned);
         let mut lease = document(Some(holder), now, self.duration);
-        match version {
-            Some(version) => {
-                lease["metadata"]["resourceVersion"] = json!(version);
-                self.write("replace", &lease)
-            }
-            None => self.write("create", &lease),
+        if let Some(version) = version {
+            lease["metadata"]["resourceVersion"] = json!(version);
         }
+        self.store().write(&lease)
     }
 
     /// Who holds the lease now (a lapsed grant counts as nobody).
@@ -122,7 +150,7 @@ impl ClusterLease<'_> {
         }
         let mut lease = document(None, SystemTime::now(), self.duration);
         lease["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-        self.write("replace", &lease).map(|()| true)
+        self.store().write(&lease).map(|()| true)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod material;
 pub mod node_ops;
 pub mod skew;
 mod steps;
+pub mod upgrade_lease;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -123,6 +123,31 @@ impl<'a> NodeOps<'a> {
             })
     }
 
+    /// Every Node's name and the kubelet version it reports.
+    pub fn kubelet_versions(&self) -> Result<Vec<(String, String)>, DistroError> {
+        let command = self
+            .kubectl(["get", "nodes", "-o", "json"])
+            .timeout(Duration::from_secs(30));
+        let output = self.host.run_checked(&command)?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(|e| DistroError::Cluster {
+                what: command.to_string(),
+                reason: format!("printed no JSON: {e}"),
+            })?;
+        Ok(doc["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| {
+                let name = item["metadata"]["name"].as_str()?;
+                let version = item["status"]["nodeInfo"]["kubeletVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                Some((name.to_owned(), version.to_owned()))
+            })
+            .collect())
+    }
+
     /// Whether the API server answers `/readyz` (with etcd: its quorum holds).
     pub fn api_ready(&self) -> Result<bool, DistroError> {
         let command = self

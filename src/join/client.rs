@@ -213,6 +213,7 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
         node: fetch.node.clone(),
         credential: fetch.credential.clone(),
         drain_timeout_secs: None,
+        kube_version: None,
     };
     let mut attempts = 0;
     let mut round = 0;
@@ -282,6 +283,7 @@ pub fn release(
         node: node.to_owned(),
         credential,
         drain_timeout_secs: None,
+        kube_version: None,
     };
     let start = Instant::now();
     let backoff = Backoff::default();
@@ -323,6 +325,7 @@ pub fn survey(keys: &JoinKeys, targets: &[String], node: &str, wait: Duration) -
         node: node.to_owned(),
         credential: None,
         drain_timeout_secs: None,
+        kube_version: None,
     };
     let start = Instant::now();
     let backoff = Backoff::default();
@@ -366,6 +369,32 @@ pub fn survey(keys: &JoinKeys, targets: &[String], node: &str, wait: Duration) -
     survey
 }
 
+/// One round of an upgrade-turn request ([`RequestKind::Upgrade`] or
+/// [`RequestKind::Upgraded`]) over `targets`: the first answer counts, a controller that
+/// cannot be reached is skipped. `Err(Cause::Busy(why))` when the node must wait.
+pub fn upgrade_turn(
+    keys: &JoinKeys,
+    targets: &[String],
+    request: &Request,
+) -> Result<String, Cause> {
+    let mut telling: Option<Cause> = None;
+    for target in targets {
+        match ask(target, keys, request) {
+            Ok(response) => return Ok(response.message),
+            Err(cause @ (Cause::Unreachable(_) | Cause::Protocol(_) | Cause::NotReady(_))) => {
+                if telling
+                    .as_ref()
+                    .is_none_or(|t| cause.weight() >= t.weight())
+                {
+                    telling = Some(cause);
+                }
+            }
+            Err(cause) => return Err(cause),
+        }
+    }
+    Err(telling.unwrap_or_else(|| Cause::Unreachable("no join service to ask".into())))
+}
+
 /// Asks a controller's join service to cordon, drain and delete worker `node`: each
 /// join service in turn, for up to 30 s while none can be reached (a restarting service),
 /// stopping at the first that answers. What it did, or the most telling cause.
@@ -385,6 +414,7 @@ pub fn leave(
         node: node.to_owned(),
         credential,
         drain_timeout_secs: Some(drain_timeout.as_secs()),
+        kube_version: None,
     };
     // The answer comes once the node is drained and deleted.
     let budget = drain_timeout + Duration::from_secs(120);

@@ -33,6 +33,10 @@ pub enum RequestKind {
     /// A controller about to initialise asks whether this node already belongs to a
     /// cluster (answered by joining controllers too, with none).
     Cluster,
+    /// A node asks for its turn to upgrade to `kube_version` (the fleet's upgrade lease).
+    Upgrade,
+    /// A node has upgraded and runs `kube_version`: its turn ends.
+    Upgraded,
 }
 
 /// A request.
@@ -51,6 +55,10 @@ pub struct Request {
     /// With [`RequestKind::Leave`]: how long draining the node may take, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_timeout_secs: Option<u64>,
+    /// With [`RequestKind::Upgrade`], the version the node moves to; with
+    /// [`RequestKind::Upgraded`], the version it now runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_version: Option<String>,
 }
 
 /// How a request went.

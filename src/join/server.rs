@@ -88,6 +88,16 @@ impl Admit for Mutex<Admission> {
     }
 }
 
+/// The fleet's upgrade turns ([`RequestKind::Upgrade`], [`RequestKind::Upgraded`]):
+/// controllers one at a time, then workers in batches.
+pub trait Upgrades: Send + Sync {
+    /// Gives `node` its turn to move to `target` (again, if it has it); `Err` says what
+    /// it waits for.
+    fn acquire(&self, node: &str, role: JoinRole, target: &str) -> Result<(), String>;
+    /// Ends `node`'s turn: it now runs `version`.
+    fn finish(&self, node: &str, version: &str) -> Result<(), String>;
+}
+
 /// What this node knows of the cluster it belongs to, for [`RequestKind::Cluster`].
 pub trait ClusterView: Send + Sync {
     /// The cluster, or `None` while this node belongs to none (a controller still waiting
@@ -130,6 +140,8 @@ pub struct Service {
     cluster: Option<Box<dyn ClusterView>>,
     max_per_peer: usize,
     nodes: Option<Box<dyn Nodes>>,
+    /// `None`: this service does not hand out upgrade turns.
+    upgrades: Option<Box<dyn Upgrades>>,
 }
 
 impl Service {
@@ -149,6 +161,7 @@ impl Service {
             cluster: None,
             max_per_peer: MAX_PER_PEER,
             nodes: None,
+            upgrades: None,
         })
     }
 
@@ -161,6 +174,12 @@ impl Service {
     /// Admits controller joins through `admission` (a lease in the cluster, say).
     pub fn with_admission(mut self, admission: Box<dyn Admit>) -> Self {
         self.admission = Some(admission);
+        self
+    }
+
+    /// Hands out the fleet's upgrade turns through `upgrades`.
+    pub fn with_upgrades(mut self, upgrades: Box<dyn Upgrades>) -> Self {
+        self.upgrades = Some(upgrades);
         self
     }
 
@@ -199,6 +218,9 @@ impl Service {
         }
         if request.kind == RequestKind::Leave {
             return self.leave(request, peer);
+        }
+        if matches!(request.kind, RequestKind::Upgrade | RequestKind::Upgraded) {
+            return self.upgrade(request, peer);
         }
         if request.kind == RequestKind::Release && request.role != JoinRole::Controller {
             return reply(
@@ -300,6 +322,50 @@ impl Service {
         }
     }
 
+    /// A node's upgrade turn: asked for, or given back with the version it now runs.
+    fn upgrade(&self, request: &Request, peer: SocketAddr) -> Response {
+        let reply = |status, message: String| Response::plain(status, message);
+        let Some(upgrades) = &self.upgrades else {
+            return reply(
+                Status::Failed,
+                "this join service does not hand out upgrade turns".into(),
+            );
+        };
+        let Some(version) = request
+            .kube_version
+            .as_deref()
+            .filter(|v| v.len() <= 64 && crate::distro::kube_version(v).is_some())
+        else {
+            return reply(
+                Status::Refused,
+                "an upgrade request names its version, such as v1.36.3".into(),
+            );
+        };
+        let node = &request.node;
+        if request.kind == RequestKind::Upgraded {
+            return match upgrades.finish(node, version) {
+                Ok(()) => {
+                    log::info!("{node} ({peer}) has upgraded to {version}; its turn ends");
+                    reply(Status::Ok, "turn ended".into())
+                }
+                Err(why) => reply(Status::Busy, why),
+            };
+        }
+        match upgrades.acquire(node, request.role, version) {
+            Ok(()) => {
+                log::info!(
+                    "{node} ({peer}), a {}, may upgrade to {version} now",
+                    request.role
+                );
+                reply(Status::Ok, "your turn".into())
+            }
+            Err(why) => {
+                log::info!("{node} ({peer}) waits to upgrade: {why}");
+                reply(Status::Busy, why)
+            }
+        }
+    }
+
     /// A worker's leave: cordon, drain and delete it through this controller.
     fn leave(&self, request: &Request, peer: SocketAddr) -> Response {
         let reply = |status, message: String| Response::plain(status, message);
@@ -385,6 +451,11 @@ impl Service {
                     refuse("a join line's credential does not remove nodes")
                 }
                 Some(Scope::Manual(_))
+                    if matches!(request.kind, RequestKind::Upgrade | RequestKind::Upgraded) =>
+                {
+                    refuse("a join line's credential does not upgrade nodes")
+                }
+                Some(Scope::Manual(_))
                     if request.kind == RequestKind::Join
                         && request
                             .credential
@@ -394,9 +465,13 @@ impl Service {
                     refuse("this join line has been used already; make a new one with `bootstrap token create`")
                 }
                 Some(Scope::Node(name))
-                    if request.kind != RequestKind::Leave || *name != request.node =>
+                    if !matches!(
+                        request.kind,
+                        RequestKind::Leave | RequestKind::Upgrade | RequestKind::Upgraded
+                    ) || *name != request.node
+                        || request.role != JoinRole::Worker =>
                 {
-                    refuse("a node's own credential only lets that node leave")
+                    refuse("a node's own credential only lets that worker leave or upgrade")
                 }
                 _ => {
                     if request.kind == RequestKind::Leave {

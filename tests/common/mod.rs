@@ -365,7 +365,12 @@ impl Drop for Units<'_> {
                 continue;
             };
             // Everything in the unit's mount namespace: the daemon, shims, containers.
-            let ns = fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+            // A unit run in the test's own mount namespace (the join service) is only
+            // itself: sweeping that namespace would kill every process of the machine.
+            let own = fs::read_link("/proc/self/ns/mnt").ok();
+            let ns = fs::read_link(format!("/proc/{pid}/ns/mnt"))
+                .ok()
+                .filter(|ns| Some(ns) != own.as_ref());
             let mut victims = vec![pid];
             if let (Some(ns), Ok(procs)) = (ns, fs::read_dir("/proc")) {
                 for p in procs.flatten() {

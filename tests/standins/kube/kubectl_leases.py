@@ -45,6 +45,12 @@ def _store(c, key, obj, verb):
     c["lease_version"] = version
     c.setdefault("lease_log", []).append(
         [verb, obj["metadata"]["name"], obj.get("spec", {}).get("holderIdentity")])
+    # bootstrap's upgrade lease: who was upgrading after each write, as [node, role] pairs.
+    note = (obj["metadata"].get("annotations") or {}).get("bootstrap/upgrade")
+    if note is not None:
+        record = json.loads(note)
+        c.setdefault("upgrade_log", []).append(sorted(
+            [node, turn["role"]] for node, turn in (record.get("upgrading") or {}).items()))
 
 
 def get(args, default_kubeconfig, names):
