@@ -45,7 +45,14 @@ fn address(name: &str) -> &'static str {
 
 /// A machine of `runtime` at `version`, with `next` as a second cluster image at
 /// /opt/images/next.
-fn machine(cluster: &Path, name: &str, runtime: &str, version: &str, next: &str) -> Machine {
+fn machine(
+    cluster: &Path,
+    name: &str,
+    runtime: &str,
+    version: &str,
+    next: &str,
+    third: Option<&str>,
+) -> Machine {
     let mut node = Node::new()
         .env("STANDIN_CLUSTER", &cluster.display().to_string())
         .env("STANDIN_JOIN_SERVICE", "1");
@@ -63,6 +70,14 @@ fn machine(cluster: &Path, name: &str, runtime: &str, version: &str, next: &str)
         &other.path("/var/lib/bootstrap/rootfs"),
         &node.path("/opt/images/next"),
     );
+    if let Some(third) = third {
+        let other = Node::bare();
+        other.image(runtime, third);
+        copy_tree(
+            &other.path("/var/lib/bootstrap/rootfs"),
+            &node.path("/opt/images/third"),
+        );
+    }
     node.write("/proc/sys/kernel/hostname", &format!("{name}\n"));
     node.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
     let role = if CONTROLLERS.contains(&name) {
@@ -147,7 +162,10 @@ fn run_all(lab: &mut Lab, machines: &BTreeMap<&str, Machine>, args: &[&str], rou
     }
 }
 
-fn fleet_upgrades_in_order(runtime: &str, version: &str, next: &str, prefix: &str) {
+/// `versions`: where the fleet starts, the next minor, and (to kill a controller in the
+/// middle of an upgrade) the one after.
+fn fleet_upgrades_in_order(runtime: &str, versions: [&str; 3], kill: bool, prefix: &str) {
+    let [version, next, third] = versions;
     let tag = format!("{prefix}{}", std::process::id());
     if let Some(why) = unsupported(&format!("{tag}-probe")) {
         println!("SKIPPED fleet_upgrade ({runtime}): {why}");
@@ -157,7 +175,13 @@ fn fleet_upgrades_in_order(runtime: &str, version: &str, next: &str, prefix: &st
     let cluster = tempfile::tempdir().unwrap();
     let machines: BTreeMap<&str, Machine> = MACHINES
         .iter()
-        .map(|(name, _)| (*name, machine(cluster.path(), name, runtime, version, next)))
+        .map(|(name, _)| {
+            let third = kill.then_some(third);
+            (
+                *name,
+                machine(cluster.path(), name, runtime, version, next, third),
+            )
+        })
         .collect();
     run_all(&mut lab, &machines, &["up"], "boot");
 
@@ -207,25 +231,100 @@ fn fleet_upgrades_in_order(runtime: &str, version: &str, next: &str, prefix: &st
             .unwrap();
         assert!(done.contains(next), "{name}: {done}");
     }
+    // Each worker was drained when its turn began and takes pods again.
+    let calls: String = CONTROLLERS
+        .iter()
+        .flat_map(|c| machines[c].node.calls())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let state = cluster_state(cluster.path());
+    for worker in ["w1", "w2"] {
+        assert!(
+            calls.contains(&format!("drain {worker}")),
+            "{worker} not drained:\n{calls}"
+        );
+        assert!(
+            calls.contains(&format!("uncordon {worker}")),
+            "{worker} not uncordoned:\n{calls}"
+        );
+        assert_eq!(state["nodes"][worker]["unschedulable"], false, "{state}");
+    }
     // `up` afterwards changes nothing anywhere.
     run_all(&mut lab, &machines, &["up"], "again");
     for (name, _) in MACHINES {
         let text = lab.text(&format!("again-{name}"));
         assert!(text.contains("nothing to do"), "{name}:\n{text}");
     }
+    if kill {
+        killed_in_the_middle(&mut lab, &machines, third);
+    }
+}
+
+/// c2 dies in the middle of its upgrade to `third`: c1, c3 and w1, upgrading too, wait for it
+/// and say why; `upgrade` run again on c2 finishes, and then so do they.
+fn killed_in_the_middle(lab: &mut Lab, machines: &BTreeMap<&str, Machine>, third: &str) {
+    let args = ["upgrade", "--rootfs", "/opt/images/third"];
+    lab.spawn("third-c2", "c2", &machines["c2"].node, &args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !lab.text("third-c2").contains("turn to upgrade") {
+        assert!(
+            std::time::Instant::now() < deadline && lab.exited("third-c2").is_none(),
+            "c2 never got its turn:\n{}",
+            lab.text("third-c2")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // In the middle: its turn taken, its new binary on the way in.
+    std::thread::sleep(Duration::from_secs(1));
+    lab.kill("third-c2");
+    for name in ["c1", "c3", "w1"] {
+        lab.spawn(&format!("third-{name}"), name, &machines[name].node, &args);
+    }
+    let waiting = |lab: &Lab, name: &str| {
+        lab.text(&format!("third-{name}"))
+            .contains("waiting: c2 is upgrading")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(waiting(lab, "c1") && waiting(lab, "w1")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c1 and w1 should wait for c2, saying so:\n{}",
+            lab.dump()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(lab.exited("third-c1").is_none() && lab.exited("third-w1").is_none());
+    // c2's re-run finishes its upgrade; the others follow.
+    lab.spawn("third-c2-again", "c2", &machines["c2"].node, &args);
+    for process in ["third-c2-again", "third-c1", "third-c3", "third-w1"] {
+        let code = lab.wait(process, Duration::from_secs(300));
+        assert_eq!(code, 0, "{process}:\n{}", lab.dump());
+    }
+    for name in ["c1", "c2", "c3", "w1"] {
+        let done = machines[name]
+            .node
+            .read("/var/lib/bootstrap/done.json")
+            .unwrap();
+        assert!(done.contains(third), "{name}: {done}");
+    }
 }
 
 #[test]
 fn k3s_fleet_upgrades_in_order() {
-    fleet_upgrades_in_order("k3s", "v1.35.2+k3s1", "v1.36.3+k3s1", "fuk3");
+    fleet_upgrades_in_order(
+        "k3s",
+        ["v1.35.2+k3s1", "v1.36.3+k3s1", "v1.37.0+k3s1"],
+        true,
+        "fuk3",
+    );
 }
 
 #[test]
 fn k0s_fleet_upgrades_in_order() {
-    fleet_upgrades_in_order("k0s", "v1.35.2+k0s.0", "v1.36.3+k0s.0", "fuk0");
+    fleet_upgrades_in_order("k0s", ["v1.35.2+k0s.0", "v1.36.3+k0s.0", ""], false, "fuk0");
 }
 
 #[test]
 fn kubeadm_fleet_upgrades_in_order() {
-    fleet_upgrades_in_order("kubernetes", "v1.35.2", "v1.36.3", "fuka");
+    fleet_upgrades_in_order("kubernetes", ["v1.35.2", "v1.36.3", ""], false, "fuka");
 }

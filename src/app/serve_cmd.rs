@@ -154,14 +154,38 @@ impl server::Upgrades for InClusterUpgrades {
             controllers: &controllers,
             max_workers: self.max_workers,
             now: crate::join::unix_now(),
-        })
+        })?;
+        if role == JoinRole::Worker {
+            // Its pods move elsewhere before its kubelet is replaced; its own
+            // credentials may not evict them, this controller's may.
+            let ops = crate::distro::NodeOps::new(&self.host, driver, driver.admin_kubeconfig());
+            if ops.presence(node).map_err(|e| format!("waiting: {e}"))?
+                == crate::distro::Presence::Present
+            {
+                self.host
+                    .run_checked(&ops.drain_command(node, server::UPGRADE_DRAIN))
+                    .map_err(|e| format!("waiting: draining {node} failed: {e}"))?;
+            }
+        }
+        Ok(())
     }
 
     fn finish(&self, node: &str, version: &str) -> Result<(), String> {
+        let driver = crate::distro::driver(self.distro);
         let lease = crate::distro::upgrade_lease::UpgradeLease {
             host: &self.host,
-            driver: crate::distro::driver(self.distro),
+            driver,
         };
+        let ops = crate::distro::NodeOps::new(&self.host, driver, driver.admin_kubeconfig());
+        // A drained worker takes pods again (a controller uncordons itself, or was never
+        // cordoned); a node that is no Node has nothing to uncordon.
+        if !ops.is_controller(node).unwrap_or(true)
+            && ops.presence(node).ok() == Some(crate::distro::Presence::Present)
+        {
+            self.host
+                .run_checked(&ops.uncordon_command(node))
+                .map_err(|e| format!("cannot uncordon {node}: {e}"))?;
+        }
         lease.finish(node, version)
     }
 }

@@ -184,6 +184,12 @@ impl<'a> NodeOps<'a> {
         .timeout(timeout + Duration::from_secs(30))
     }
 
+    /// `kubectl uncordon NAME`.
+    pub fn uncordon_command(&self, name: &str) -> CommandSpec {
+        self.kubectl(["uncordon", name])
+            .timeout(Duration::from_secs(60))
+    }
+
     /// `kubectl delete node NAME`.
     pub fn delete_command(&self, name: &str) -> CommandSpec {
         self.kubectl(["delete", "node", name, "--timeout", "60s"])

@@ -378,8 +378,10 @@ pub fn upgrade_turn(
     request: &Request,
 ) -> Result<String, Cause> {
     let mut telling: Option<Cause> = None;
+    // A worker's turn begins with its drain, which the answer waits for.
+    let budget = CONNECT_TIMEOUT + IO_TIMEOUT + super::server::UPGRADE_DRAIN;
     for target in targets {
-        match ask(target, keys, request) {
+        match ask_within(target, keys, request, budget) {
             Ok(response) => return Ok(response.message),
             Err(cause @ (Cause::Unreachable(_) | Cause::Protocol(_) | Cause::NotReady(_))) => {
                 if telling

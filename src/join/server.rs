@@ -105,6 +105,9 @@ pub trait ClusterView: Send + Sync {
     fn cluster(&self) -> Option<ClusterInfo>;
 }
 
+/// How long a worker's drain may take when its upgrade turn begins.
+pub const UPGRADE_DRAIN: Duration = Duration::from_secs(120);
+
 /// The longest drain a leave request may ask for.
 pub const MAX_DRAIN: Duration = Duration::from_secs(60 * 60);
 
@@ -483,6 +486,11 @@ impl Service {
                             .unwrap_or_default()
                             .min(MAX_DRAIN);
                         tls.sock.extend(drain + LEAVE_SLACK);
+                    } else if request.kind == RequestKind::Upgrade
+                        && request.role == JoinRole::Worker
+                    {
+                        // A worker's turn begins with its drain.
+                        tls.sock.extend(UPGRADE_DRAIN + LEAVE_SLACK);
                     }
                     let answer = self.answer(request, peer, deadline);
                     if let (Some(Scope::Manual(_)), Some(id)) =
