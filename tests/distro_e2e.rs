@@ -450,6 +450,9 @@ fn upgrade_with_skew_rules(case: &Case) {
         case.next,
         "{state}"
     );
+    // The worker's kept join material names the version it moved to.
+    let material = w.read("/var/lib/bootstrap/join/material.json").unwrap();
+    assert!(material.contains(case.next), "{material}");
     // A controller's status shows which node runs which version.
     let status = a.run(&["status"]);
     status.assert_code(0);

@@ -183,6 +183,7 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
         target.metadata.version,
         report.applied.len()
     );
+    refresh_material(host, &target.metadata.version)?;
     if let Some(turn) = turn {
         let kubeconfig = decision
             .role
@@ -214,4 +215,26 @@ fn control_plane_versions(
                 "upgrade refused: cannot learn the control plane's version to check that this worker stays behind it: {e}"
             ))
         })
+}
+
+/// The join material names the cluster's version when this node joined: once the node has
+/// upgraded, it names the version the node moved to with the cluster, so what is kept
+/// stays true (the skew rules themselves ask the API server).
+fn refresh_material(host: &dyn Host, version: &str) -> Result<(), Error> {
+    let Some(mut material) =
+        crate::distro::JoinMaterial::load(host).map_err(crate::distro::DistroError::from)?
+    else {
+        return Ok(());
+    };
+    if material.version == version {
+        return Ok(());
+    }
+    material.version = version.to_owned();
+    host.write_atomic(
+        Path::new(crate::distro::MATERIAL_FILE),
+        material.to_file_text().as_bytes(),
+        0o600,
+        None,
+    )?;
+    Ok(())
 }

@@ -96,6 +96,10 @@ impl Record {
                 }
             }
             JoinRole::Worker => {
+                if ask.controllers.is_empty() {
+                    // A cluster always has one: an empty list is a list not read right.
+                    return Err("waiting: the cluster lists no controllers yet".into());
+                }
                 for controller in ask.controllers {
                     match self.versions.get(controller) {
                         Some(v) if reaches(v, ask.target) => {}
@@ -296,6 +300,13 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(r.upgrading.keys().collect::<Vec<_>>(), ["c2"]);
+    }
+
+    #[test]
+    fn no_worker_goes_while_the_controllers_are_unknown() {
+        let mut r = Record::default();
+        let why = r.grant(&ask("w1", JoinRole::Worker, &[], 0)).unwrap_err();
+        assert!(why.contains("lists no controllers"), "{why}");
     }
 
     #[test]
