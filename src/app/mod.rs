@@ -11,6 +11,7 @@ mod rootfs_cmd;
 mod secret_cmd;
 mod serve_cmd;
 mod status;
+mod stop;
 mod token_cmd;
 mod up;
 mod upgrade;
@@ -34,6 +35,7 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     pub const PREFLIGHT: i32 = 3;
     pub const PEER_TIMEOUT: i32 = 4;
+    // Stopped by a signal: 128 + its number (`stop`).
 }
 
 /// Everything a command can fail with.
@@ -105,7 +107,10 @@ impl Error {
             Error::Preflight(_) => exit::PREFLIGHT,
             Error::PeerTimeout(_) => exit::PEER_TIMEOUT,
             Error::UpFailed { exit_code, .. } if (1..=255).contains(exit_code) => *exit_code,
-            _ => exit::FAILED,
+            _ => match self.stopped_by() {
+                Some(signal) => signal.exit_code(),
+                None => exit::FAILED,
+            },
         }
     }
 }

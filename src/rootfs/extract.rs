@@ -29,8 +29,14 @@ const MAX_SYMLINK_HOPS: usize = 40;
 pub enum ExtractError {
     #[error("entry {entry:?}: {reason}")]
     Entry { entry: String, reason: String },
-    #[error("entry {entry:?}: the archive holds more than the {limit}-byte limit (--max-size)")]
-    TooLarge { entry: String, limit: u64 },
+    #[error("entry {entry:?}: the archive holds {total} bytes, more than the {limit}-byte limit (--max-size)")]
+    TooLarge {
+        /// The first entry past the limit.
+        entry: String,
+        limit: u64,
+        /// The file data of the whole archive (its remaining headers were read for it).
+        total: u64,
+    },
     #[error("{}: {message}", after.as_ref().map(|e| format!("truncated or corrupt stream after entry {e:?}")).unwrap_or_else(|| "truncated or corrupt stream at the start".to_owned()))]
     Corrupt {
         after: Option<String>,
@@ -228,6 +234,9 @@ struct Extractor<'a> {
     known_dirs: std::collections::HashSet<PathBuf>,
     /// The process umask, to skip a chmod when creation already gave the right mode.
     umask: u32,
+    /// The first entry past `limits.max_bytes`: nothing more is written, the rest is
+    /// only counted, so the error can say how much the whole archive needs.
+    over: Option<String>,
 }
 
 fn mtime(header: &tar::Header) -> SystemTime {
@@ -308,10 +317,8 @@ impl Extractor<'_> {
         let size = entry.size();
         self.report.bytes = self.report.bytes.saturating_add(size);
         if self.report.bytes > self.limits.max_bytes {
-            return Err(ExtractError::TooLarge {
-                entry: shown.to_owned(),
-                limit: self.limits.max_bytes,
-            });
+            self.over = Some(shown.to_owned());
+            return Ok(());
         }
         let mode = self.mode(entry.header(), shown);
         let real = self.root.join(rel);
@@ -538,6 +545,7 @@ pub fn extract<R: Read>(
         symlinks: Vec::new(),
         known_dirs: std::collections::HashSet::new(),
         umask: current_umask(),
+        over: None,
     };
     let dest_len = root.as_os_str().len();
     let mut last: Option<String> = None;
@@ -552,6 +560,12 @@ pub fn extract<R: Read>(
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let kind = entry.header().entry_type();
         if kind == EntryType::XGlobalHeader {
+            continue;
+        }
+        if x.over.is_some() {
+            if matches!(kind, EntryType::Regular | EntryType::Continuous) {
+                x.report.bytes = x.report.bytes.saturating_add(entry.size());
+            }
             continue;
         }
         let rel = match entry_path(&raw, dest_len) {
@@ -598,6 +612,13 @@ pub fn extract<R: Read>(
             }
         }
         last = Some(shown);
+    }
+    if let Some(entry) = x.over {
+        return Err(ExtractError::TooLarge {
+            entry,
+            limit: x.limits.max_bytes,
+            total: x.report.bytes,
+        });
     }
     x.finish()?;
     x.report.last_entry = last;
