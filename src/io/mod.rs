@@ -121,3 +121,31 @@ impl PathError {
         move |source| PathError::new(op, path, source)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_says_how_much_room_there_is_and_was_needed() {
+        let full = std::io::Error::from_raw_os_error(nix::libc::ENOSPC);
+        assert!(is_no_space(&full));
+        let e = PathError::shown_as("write", Path::new("/var/lib/x"), full, Some(4096))
+            .needing(6 << 20);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("write /var/lib/x: No space left on device"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "(needs 6.0 MiB (6291456 bytes), 4.0 KiB (4096 bytes) free on its file system)"
+            ),
+            "{text}"
+        );
+        let other = PathError::new("read", Path::new("/nope"), std::io::Error::other("x"));
+        assert!(other.room.is_none());
+        assert_eq!(other.needing(1).to_string(), "read /nope: x");
+        assert_eq!(bytes(512), "512 bytes");
+    }
+}
