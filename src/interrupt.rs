@@ -77,6 +77,23 @@ pub fn pending() -> Option<Stop> {
     }
 }
 
+/// Sleeps for `duration`, or less when a stop signal arrives (then it is returned), so a
+/// wait between retries does not hold a stop up.
+pub fn sleep(duration: std::time::Duration) -> Option<Stop> {
+    let slice = std::time::Duration::from_millis(50);
+    let end = std::time::Instant::now() + duration;
+    loop {
+        if let Some(stop) = pending() {
+            return Some(stop);
+        }
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(left.min(slice));
+    }
+}
+
 /// Notes the process group of the command now running, so a second signal can take it
 /// down with bootstrap; cleared when the guard drops.
 pub fn child_group(pgid: i32) -> ChildGroup {

@@ -256,3 +256,40 @@ fn sigterm_during_reset_stops_it_and_a_second_reset_finishes() {
     assert!(!node.exists("/var/lib/bootstrap/journal.json"));
     assert!(!node.exists("/etc/sysctl.d/90-bootstrap.conf"));
 }
+
+#[test]
+fn sigterm_while_a_joiner_waits_for_material_stops_it_at_once() {
+    // No join service answers on these loopback addresses: the worker keeps asking.
+    let node = Node::new()
+        .env("BOOTSTRAP_JOIN__TIMEOUT", "10m")
+        .env("BOOTSTRAP_JOIN__PORT", "9");
+    node.write_mode(
+        "/etc/bootstrap/join-secret",
+        &format!("{}\n", common::SECRET),
+        0o600,
+    );
+    node.config(
+        "cluster:\n  name: sig-test\n  controllers: [127.0.0.2]\n  join_secret_file: /etc/bootstrap/join-secret\n",
+    );
+    let child = node.spawn(&["up"]);
+    wait_until("the role is decided", || {
+        node.exists("/var/lib/bootstrap/role.json")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let run = finish(child);
+    run.assert_code(143);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        run.stderr
+            .contains("stopped by SIGTERM while asking the controllers for join material"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(marker(&node)["signal"], "SIGTERM");
+}

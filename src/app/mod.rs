@@ -71,6 +71,12 @@ pub enum Error {
     Host(#[from] HostError),
     #[error("{0}")]
     PeerTimeout(String),
+    /// A stop signal ended a wait outside the plan (the plan's own are `Apply`).
+    #[error("stopped by {signal} while {during}")]
+    Stopped {
+        signal: crate::interrupt::Stop,
+        during: String,
+    },
     /// The `up` that `status --wait` waited for failed with this exit code.
     #[error("{message}")]
     UpFailed { exit_code: i32, message: String },
@@ -107,10 +113,7 @@ impl Error {
             Error::Preflight(_) => exit::PREFLIGHT,
             Error::PeerTimeout(_) => exit::PEER_TIMEOUT,
             Error::UpFailed { exit_code, .. } if (1..=255).contains(exit_code) => *exit_code,
-            _ => match self.stopped_by() {
-                Some(signal) => signal.exit_code(),
-                None => exit::FAILED,
-            },
+            _ => self.stopped_by().map_or(exit::FAILED, |s| s.exit_code()),
         }
     }
 }

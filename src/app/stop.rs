@@ -11,6 +11,7 @@ impl Error {
     pub fn stopped_by(&self) -> Option<crate::interrupt::Stop> {
         match self {
             Error::Apply(e) => e.stopped_by(),
+            Error::Stopped { signal, .. } => Some(*signal),
             _ => None,
         }
     }

@@ -264,8 +264,15 @@ fn fetch_material(
         fetch.targets.join(", "),
         humantime::format_duration(fetch.timeout)
     );
-    let material = crate::join::client::fetch(&access.keys, &fetch)
-        .map_err(|gave_up| Error::PeerTimeout(format!("join: {gave_up}")))?;
+    let material = crate::join::client::fetch(&access.keys, &fetch).map_err(|gave_up| {
+        match crate::interrupt::pending() {
+            Some(signal) => Error::Stopped {
+                signal,
+                during: format!("asking the controllers for join material ({gave_up})"),
+            },
+            None => Error::PeerTimeout(format!("join: {gave_up}")),
+        }
+    })?;
     host.create_dir_all(Path::new("/var/lib/bootstrap/join"), 0o700)?;
     host.write_atomic(
         Path::new(MATERIAL_FILE),
