@@ -293,3 +293,60 @@ fn sigterm_while_a_joiner_waits_for_material_stops_it_at_once() {
     );
     assert_eq!(marker(&node)["signal"], "SIGTERM");
 }
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn sigterm_during_upgrade_stops_it_and_the_next_upgrade_finishes() {
+    let node = Node::new();
+    node.run(&["up"]).assert_code(0);
+    let next = Node::bare();
+    next.image("k3s", "v1.32.0+k3s1");
+    copy_tree(
+        &next.path("/var/lib/bootstrap/rootfs"),
+        &node.path("/opt/images/next"),
+    );
+    // The restart of k3s on its new binary hangs until stopped.
+    let node = node.env("STANDIN_SLEEP", "systemctl:--no-block=60");
+    let child = node.spawn(&["upgrade", "--rootfs", "/opt/images/next"]);
+    let pid = child.id();
+    wait_until("k3s restarts", || sleeping(&node, pid));
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let run = finish(child);
+    run.assert_code(143);
+    assert!(standin_processes(&node, pid).is_empty());
+    let m = marker(&node);
+    assert_eq!(m["signal"], "SIGTERM", "{m}");
+    assert!(
+        m["step"]
+            .as_str()
+            .unwrap()
+            .starts_with("restart:k3s.service"),
+        "{m}"
+    );
+    let entries = journal(&node);
+    let stopped = entries
+        .iter()
+        .find(|e| e.1 != "done")
+        .expect("the stopped step");
+    assert!(stopped.0.starts_with("restart:k3s.service"), "{entries:?}");
+    assert!(stopped.2.contains("SIGTERM"), "{entries:?}");
+
+    let mut node = node;
+    node.env.retain(|(k, _)| !k.starts_with("STANDIN_"));
+    node.run(&["upgrade", "--rootfs", "/opt/images/next"])
+        .assert_code(0);
+    let done = node.read("/var/lib/bootstrap/done.json").unwrap();
+    assert!(done.contains("v1.32.0+k3s1"), "{done}");
+    assert!(!node.exists("/var/lib/bootstrap/failed.json"));
+}
