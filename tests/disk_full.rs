@@ -334,3 +334,63 @@ fn seeding_onto_a_full_disk_keeps_the_storage_and_finishes_once_there_is_room() 
         "{report:?}"
     );
 }
+
+#[test]
+fn a_write_that_finds_the_disk_full_names_the_path_and_the_room() {
+    // --max-size above the free space: the limit does not stop it, the file system does.
+    let work = tempfile::tempdir().unwrap();
+    let image = work.path().join("image");
+    fs::create_dir_all(image.join("bin")).unwrap();
+    fs::write(
+        image.join("Metadata"),
+        format!(
+            r#"{{"version":"v1.31.4+k3s1","arch":"{}","ClusterRuntime":"k3s"}}"#,
+            common::arch()
+        ),
+    )
+    .unwrap();
+    fs::write(image.join("bin/k3s"), build::random_bytes(9, 2 << 20)).unwrap();
+    let archive = work.path().join("image.tar");
+    let status = Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&image)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let disk = work.path().join("disk");
+    let Some(_tmpfs) = Tmpfs::mount("a_write_that_finds_the_disk_full", &disk, 1 << 20) else {
+        return;
+    };
+    let dest = disk.join("rootfs");
+    let run = common::to_run(
+        Command::new(common::BIN)
+            .args(["rootfs", "unpack"])
+            .arg(&archive)
+            .arg(&dest)
+            .args(["--max-size", "100M"])
+            .output()
+            .unwrap(),
+    );
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains(&disk.display().to_string())
+            && run.stderr.contains("No space left on device")
+            && run.stderr.contains("free on its file system"),
+        "{}",
+        run.stderr
+    );
+    let left: Vec<_> = fs::read_dir(&disk)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|p| !p.to_string_lossy().contains("staging")),
+        "{left:?}"
+    );
+    assert!(!dest.exists(), "nothing published");
+}

@@ -338,9 +338,13 @@ impl Extractor<'_> {
             }
             Err(e) => return Err(io_err("create", &real)(e)),
         };
-        let copied = copy(entry, &mut file).map_err(|e| ExtractError::Corrupt {
-            after: Some(shown.to_owned()),
-            message: e.to_string(),
+        let copied = copy(entry, &mut file).map_err(|e| match e {
+            // A full disk is the disk's fault, not the archive's.
+            CopyError::Write(e) => io_err("write", &real)(e),
+            CopyError::Read(e) => ExtractError::Corrupt {
+                after: Some(shown.to_owned()),
+                message: e.to_string(),
+            },
         })?;
         if copied != size {
             return Err(ExtractError::Corrupt {
@@ -515,7 +519,13 @@ fn set_symlink_mtime(path: &Path, time: SystemTime) {
 }
 
 /// Copies with a large buffer (fewer syscalls than `io::copy`'s 8 KiB).
-fn copy(reader: &mut impl Read, file: &mut File) -> io::Result<u64> {
+/// Which end of a copy failed: the archive's stream or the file being written.
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+fn copy(reader: &mut impl Read, file: &mut File) -> Result<u64, CopyError> {
     use std::io::Write;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
@@ -524,9 +534,9 @@ fn copy(reader: &mut impl Read, file: &mut File) -> io::Result<u64> {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(CopyError::Read(e)),
         };
-        file.write_all(&buf[..n])?;
+        file.write_all(&buf[..n]).map_err(CopyError::Write)?;
         total += n as u64;
     }
 }
