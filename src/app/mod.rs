@@ -29,13 +29,12 @@ use crate::preflight::{self, CheckResult};
 use crate::role::{RoleDecision, RoleError};
 use crate::rootfs::{unpack, ClusterImage, RootfsError};
 
-/// Exit codes (DESIGN.md).
+/// Exit codes (DESIGN.md); a stop signal's is 128 + its number (`stop`).
 pub mod exit {
     pub const FAILED: i32 = 1;
     pub const USAGE: i32 = 2;
     pub const PREFLIGHT: i32 = 3;
     pub const PEER_TIMEOUT: i32 = 4;
-    // Stopped by a signal: 128 + its number (`stop`).
 }
 
 /// Everything a command can fail with.
