@@ -17,6 +17,7 @@ pub mod host;
 pub mod hostprep;
 pub mod http;
 pub mod images;
+pub mod interrupt;
 pub mod io;
 pub mod join;
 pub mod lock;

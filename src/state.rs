@@ -59,6 +59,9 @@ pub struct FailedMarker {
     pub step: Option<String>,
     pub error: String,
     pub exit_code: i32,
+    /// The signal that stopped the run (`SIGTERM`, `SIGINT`), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
 }
 
 /// Creates the state folder with mode 0700.

@@ -11,6 +11,7 @@ mod rootfs_cmd;
 mod secret_cmd;
 mod serve_cmd;
 mod status;
+mod stop;
 mod token_cmd;
 mod up;
 mod upgrade;
@@ -28,7 +29,7 @@ use crate::preflight::{self, CheckResult};
 use crate::role::{RoleDecision, RoleError};
 use crate::rootfs::{unpack, ClusterImage, RootfsError};
 
-/// Exit codes (DESIGN.md).
+/// Exit codes (DESIGN.md); a stop signal's is 128 + its number (`stop`).
 pub mod exit {
     pub const FAILED: i32 = 1;
     pub const USAGE: i32 = 2;
@@ -69,6 +70,12 @@ pub enum Error {
     Host(#[from] HostError),
     #[error("{0}")]
     PeerTimeout(String),
+    /// A stop signal ended a wait outside the plan (the plan's own are `Apply`).
+    #[error("stopped by {signal} while {during}")]
+    Stopped {
+        signal: crate::interrupt::Stop,
+        during: String,
+    },
     /// The `up` that `status --wait` waited for failed with this exit code.
     #[error("{message}")]
     UpFailed { exit_code: i32, message: String },
@@ -105,7 +112,7 @@ impl Error {
             Error::Preflight(_) => exit::PREFLIGHT,
             Error::PeerTimeout(_) => exit::PEER_TIMEOUT,
             Error::UpFailed { exit_code, .. } if (1..=255).contains(exit_code) => *exit_code,
-            _ => exit::FAILED,
+            _ => self.stopped_by().map_or(exit::FAILED, |s| s.exit_code()),
         }
     }
 }

@@ -24,6 +24,7 @@ pub(super) fn run(cli: &Cli, args: &ResetArgs) -> Result<(), Error> {
         config.lock_wait,
         &format!("pid {} (bootstrap reset)", std::process::id()),
     )?;
+    super::stop::catch_stop_signals()?;
     let journal = Journal::load(&host)?;
     let distros = installed_distros(&host, &config.rootfs.dir);
     let mut plan = Plan::default();

@@ -6,7 +6,7 @@ use super::{real_path, Error, Session};
 use crate::cli::{Cli, Stage, UpArgs};
 use crate::host::Host;
 use crate::plan::{apply, journal::Journal};
-use crate::state::{self, DoneMarker, FailedMarker};
+use crate::state::{self, DoneMarker};
 use crate::{lock, role};
 
 pub(super) fn run(cli: &Cli, args: &UpArgs) -> Result<(), Error> {
@@ -30,10 +30,11 @@ pub(super) fn run(cli: &Cli, args: &UpArgs) -> Result<(), Error> {
         &holder,
     )?;
 
+    super::stop::catch_stop_signals()?;
     let result = converge(cli, &mut session);
     match &result {
         Ok(()) => {}
-        Err(error) => record_failure(&session.host, error),
+        Err(error) => super::stop::record_failure(&session.host, error),
     }
     result
 }
@@ -179,6 +180,7 @@ fn install_stage(cli: &Cli) -> Result<(), Error> {
         session.config.lock_wait,
         &format!("pid {} (bootstrap up --stage install)", std::process::id()),
     )?;
+    super::stop::catch_stop_signals()?;
     let mut journal = Journal::load(&session.host)?;
     let payloads = crate::node_plan::NodePayloads;
     let mut report = apply(
@@ -262,8 +264,15 @@ fn fetch_material(
         fetch.targets.join(", "),
         humantime::format_duration(fetch.timeout)
     );
-    let material = crate::join::client::fetch(&access.keys, &fetch)
-        .map_err(|gave_up| Error::PeerTimeout(format!("join: {gave_up}")))?;
+    let material = crate::join::client::fetch(&access.keys, &fetch).map_err(|gave_up| {
+        match crate::interrupt::pending() {
+            Some(signal) => Error::Stopped {
+                signal,
+                during: format!("asking the controllers for join material ({gave_up})"),
+            },
+            None => Error::PeerTimeout(format!("join: {gave_up}")),
+        }
+    })?;
     host.create_dir_all(Path::new("/var/lib/bootstrap/join"), 0o700)?;
     host.write_atomic(
         Path::new(MATERIAL_FILE),
@@ -359,20 +368,4 @@ fn record_cluster(session: &Session, decision: &role::RoleDecision) -> Result<()
     };
     state::write_json(host, state::CLUSTER_FILE, &record)?;
     Ok(())
-}
-
-fn record_failure(host: &dyn Host, error: &Error) {
-    let step = match error {
-        Error::Apply(e) => e.step_id().map(str::to_owned),
-        _ => None,
-    };
-    let marker = FailedMarker {
-        at: state::now_rfc3339(),
-        step,
-        error: error.to_string(),
-        exit_code: error.exit_code(),
-    };
-    if let Err(e) = state::write_json(host, state::FAILED_FILE, &marker) {
-        log::warn!("cannot record the failure in {}: {e}", state::FAILED_FILE);
-    }
 }

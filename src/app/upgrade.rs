@@ -32,6 +32,7 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
         session.config.lock_wait,
         &format!("pid {} (bootstrap upgrade)", std::process::id()),
     )?;
+    super::stop::catch_stop_signals()?;
 
     let arch = session.facts.arch.clone();
     let url = crate::rootfs::remote::url_of(&args.image);
@@ -164,7 +165,18 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
     let plan =
         crate::node_plan::upgrade_plan(driver.upgrade_steps(&ctx)?, upgraded.plan(&decision)?);
     let mut journal = Journal::load(host)?;
-    let report = apply(host, &crate::node_plan::NodePayloads, &plan, &mut journal)?;
+    let report = match apply(host, &crate::node_plan::NodePayloads, &plan, &mut journal) {
+        Ok(report) => report,
+        Err(e) => {
+            let error = Error::from(e);
+            // Stopped by a signal, the node is between images: say so where `status`
+            // and `status --wait` look.
+            if error.stopped_by().is_some() {
+                super::stop::record_failure(host, &error);
+            }
+            return Err(error);
+        }
+    };
     state::write_json(
         host,
         state::DONE_FILE,

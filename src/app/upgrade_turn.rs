@@ -116,7 +116,15 @@ pub(super) fn wait(
                 humantime::format_duration(limit)
             )));
         }
-        std::thread::sleep(ASK_EVERY.min(limit.saturating_sub(start.elapsed())));
+        // Nothing has changed yet: a stop signal ends the wait at once.
+        if let Some(signal) =
+            crate::interrupt::sleep(ASK_EVERY.min(limit.saturating_sub(start.elapsed())))
+        {
+            return Err(Error::Stopped {
+                signal,
+                during: format!("waiting for {node}'s turn to upgrade; nothing was changed"),
+            });
+        }
     }
 }
 
@@ -140,7 +148,12 @@ impl Turn {
                         log::warn!("cannot ask the API server its version ({e}); ending this node's upgrade turn anyway");
                         break;
                     }
-                    _ => std::thread::sleep(ASK_EVERY),
+                    // Upgraded already: a stop signal only cuts this wait short.
+                    _ => {
+                        if crate::interrupt::sleep(ASK_EVERY).is_some() {
+                            break;
+                        }
+                    }
                 }
             }
         }

@@ -67,6 +67,13 @@ pub enum HostError {
     },
     #[error("{path} is not a path bootstrap may touch: {reason}")]
     BadPath { path: PathBuf, reason: &'static str },
+    /// bootstrap was asked to stop (SIGTERM, SIGINT) while the command ran; it was
+    /// stopped with everything it started.
+    #[error("`{command}` was stopped: bootstrap received {signal}")]
+    Interrupted {
+        command: String,
+        signal: crate::interrupt::Stop,
+    },
 }
 
 /// The last `lines` lines of `text`.
@@ -87,7 +94,16 @@ fn stderr_suffix(stderr: &str) -> String {
 impl HostError {
     /// Wraps an I/O error with the operation and the host path it concerned.
     pub fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
-        HostError::Io(crate::io::PathError::new(op, path, source))
+        HostError::Io(crate::io::PathError::shown_as(op, path, source, None))
+    }
+
+    /// [`HostError::io`] for an operation on the host path `path`, which lives at `real`:
+    /// a full file system is then reported with the room left there.
+    pub fn io_at(op: &'static str, path: &Path, real: &Path, source: io::Error) -> Self {
+        let free = crate::io::is_no_space(&source)
+            .then(|| crate::io::free_space(real).ok())
+            .flatten();
+        HostError::Io(crate::io::PathError::shown_as(op, path, source, free))
     }
 }
 

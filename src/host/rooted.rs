@@ -9,6 +9,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
 use super::{check_host_path, Arg, CommandOutput, CommandSpec, FileInfo, FileKind, Host};
 use super::{HostError, Owner};
 
@@ -76,6 +79,56 @@ impl RootedHost {
             .process_group(0);
         Ok(command)
     }
+}
+
+/// How long a command has to end after bootstrap passes a stop signal on to it.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Passes SIGTERM to the child's process group (what it started too), waits up to
+/// [`STOP_GRACE`], then kills the group. `Some(status)` when the child ended by itself
+/// within the grace (it may have finished its work); whatever it left in its group is
+/// killed unless it succeeded.
+fn stop_group(
+    child: &mut std::process::Child,
+    shown: &str,
+) -> Result<Option<std::process::ExitStatus>, HostError> {
+    let group = Pid::from_raw(child.id() as i32);
+    log::warn!(
+        "stopping `{shown}` and what it started (SIGTERM, then SIGKILL after {}s)",
+        STOP_GRACE.as_secs()
+    );
+    let _ = killpg(group, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    let mut ended = None;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                ended = Some(status);
+                break;
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(10)),
+            Err(source) => {
+                return Err(HostError::Spawn {
+                    command: shown.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+    if ended.is_some_and(|s| s.success()) {
+        return Ok(ended);
+    }
+    // The leader may be gone while a grandchild holds on: the group lives until its last
+    // member does, so its id cannot have been reused.
+    let _ = killpg(group, Signal::SIGKILL);
+    if ended.is_none() {
+        ended = child.wait().ok();
+    }
+    let gone_by = Instant::now() + Duration::from_secs(2);
+    while killpg(group, None::<Signal>).is_ok() && Instant::now() < gone_by {
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(ended)
 }
 
 fn read_all(mut reader: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
@@ -182,8 +235,8 @@ impl Host for RootedHost {
         fs::create_dir_all(parent).map_err(|e| HostError::io("create folder", host_parent, e))?;
         // A new file of a random name, created with the final mode so a secret is never
         // briefly world-readable, and never a file or symlink someone planted.
-        let (mut file, temp) =
-            super::temp::create_beside(&real, mode).map_err(|e| HostError::io("write", path, e))?;
+        let (mut file, temp) = super::temp::create_beside(&real, mode)
+            .map_err(|e| HostError::io_at("write", path, parent, e))?;
         let result = (|| -> io::Result<()> {
             file.set_permissions(fs::Permissions::from_mode(mode))?;
             if let Some(owner) = owner {
@@ -202,7 +255,11 @@ impl Host for RootedHost {
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&temp);
-            return Err(HostError::io("write", path, e));
+            // The old file is untouched: a full disk fails here, before the rename.
+            return Err(match HostError::io_at("write", path, parent, e) {
+                HostError::Io(e) => HostError::Io(e.needing(contents.len() as u64)),
+                other => other,
+            });
         }
         Ok(())
     }
@@ -316,9 +373,23 @@ impl Host for RootedHost {
         let stdout = child.stdout.take().map(read_all);
         let stderr = child.stderr.take().map(read_all);
         let deadline = Instant::now() + spec.timeout;
+        let _in_flight = crate::interrupt::child_group(child.id() as i32);
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,
+                Ok(None) if crate::interrupt::pending().is_some() => {
+                    match stop_group(&mut child, &shown)? {
+                        // It finished its work despite the signal: the step is done.
+                        Some(status) if status.success() => break status,
+                        _ => {
+                            return Err(HostError::Interrupted {
+                                command: shown,
+                                signal: crate::interrupt::pending()
+                                    .unwrap_or(crate::interrupt::Stop(Signal::SIGTERM)),
+                            })
+                        }
+                    }
+                }
                 Ok(None) if Instant::now() >= deadline => {
                     let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
                     let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);

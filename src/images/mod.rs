@@ -11,6 +11,7 @@ mod image_ref;
 mod layer_file;
 mod manifest;
 mod report;
+mod room;
 mod seed;
 mod storage;
 mod tree;

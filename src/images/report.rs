@@ -54,6 +54,17 @@ pub enum SeedError {
         entry: String,
         what: String,
     },
+    /// The storage's file system filled up; the archive's staged files are gone again.
+    #[error("not enough space to seed {archive} into {storage}: it holds {}, {} free on its file system ({write})", crate::io::bytes(*.needed), crate::io::bytes(*.free))]
+    NoSpace {
+        archive: PathBuf,
+        storage: PathBuf,
+        /// What the archive holds: the most its blobs can take.
+        needed: u64,
+        free: u64,
+        /// The write that failed.
+        write: String,
+    },
     #[error("{archive}: {entry} is {size} bytes; at most {limit} are read for metadata")]
     TooLarge {
         archive: PathBuf,

@@ -91,6 +91,12 @@ pub fn seed_images_dir_except(
 /// unchanged so digests stay those of the original image; a docker-save-only archive
 /// gets an OCI manifest written for it (see [`manifest::image_manifest`] for why OCI).
 pub fn seed_archive(archive: &Path, storage_root: &Path) -> Result<SeedReport, SeedError> {
+    // The staging folder is gone when this returns: the room it took is free again.
+    stage_and_commit(archive, storage_root)
+        .map_err(|e| super::room::explain(e, archive, storage_root))
+}
+
+fn stage_and_commit(archive: &Path, storage_root: &Path) -> Result<SeedReport, SeedError> {
     let layout = Layout::new(storage_root);
     let mut staging = Staging::create(&layout)?;
     let contents = archive::read_archive(archive, &layout, &mut staging)?;

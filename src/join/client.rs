@@ -262,7 +262,14 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
             delay.as_secs_f64(),
             left.as_secs()
         );
-        std::thread::sleep(delay);
+        // A stop signal (SIGTERM, SIGINT) ends the wait; the caller tells why.
+        if crate::interrupt::sleep(delay).is_some() {
+            return Err(GaveUp {
+                attempts,
+                waited: start.elapsed(),
+                last: telling.unwrap_or(last),
+            });
+        }
         round += 1;
     }
 }

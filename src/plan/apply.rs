@@ -54,6 +54,15 @@ pub enum ApplyError {
     },
     #[error("cannot record progress in {path}: {0}", path = state::JOURNAL_FILE)]
     Journal(#[source] HostError),
+    /// A stop signal arrived; applying stopped at a safe point, the journal says where.
+    #[error("stopped by {signal} {} step {id}; a re-run resumes there", if *.in_flight { "in" } else { "before" })]
+    Interrupted {
+        id: String,
+        signal: crate::interrupt::Stop,
+        /// The step was under way (its command stopped, its wait cut short) rather than
+        /// not begun.
+        in_flight: bool,
+    },
 }
 
 fn last_error(last: &Option<String>) -> String {
@@ -69,9 +78,45 @@ impl ApplyError {
             ApplyError::Step { id, .. }
             | ApplyError::Timeout { id, .. }
             | ApplyError::GaveUp { id, .. }
-            | ApplyError::Payload { id, .. } => Some(id),
+            | ApplyError::Payload { id, .. }
+            | ApplyError::Interrupted { id, .. } => Some(id),
             ApplyError::Journal(_) => None,
         }
+    }
+
+    /// The stop signal that ended applying, when one did.
+    pub fn stopped_by(&self) -> Option<crate::interrupt::Stop> {
+        match self {
+            ApplyError::Interrupted { signal, .. } => Some(*signal),
+            _ => None,
+        }
+    }
+}
+
+/// Stops before `step` when a stop signal has arrived: between steps is always safe.
+fn stop_before(step: &Step) -> Result<(), ApplyError> {
+    match crate::interrupt::pending() {
+        Some(signal) => Err(ApplyError::Interrupted {
+            id: step.id.clone(),
+            signal,
+            in_flight: false,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A step whose command was stopped by a stop signal reads as interrupted, not failed.
+fn interrupted_in(step: &Step, error: ApplyError) -> ApplyError {
+    match error {
+        ApplyError::Step {
+            source: HostError::Interrupted { signal, .. },
+            ..
+        } => ApplyError::Interrupted {
+            id: step.id.clone(),
+            signal,
+            in_flight: true,
+        },
+        other => other,
     }
 }
 
@@ -87,9 +132,10 @@ pub fn apply(
     let mut report = ApplyReport::default();
     let total = plan.len();
     for (index, step) in plan.steps.iter().enumerate() {
+        stop_before(step)?;
         let fingerprint = step.fingerprint();
         let status = check::check(host, payloads, &step.action)
-            .map_err(|source| step_error(step, source))?;
+            .map_err(|source| interrupted_in(step, step_error(step, source)))?;
         let journaled = journal.is_done(&step.id, &fingerprint);
         if status == Status::Done || (status == Status::Unknown && journaled) {
             if !journaled {
@@ -132,6 +178,7 @@ pub fn apply(
                 report.applied.push(step.id.clone());
             }
             Err(error) => {
+                let error = interrupted_in(step, error);
                 journal.record(
                     &step.id,
                     &fingerprint,
@@ -424,7 +471,7 @@ fn copy_file(
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&temp);
-        return Err(HostError::io("copy to", dest, e));
+        return Err(HostError::io_at("copy to", dest, parent, e));
     }
     Ok(())
 }
@@ -466,15 +513,16 @@ pub fn apply_unjournaled(
     let mut report = ApplyReport::default();
     let total = plan.len();
     for (index, step) in plan.steps.iter().enumerate() {
+        stop_before(step)?;
         let status = check::check(host, payloads, &step.action)
-            .map_err(|source| step_error(step, source))?;
+            .map_err(|source| interrupted_in(step, step_error(step, source)))?;
         if status == Status::Done {
             log::debug!("[{}/{total}] in place: {}", index + 1, step.action);
             report.in_place.push(step.id.clone());
             continue;
         }
         log::info!("[{}/{total}] {}", index + 1, step.action);
-        run(host, payloads, step)?;
+        run(host, payloads, step).map_err(|e| interrupted_in(step, e))?;
         report.applied.push(step.id.clone());
     }
     Ok(report)
@@ -511,6 +559,13 @@ fn wait_for(
                     last: last.clone(),
                 });
             }
+        }
+        if let Some(signal) = crate::interrupt::pending() {
+            break Err(ApplyError::Interrupted {
+                id: step.id.clone(),
+                signal,
+                in_flight: true,
+            });
         }
         if start.elapsed() >= timeout {
             break Err(ApplyError::Timeout {

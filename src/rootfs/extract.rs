@@ -29,8 +29,14 @@ const MAX_SYMLINK_HOPS: usize = 40;
 pub enum ExtractError {
     #[error("entry {entry:?}: {reason}")]
     Entry { entry: String, reason: String },
-    #[error("entry {entry:?}: the archive holds more than the {limit}-byte limit (--max-size)")]
-    TooLarge { entry: String, limit: u64 },
+    #[error("entry {entry:?}: the archive holds {total} bytes, more than the {limit}-byte limit (--max-size)")]
+    TooLarge {
+        /// The first entry past the limit.
+        entry: String,
+        limit: u64,
+        /// The file data of the whole archive (its remaining headers were read for it).
+        total: u64,
+    },
     #[error("{}: {message}", after.as_ref().map(|e| format!("truncated or corrupt stream after entry {e:?}")).unwrap_or_else(|| "truncated or corrupt stream at the start".to_owned()))]
     Corrupt {
         after: Option<String>,
@@ -228,6 +234,9 @@ struct Extractor<'a> {
     known_dirs: std::collections::HashSet<PathBuf>,
     /// The process umask, to skip a chmod when creation already gave the right mode.
     umask: u32,
+    /// The first entry past `limits.max_bytes`: nothing more is written, the rest is
+    /// only counted, so the error can say how much the whole archive needs.
+    over: Option<String>,
 }
 
 fn mtime(header: &tar::Header) -> SystemTime {
@@ -308,10 +317,8 @@ impl Extractor<'_> {
         let size = entry.size();
         self.report.bytes = self.report.bytes.saturating_add(size);
         if self.report.bytes > self.limits.max_bytes {
-            return Err(ExtractError::TooLarge {
-                entry: shown.to_owned(),
-                limit: self.limits.max_bytes,
-            });
+            self.over = Some(shown.to_owned());
+            return Ok(());
         }
         let mode = self.mode(entry.header(), shown);
         let real = self.root.join(rel);
@@ -331,9 +338,13 @@ impl Extractor<'_> {
             }
             Err(e) => return Err(io_err("create", &real)(e)),
         };
-        let copied = copy(entry, &mut file).map_err(|e| ExtractError::Corrupt {
-            after: Some(shown.to_owned()),
-            message: e.to_string(),
+        let copied = copy(entry, &mut file).map_err(|e| match e {
+            // A full disk is the disk's fault, not the archive's.
+            CopyError::Write(e) => io_err("write", &real)(e),
+            CopyError::Read(e) => ExtractError::Corrupt {
+                after: Some(shown.to_owned()),
+                message: e.to_string(),
+            },
         })?;
         if copied != size {
             return Err(ExtractError::Corrupt {
@@ -508,7 +519,13 @@ fn set_symlink_mtime(path: &Path, time: SystemTime) {
 }
 
 /// Copies with a large buffer (fewer syscalls than `io::copy`'s 8 KiB).
-fn copy(reader: &mut impl Read, file: &mut File) -> io::Result<u64> {
+/// Which end of a copy failed: the archive's stream or the file being written.
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+fn copy(reader: &mut impl Read, file: &mut File) -> Result<u64, CopyError> {
     use std::io::Write;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
@@ -517,9 +534,9 @@ fn copy(reader: &mut impl Read, file: &mut File) -> io::Result<u64> {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(CopyError::Read(e)),
         };
-        file.write_all(&buf[..n])?;
+        file.write_all(&buf[..n]).map_err(CopyError::Write)?;
         total += n as u64;
     }
 }
@@ -538,6 +555,7 @@ pub fn extract<R: Read>(
         symlinks: Vec::new(),
         known_dirs: std::collections::HashSet::new(),
         umask: current_umask(),
+        over: None,
     };
     let dest_len = root.as_os_str().len();
     let mut last: Option<String> = None;
@@ -552,6 +570,12 @@ pub fn extract<R: Read>(
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let kind = entry.header().entry_type();
         if kind == EntryType::XGlobalHeader {
+            continue;
+        }
+        if x.over.is_some() {
+            if matches!(kind, EntryType::Regular | EntryType::Continuous) {
+                x.report.bytes = x.report.bytes.saturating_add(entry.size());
+            }
             continue;
         }
         let rel = match entry_path(&raw, dest_len) {
@@ -598,6 +622,13 @@ pub fn extract<R: Read>(
             }
         }
         last = Some(shown);
+    }
+    if let Some(entry) = x.over {
+        return Err(ExtractError::TooLarge {
+            entry,
+            limit: x.limits.max_bytes,
+            total: x.report.bytes,
+        });
     }
     x.finish()?;
     x.report.last_entry = last;

@@ -35,6 +35,15 @@ pub enum UnpackError {
         archive: PathBuf,
         format: &'static str,
     },
+    /// The file system holding DEST is too small for the archive (checked against its
+    /// free space while unpacking into the staging folder).
+    #[error("not enough space to unpack {archive} into {dest}: it needs {}, {} free on its file system", crate::io::bytes(*.needed), crate::io::bytes(*.free))]
+    NoSpace {
+        archive: PathBuf,
+        dest: PathBuf,
+        needed: u64,
+        free: u64,
+    },
     #[error("{archive}: {source}")]
     Extract {
         archive: PathBuf,
@@ -497,7 +506,20 @@ fn unpack_input(
             })
         }
     };
-    let (extracted, actual) = extract_stream(archive, compression, raw, &staging.path, max_bytes)?;
+    let (extracted, actual) = extract_stream(archive, compression, raw, &staging.path, max_bytes)
+        .map_err(|e| match e {
+        // Without --max-size the limit was the free space: say so, and what it needs.
+        UnpackError::Extract {
+            archive,
+            source: ExtractError::TooLarge { total, limit, .. },
+        } if opts.max_size.is_none() => UnpackError::NoSpace {
+            archive,
+            dest: dest.to_path_buf(),
+            needed: total,
+            free: limit,
+        },
+        other => other,
+    })?;
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
