@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::in_root::{self, Last};
 use super::{check_host_path, Arg, CommandOutput, CommandSpec, FileInfo, FileKind, Host};
 use super::{HostError, Owner};
 
@@ -28,25 +29,33 @@ impl RootedHost {
         RootedHost { root: root.into() }
     }
 
-    /// Where a host path lives on this machine.
+    /// Where a host path lives on this machine: under the root, symlinks on the way
+    /// (the last one too) read as if the root were `/`, never leading out of it.
     pub fn resolve(&self, path: &Path) -> Result<PathBuf, HostError> {
         check_host_path(path)?;
-        let relative = path.strip_prefix("/").unwrap_or(path);
-        if relative.as_os_str().is_empty() {
-            return Ok(self.root.clone());
-        }
-        Ok(self.root.join(relative))
+        Ok(in_root::resolve(&self.root, path, Last::Follow)?)
+    }
+
+    /// As [`RootedHost::resolve`], but a symlink at the last component is the thing
+    /// itself (to replace, remove or `lstat`), not where it points.
+    fn resolve_entry(&self, path: &Path) -> Result<PathBuf, HostError> {
+        check_host_path(path)?;
+        Ok(in_root::resolve(&self.root, path, Last::Keep)?)
     }
 
     fn build_command(&self, spec: &CommandSpec) -> Result<Command, HostError> {
         // An absolute program is a host path (a binary of the cluster image, say); a bare
         // name is looked up on PATH like any tool of this machine.
-        let program = if spec.program.starts_with('/') {
-            self.resolve(Path::new(&spec.program))?
+        let mut command = if spec.program.starts_with('/') {
+            let program = Path::new(&spec.program);
+            // What runs is where the path leads inside the root; argv[0] keeps the name it
+            // was called by, as multi-call binaries (k3s's `kubectl` link) go by it.
+            let mut command = Command::new(self.resolve(program)?);
+            command.arg0(self.resolve_entry(program)?);
+            command
         } else {
-            PathBuf::from(&spec.program)
+            Command::new(&spec.program)
         };
-        let mut command = Command::new(program);
         for arg in &spec.args {
             match arg {
                 Arg::Lit(s) => command.arg(s),
@@ -129,7 +138,7 @@ impl Host for RootedHost {
     }
 
     fn metadata(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_entry(path)?;
         match fs::symlink_metadata(&real) {
             Ok(meta) => Ok(Some(file_info(&meta))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -173,7 +182,7 @@ impl Host for RootedHost {
         mode: u32,
         owner: Option<Owner>,
     ) -> Result<(), HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_entry(path)?;
         let parent = real.parent().ok_or(HostError::BadPath {
             path: path.to_path_buf(),
             reason: "a file needs a parent folder",
@@ -215,7 +224,7 @@ impl Host for RootedHost {
     }
 
     fn remove_file(&self, path: &Path) -> Result<(), HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_entry(path)?;
         match fs::remove_file(&real) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -224,7 +233,7 @@ impl Host for RootedHost {
     }
 
     fn symlink(&self, target: &Path, path: &Path) -> Result<(), HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_entry(path)?;
         let parent = real.parent().ok_or(HostError::BadPath {
             path: path.to_path_buf(),
             reason: "a symlink needs a parent folder",
@@ -245,7 +254,7 @@ impl Host for RootedHost {
     }
 
     fn read_link(&self, path: &Path) -> Result<Option<PathBuf>, HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_entry(path)?;
         match fs::read_link(&real) {
             Ok(target) => Ok(Some(target)),
             Err(e)
@@ -259,7 +268,7 @@ impl Host for RootedHost {
     }
 
     fn remove_all(&self, path: &Path) -> Result<(), HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_entry(path)?;
         if real == self.root {
             return Err(HostError::BadPath {
                 path: path.to_path_buf(),
@@ -280,7 +289,7 @@ impl Host for RootedHost {
     }
 
     fn remove_dir_if_empty(&self, path: &Path) -> Result<bool, HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_entry(path)?;
         if real == self.root {
             return Ok(false);
         }
@@ -404,6 +413,80 @@ mod tests {
         let info = host.stat(Path::new("/a/secret")).unwrap().unwrap();
         assert_eq!(info.kind, FileKind::File);
         assert_eq!(fs::read(dir.path().join("root/a/secret")).unwrap(), b"x");
+    }
+
+    /// A root whose `etc/x` points at a real folder outside it (absolute) and whose
+    /// `etc/up` climbs out with `../../..`; a secret-looking file waits outside.
+    fn escaping_root() -> (tempfile::TempDir, RootedHost, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("shadow"), b"outside").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc/x")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("etc/up")).unwrap();
+        (dir, RootedHost::new(&root), root, outside)
+    }
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.is_symlink() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn writes_through_a_symlink_out_of_the_root_stay_in_the_root() {
+        let (_dir, host, root, outside) = escaping_root();
+        let up = outside.strip_prefix("/").unwrap();
+        for path in [
+            "/etc/x/file".to_owned(),
+            format!("/etc/up/{}/via-dot-dot", up.display()),
+        ] {
+            host.write_atomic(Path::new(&path), b"x", 0o600, None)
+                .unwrap();
+            assert_eq!(host.read(Path::new(&path)).unwrap().unwrap(), b"x");
+        }
+        assert_eq!(files_under(&outside), vec![outside.join("shadow")]);
+        // Both landed where the root's own `/` would put them.
+        assert_eq!(fs::read(root.join(up).join("file")).unwrap(), b"x");
+        assert_eq!(fs::read(root.join(up).join("via-dot-dot")).unwrap(), b"x");
+        host.create_dir_all(Path::new("/etc/x/dir"), 0o700).unwrap();
+        host.symlink(Path::new("/nowhere"), Path::new("/etc/x/link"))
+            .unwrap();
+        assert_eq!(files_under(&outside), vec![outside.join("shadow")]);
+    }
+
+    #[test]
+    fn reads_and_removals_through_a_symlink_out_of_the_root_stay_in_the_root() {
+        let (_dir, host, _root, outside) = escaping_root();
+        assert_eq!(host.read(Path::new("/etc/x/shadow")).unwrap(), None);
+        let up = outside.strip_prefix("/").unwrap();
+        let via_up = format!("/etc/up/{}/shadow", up.display());
+        assert_eq!(host.read(Path::new(&via_up)).unwrap(), None);
+        assert_eq!(host.stat(Path::new("/etc/x/shadow")).unwrap(), None);
+        assert!(host.list_dir(Path::new("/etc/x")).unwrap().is_none());
+        host.remove_file(Path::new("/etc/x/shadow")).unwrap();
+        host.remove_all(Path::new(&via_up)).unwrap();
+        assert_eq!(fs::read(outside.join("shadow")).unwrap(), b"outside");
+        assert!(host
+            .real_path(Path::new("/etc/x/shadow"))
+            .unwrap()
+            .starts_with(host.root()));
+        // The link itself is still what `lstat` and removal act on.
+        assert_eq!(
+            host.metadata(Path::new("/etc/x")).unwrap().unwrap().kind,
+            FileKind::Symlink
+        );
+        host.remove_file(Path::new("/etc/x")).unwrap();
+        assert!(outside.join("shadow").exists());
     }
 
     #[test]
