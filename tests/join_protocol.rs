@@ -888,6 +888,22 @@ fn fresh_material_is_reused_instead_of_minted_again() {
 }
 
 #[test]
+fn controller_material_is_minted_for_every_controller_join() {
+    // A controller join's material (kubeadm's certificate key) opens only what its own
+    // mint uploaded: it is never handed out again from the cache, however fresh.
+    let service = start(Options {
+        admission: true,
+        ..Options::default()
+    });
+    let target = service.target();
+    let ask = |node: &str| client::ask(&target, right(), &request(JoinRole::Controller, node));
+    assert_eq!(ask("cp-1").unwrap().status, Status::Ok);
+    client::release(right(), std::slice::from_ref(&target), "cp-1", None).unwrap();
+    assert_eq!(ask("cp-2").unwrap().status, Status::Ok);
+    assert_eq!(service.minter.calls(), 2, "controller material was reused");
+}
+
+#[test]
 fn material_near_or_past_expiry_is_minted_again() {
     for life in [TTL.as_secs() as i64 * 2 / 5, 0, -60] {
         let service = start(Options::default());
@@ -1128,6 +1144,44 @@ fn connections_per_peer_are_capped_and_other_peers_are_still_served() {
     drop(idle);
     let fetch = quick_fetch(vec![service.target()], "node-again", STEP);
     client::fetch(right(), &fetch).unwrap();
+}
+
+#[test]
+fn past_the_global_cap_the_oldest_silent_connection_goes_first() {
+    // MAX_PRE_AUTH silent connections from many addresses (each under the per-peer cap),
+    // then a few more: as each arrives the oldest waiting one is closed, long before the
+    // pre-auth deadline would close it.
+    let service = start(Options::default());
+    let cap = bootstrap::join::intake::MAX_PRE_AUTH;
+    let each = server::MAX_PER_PEER - 2;
+    let extra = 8;
+    let started = Instant::now();
+    let mut socks: Vec<TcpStream> = (0..cap + extra)
+        .map(|i| {
+            let sock = bind_connect(&format!("127.0.2.{}", 1 + i / each), service.addr);
+            sock.set_nonblocking(true).unwrap();
+            sock
+        })
+        .collect();
+    let deadline = bootstrap::join::intake::PRE_AUTH_DEADLINE;
+    let mut closed_first = 0;
+    while started.elapsed() < deadline / 2 {
+        closed_first = socks[..extra].iter_mut().map(closed).filter(|&c| c).count();
+        if closed_first == extra {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        closed_first,
+        extra,
+        "the oldest connections were still open after {:?}",
+        started.elapsed()
+    );
+    let newest_open = socks[cap..].iter_mut().map(closed).filter(|&c| !c).count();
+    assert_eq!(newest_open, extra, "the newest connections were closed");
+    drop(socks);
+    ask_worker(&service, "node-after-the-crowd").unwrap();
 }
 
 #[test]
