@@ -29,18 +29,20 @@ impl RootedHost {
         RootedHost { root: root.into() }
     }
 
-    /// Where a host path lives on this machine: under the root, symlinks on the way
-    /// (the last one too) read as if the root were `/`, never leading out of it.
+    /// Where a host path lives on this machine: under the root, every symlink on the way
+    /// read as if the root were `/`, never leading out of it. The last component is named
+    /// as it is (a symlink there is the caller's to replace or follow), as a path handed
+    /// to `std::fs` or to a command would be.
     pub fn resolve(&self, path: &Path) -> Result<PathBuf, HostError> {
         check_host_path(path)?;
-        Ok(in_root::resolve(&self.root, path, Last::Follow)?)
+        Ok(in_root::resolve(&self.root, path, Last::Keep)?)
     }
 
-    /// As [`RootedHost::resolve`], but a symlink at the last component is the thing
-    /// itself (to replace, remove or `lstat`), not where it points.
-    fn resolve_entry(&self, path: &Path) -> Result<PathBuf, HostError> {
+    /// As [`RootedHost::resolve`], and a symlink at the last component followed too (inside
+    /// the root): for what is read, listed, run or entered here.
+    fn resolve_followed(&self, path: &Path) -> Result<PathBuf, HostError> {
         check_host_path(path)?;
-        Ok(in_root::resolve(&self.root, path, Last::Keep)?)
+        Ok(in_root::resolve(&self.root, path, Last::Follow)?)
     }
 
     fn build_command(&self, spec: &CommandSpec) -> Result<Command, HostError> {
@@ -50,8 +52,8 @@ impl RootedHost {
             let program = Path::new(&spec.program);
             // What runs is where the path leads inside the root; argv[0] keeps the name it
             // was called by, as multi-call binaries (k3s's `kubectl` link) go by it.
-            let mut command = Command::new(self.resolve(program)?);
-            command.arg0(self.resolve_entry(program)?);
+            let mut command = Command::new(self.resolve_followed(program)?);
+            command.arg0(self.resolve(program)?);
             command
         } else {
             Command::new(&spec.program)
@@ -71,7 +73,7 @@ impl RootedHost {
             command.env(name, value);
         }
         if let Some(dir) = &spec.cwd {
-            command.current_dir(self.resolve(dir)?);
+            command.current_dir(self.resolve_followed(dir)?);
         }
         command
             .stdin(if spec.stdin.is_some() {
@@ -129,7 +131,7 @@ impl Host for RootedHost {
     }
 
     fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_followed(path)?;
         match fs::read(&real) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -138,7 +140,7 @@ impl Host for RootedHost {
     }
 
     fn metadata(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {
-        let real = self.resolve_entry(path)?;
+        let real = self.resolve(path)?;
         match fs::symlink_metadata(&real) {
             Ok(meta) => Ok(Some(file_info(&meta))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -147,7 +149,7 @@ impl Host for RootedHost {
     }
 
     fn stat(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_followed(path)?;
         match fs::metadata(&real) {
             Ok(meta) => Ok(Some(file_info(&meta))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -160,7 +162,7 @@ impl Host for RootedHost {
     }
 
     fn list_dir(&self, path: &Path) -> Result<Option<Vec<String>>, HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_followed(path)?;
         let entries = match fs::read_dir(&real) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -182,7 +184,7 @@ impl Host for RootedHost {
         mode: u32,
         owner: Option<Owner>,
     ) -> Result<(), HostError> {
-        let real = self.resolve_entry(path)?;
+        let real = self.resolve(path)?;
         let parent = real.parent().ok_or(HostError::BadPath {
             path: path.to_path_buf(),
             reason: "a file needs a parent folder",
@@ -217,14 +219,14 @@ impl Host for RootedHost {
     }
 
     fn create_dir_all(&self, path: &Path, mode: u32) -> Result<(), HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_followed(path)?;
         fs::create_dir_all(&real).map_err(|e| HostError::io("create folder", path, e))?;
         fs::set_permissions(&real, fs::Permissions::from_mode(mode))
             .map_err(|e| HostError::io("chmod", path, e))
     }
 
     fn remove_file(&self, path: &Path) -> Result<(), HostError> {
-        let real = self.resolve_entry(path)?;
+        let real = self.resolve(path)?;
         match fs::remove_file(&real) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -233,7 +235,7 @@ impl Host for RootedHost {
     }
 
     fn symlink(&self, target: &Path, path: &Path) -> Result<(), HostError> {
-        let real = self.resolve_entry(path)?;
+        let real = self.resolve(path)?;
         let parent = real.parent().ok_or(HostError::BadPath {
             path: path.to_path_buf(),
             reason: "a symlink needs a parent folder",
@@ -254,7 +256,7 @@ impl Host for RootedHost {
     }
 
     fn read_link(&self, path: &Path) -> Result<Option<PathBuf>, HostError> {
-        let real = self.resolve_entry(path)?;
+        let real = self.resolve(path)?;
         match fs::read_link(&real) {
             Ok(target) => Ok(Some(target)),
             Err(e)
@@ -268,7 +270,7 @@ impl Host for RootedHost {
     }
 
     fn remove_all(&self, path: &Path) -> Result<(), HostError> {
-        let real = self.resolve_entry(path)?;
+        let real = self.resolve(path)?;
         if real == self.root {
             return Err(HostError::BadPath {
                 path: path.to_path_buf(),
@@ -289,7 +291,7 @@ impl Host for RootedHost {
     }
 
     fn remove_dir_if_empty(&self, path: &Path) -> Result<bool, HostError> {
-        let real = self.resolve_entry(path)?;
+        let real = self.resolve(path)?;
         if real == self.root {
             return Ok(false);
         }
@@ -354,7 +356,7 @@ impl Host for RootedHost {
     }
 
     fn free_space(&self, path: &Path) -> Result<u64, HostError> {
-        let mut real = self.resolve(path)?;
+        let mut real = self.resolve_followed(path)?;
         while !real.exists() {
             if !real.pop() {
                 break;
