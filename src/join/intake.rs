@@ -140,8 +140,19 @@ pub fn run(
     let peers = Arc::new(Peers::default());
     // Oldest first.
     let mut pending: VecDeque<Pending> = VecDeque::new();
+    // Whole requests the workers had no room for yet: held (they count against the cap,
+    // so the listener waits too) and offered again each round until their pre-auth
+    // deadline, rather than closed while a burst is answered.
+    let mut held: VecDeque<Box<Arrived>> = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        held.retain(|a| now < a.accepted + PRE_AUTH_DEADLINE);
+        while let Some(arrived) = held.pop_front() {
+            if let Err(back) = hand_off(arrived) {
+                held.push_front(back);
+                break;
+            }
+        }
         pending.retain(|p| {
             let live = now < p.accepted + PRE_AUTH_DEADLINE;
             if !live {
@@ -150,13 +161,19 @@ pub fn run(
             live
         });
         // At the cap, the listener waits (the kernel queues) until the oldest may go.
-        let full = pending.len() >= MAX_PRE_AUTH;
+        let full = pending.len() + held.len() >= MAX_PRE_AUTH;
         let evict_at = evictable(&pending).filter(|_| full).map(|(_, at)| at);
         let accepting = !full || evict_at.is_some_and(|at| at <= now);
         let wait = pending
             .front()
             .map(|p| (p.accepted + PRE_AUTH_DEADLINE).saturating_duration_since(now))
             .unwrap_or(TICK)
+            // Held requests are offered again soon.
+            .min(if held.is_empty() {
+                TICK
+            } else {
+                Duration::from_millis(5)
+            })
             .min(evict_at.map_or(TICK, |at| at.saturating_duration_since(now)))
             .clamp(Duration::from_millis(1), TICK);
         let (listener_ready, ready) = wait_ready(listener, accepting, &pending, wait)?;
@@ -181,13 +198,16 @@ pub fn run(
                         accepted: p.accepted,
                         slot: p.slot,
                     });
-                    if let Err(dropped) = hand_off(arrived) {
+                    if !held.is_empty() {
+                        held.push_back(arrived);
+                    } else if let Err(back) = hand_off(arrived) {
                         WORKERS_FULL.warn(|| {
                             format!(
-                                "{}: every worker is busy and the queue is full; closed",
-                                dropped.peer
+                                "{}: every worker is busy and the queue is full; held",
+                                back.peer
                             )
                         });
+                        held.push_back(back);
                     }
                 }
                 Err(why) => log::debug!("{}: {why}", p.peer),
@@ -195,7 +215,8 @@ pub fn run(
         }
         pending = next;
         if listener_ready && accepting {
-            accept_ready(listener, tls, &peers, max_per_peer, &mut pending);
+            let room = MAX_PRE_AUTH.saturating_sub(held.len());
+            accept_ready(listener, tls, &peers, max_per_peer, room, &mut pending);
         }
     }
     Ok(())
@@ -242,11 +263,12 @@ fn accept_ready(
     tls: &Arc<rustls::ServerConfig>,
     peers: &Arc<Peers>,
     max_per_peer: usize,
+    room: usize,
     pending: &mut VecDeque<Pending>,
 ) {
     // Bounded, so a flood of connects cannot starve the connections already pending.
     for _ in 0..MAX_PRE_AUTH {
-        if pending.len() >= MAX_PRE_AUTH {
+        if pending.len() >= room {
             match evictable(pending) {
                 Some((i, at)) if at <= Instant::now() => {
                     if let Some(silent) = pending.remove(i) {
