@@ -137,7 +137,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Derived once (Argon2id), shared by every joiner.
+    // Derived once (Argon2id), shared by every joiner: what every process start pays
+    // (the service, each joiner's `up`, `token create`), timed here.
+    let derive_started = Instant::now();
     let keys = match JoinKeys::from_secret(&secret, cluster) {
         Ok(keys) => Arc::new(keys),
         Err(e) => {
@@ -145,6 +147,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    {
+        use bootstrap::join::keys::{KDF_LANES, KDF_MEMORY_KIB, KDF_PASSES};
+        println!(
+            "join-bench: key derivation (Argon2id, m={} MiB, t={KDF_PASSES}, p={KDF_LANES}) took {:.3} s",
+            KDF_MEMORY_KIB / 1024,
+            derive_started.elapsed().as_secs_f64()
+        );
+    }
     let address = Arc::new(address.clone());
     let barrier = Arc::new(Barrier::new(n + 1));
     let mut threads = Vec::with_capacity(n);

@@ -890,6 +890,22 @@ fn fresh_material_is_reused_instead_of_minted_again() {
 }
 
 #[test]
+fn controller_material_is_minted_for_every_controller_join() {
+    // A controller join's material (kubeadm's certificate key) opens only what its own
+    // mint uploaded: it is never handed out again from the cache, however fresh.
+    let service = start(Options {
+        admission: true,
+        ..Options::default()
+    });
+    let target = service.target();
+    let ask = |node: &str| client::ask(&target, right(), &request(JoinRole::Controller, node));
+    assert_eq!(ask("cp-1").unwrap().status, Status::Ok);
+    client::release(right(), std::slice::from_ref(&target), "cp-1", None).unwrap();
+    assert_eq!(ask("cp-2").unwrap().status, Status::Ok);
+    assert_eq!(service.minter.calls(), 2, "controller material was reused");
+}
+
+#[test]
 fn material_near_or_past_expiry_is_minted_again() {
     for life in [TTL.as_secs() as i64 * 2 / 5, 0, -60] {
         let service = start(Options::default());
@@ -1130,6 +1146,80 @@ fn connections_per_peer_are_capped_and_other_peers_are_still_served() {
     drop(idle);
     let fetch = quick_fetch(vec![service.target()], "node-again", STEP);
     client::fetch(right(), &fetch).unwrap();
+}
+
+#[test]
+fn a_burst_of_honest_joiners_over_the_global_cap_is_served_in_turn() {
+    // More joiners than MAX_PRE_AUTH at once (from several addresses, each under the
+    // per-peer cap), released together as scripts/bench-join.sh does: the ones past the
+    // cap wait in the backlog rather than push out those just accepted, which have spoken.
+    // Once, all but about 256 of bench-join's 1,000 were reset.
+    let service = start(Options::default());
+    let each = server::MAX_PER_PEER - 2;
+    let n = bootstrap::join::intake::MAX_PRE_AUTH + 40;
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let addr = service.addr;
+    let askers: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let sock = bind_connect(&format!("127.0.3.{}", 1 + i / each), addr);
+                let mut raw = Raw::over(sock);
+                let node = format!("node-burst-{i}");
+                let (response, _, _) = raw.ask(right_mac(), &body(JoinRole::Worker, &node));
+                response.status
+            })
+        })
+        .collect();
+    for asker in askers {
+        assert_eq!(asker.join().expect("a joiner was dropped"), Status::Ok);
+    }
+}
+
+#[test]
+fn past_the_global_cap_the_oldest_silent_connection_goes_first() {
+    // MAX_PRE_AUTH silent connections from many addresses (each under the per-peer cap),
+    // then a few more: the newest wait in the backlog while the oldest are young (a burst
+    // of honest joiners is not dropped for each other), then the oldest are closed for
+    // them, long before the pre-auth deadline would close them.
+    let service = start(Options::default());
+    let cap = bootstrap::join::intake::MAX_PRE_AUTH;
+    let each = server::MAX_PER_PEER - 2;
+    let extra = 8;
+    let started = Instant::now();
+    let mut socks: Vec<TcpStream> = (0..cap + extra)
+        .map(|i| {
+            let sock = bind_connect(&format!("127.0.2.{}", 1 + i / each), service.addr);
+            sock.set_nonblocking(true).unwrap();
+            sock
+        })
+        .collect();
+    let grace = bootstrap::join::intake::EVICT_AFTER;
+    thread::sleep((grace / 2).saturating_sub(started.elapsed()));
+    if started.elapsed() < grace - Duration::from_millis(100) {
+        let early = socks[..extra].iter_mut().map(closed).filter(|&c| c).count();
+        assert_eq!(early, 0, "connections closed before they had {grace:?}");
+    }
+    let deadline = bootstrap::join::intake::PRE_AUTH_DEADLINE;
+    let mut closed_first = 0;
+    while started.elapsed() < deadline / 2 {
+        closed_first = socks[..extra].iter_mut().map(closed).filter(|&c| c).count();
+        if closed_first == extra {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        closed_first,
+        extra,
+        "the oldest connections were still open after {:?}",
+        started.elapsed()
+    );
+    let newest_open = socks[cap..].iter_mut().map(closed).filter(|&c| !c).count();
+    assert_eq!(newest_open, extra, "the newest connections were closed");
+    drop(socks);
+    ask_worker(&service, "node-after-the-crowd").unwrap();
 }
 
 #[test]

@@ -253,9 +253,9 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
         .listen
         .clone()
         .unwrap_or_else(|| format!("[::]:{port}"));
-    let credentials_file = session
-        .host
-        .real_path(std::path::Path::new(crate::join::manual::CREDENTIALS_FILE))?;
+    let credentials_file = session.host.real_path(std::path::Path::new(
+        crate::join::credentials::CREDENTIALS_FILE,
+    ))?;
     let nodes = DistroNodes {
         host: session.host.clone(),
         distro: session.image.distro,
@@ -291,9 +291,9 @@ pub(super) fn run(cli: &Cli, args: &ServeArgs) -> Result<(), Error> {
     let service = server::Service::new(
         keys,
         Box::new(minter),
-        Box::new(crate::join::manual::CredentialStore {
-            file: credentials_file,
-        }),
+        Box::new(crate::join::credentials::CredentialStore::new(
+            credentials_file,
+        )),
         None,
         ttl,
     )

@@ -96,11 +96,9 @@ fn print_line(session: &Session, role: JoinRole, ttl: std::time::Duration) -> Re
     let address = session.node_address().ok_or_else(|| {
         Error::Failed("token create: this controller's address is unknown; set node.address".into())
     })?;
-    let store = crate::join::manual::CredentialStore {
-        file: session
-            .host
-            .real_path(std::path::Path::new(crate::join::manual::CREDENTIALS_FILE))?,
-    };
+    let store = crate::join::credentials::CredentialStore::new(session.host.real_path(
+        std::path::Path::new(crate::join::credentials::CREDENTIALS_FILE),
+    )?);
     let (id, credential) = store
         .add(role, ttl)
         .map_err(|e| Error::Failed(format!("token create: cannot keep the credential: {e}")))?;
@@ -120,11 +118,13 @@ fn print_line(session: &Session, role: JoinRole, ttl: std::time::Duration) -> Re
 }
 
 /// The join lines this controller handed out.
-fn store(cli: &Cli) -> Result<crate::join::manual::CredentialStore, Error> {
+fn store(cli: &Cli) -> Result<crate::join::credentials::CredentialStore, Error> {
     use crate::host::Host;
     let host = super::open_host(cli)?;
-    let file = host.real_path(std::path::Path::new(crate::join::manual::CREDENTIALS_FILE))?;
-    Ok(crate::join::manual::CredentialStore { file })
+    let file = host.real_path(std::path::Path::new(
+        crate::join::credentials::CREDENTIALS_FILE,
+    ))?;
+    Ok(crate::join::credentials::CredentialStore::new(file))
 }
 
 /// `token list`: id, role, expiry, used — never a secret.
@@ -161,7 +161,7 @@ fn revoke(cli: &Cli, id: &str) -> Result<(), Error> {
         ))),
         Err(e) => Err(Error::Failed(format!(
             "token revoke: {}: {e}",
-            store.file.display()
+            store.file().display()
         ))),
     }
 }

@@ -564,6 +564,75 @@ fn certificate_key_for_join(ctx: &Context<'_>) -> Result<Secret, DistroError> {
 mod tests {
     use super::*;
 
+    /// A kubeadm controller with a default config, on `host`.
+    fn with_context<T>(host: &crate::host::FakeHost, f: impl FnOnce(&Context<'_>) -> T) -> T {
+        let config = crate::config::load(host, &crate::config::Sources::default()).unwrap();
+        let image = crate::distro::ClusterImage {
+            dir: "/img".into(),
+            metadata: crate::rootfs::Metadata {
+                version: "v1.31.4".into(),
+                ..Default::default()
+            },
+            metadata_path: "Metadata".into(),
+            distro: crate::distro_kind::DistroKind::Kubeadm,
+            arches: vec![],
+            arch_dir: None,
+            kubefile_path: None,
+            kubefile: None,
+            container_runtime: None,
+            containerd: None,
+            registry: None,
+            kubeadm_config: None,
+        };
+        let ctx = Context {
+            host,
+            config: &config,
+            image: &image,
+            role: crate::role::Role::InitController,
+            node_name: "cp-1".into(),
+            node_address: Some("10.0.0.10".parse().unwrap()),
+            material: None,
+        };
+        f(&ctx)
+    }
+
+    #[test]
+    fn every_controller_join_uploads_the_certificates_with_a_new_key() {
+        let host = crate::host::FakeHost::new();
+        let keys: Vec<String> = (0..2)
+            .map(|_| {
+                with_context(&host, |ctx| {
+                    let key = certificate_key_for_join(ctx).unwrap();
+                    let uploaded = String::from_utf8(host.file(UPLOAD_CONFIG).unwrap()).unwrap();
+                    assert!(uploaded.contains(key.expose()), "{uploaded}");
+                    key.expose().to_owned()
+                })
+            })
+            .collect();
+        assert_ne!(keys[0], keys[1], "a certificate key was used twice");
+        assert_eq!(keys[0].len(), 64, "32 random bytes, hex");
+        let uploads = host
+            .commands()
+            .iter()
+            .filter(|c| c.contains("upload-certs --upload-certs"))
+            .count();
+        assert_eq!(uploads, 2, "{:?}", host.commands());
+    }
+
+    #[test]
+    fn the_uploaded_certificates_are_deleted_once_the_controller_has_joined() {
+        let host = crate::host::FakeHost::new();
+        Kubeadm.after_controller_joined(&host).unwrap();
+        let commands = host.commands();
+        assert!(
+            commands
+                .iter()
+                .any(|c| c.contains("kube-system delete secret kubeadm-certs")
+                    && c.contains(ADMIN_KUBECONFIG)),
+            "{commands:?}"
+        );
+    }
+
     #[test]
     fn taints_parse_like_kubectl() {
         assert_eq!(

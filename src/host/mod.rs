@@ -7,6 +7,7 @@
 
 mod command;
 mod fake;
+mod in_root;
 mod rooted;
 pub mod system;
 pub mod temp;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use command::{Arg, CommandOutput, CommandSpec};
 pub use fake::FakeHost;
+pub use in_root::InRootError;
 pub use rooted::RootedHost;
 
 /// What kind of file system object a path names.
@@ -65,6 +67,9 @@ pub enum HostError {
         status: String,
         stderr: String,
     },
+    /// Boxed: three paths would make every `Result<_, HostError>` that much larger.
+    #[error(transparent)]
+    InRoot(Box<in_root::InRootError>),
     #[error("{path} is not a path bootstrap may touch: {reason}")]
     BadPath { path: PathBuf, reason: &'static str },
     /// bootstrap was asked to stop (SIGTERM, SIGINT) while the command ran; it was
@@ -88,6 +93,12 @@ fn stderr_suffix(stderr: &str) -> String {
         String::new()
     } else {
         format!(": {trimmed}")
+    }
+}
+
+impl From<in_root::InRootError> for HostError {
+    fn from(e: in_root::InRootError) -> Self {
+        HostError::InRoot(Box::new(e))
     }
 }
 

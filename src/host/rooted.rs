@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use super::in_root::{self, Last};
 use super::{check_host_path, Arg, CommandOutput, CommandSpec, FileInfo, FileKind, Host};
 use super::{HostError, Owner};
 
@@ -31,25 +32,35 @@ impl RootedHost {
         RootedHost { root: root.into() }
     }
 
-    /// Where a host path lives on this machine.
+    /// Where a host path lives on this machine: under the root, every symlink on the way
+    /// read as if the root were `/`, never leading out of it. The last component is named
+    /// as it is (a symlink there is the caller's to replace or follow), as a path handed
+    /// to `std::fs` or to a command would be.
     pub fn resolve(&self, path: &Path) -> Result<PathBuf, HostError> {
         check_host_path(path)?;
-        let relative = path.strip_prefix("/").unwrap_or(path);
-        if relative.as_os_str().is_empty() {
-            return Ok(self.root.clone());
-        }
-        Ok(self.root.join(relative))
+        Ok(in_root::resolve(&self.root, path, Last::Keep)?)
+    }
+
+    /// As [`RootedHost::resolve`], and a symlink at the last component followed too (inside
+    /// the root): for what is read, listed, run or entered here.
+    fn resolve_followed(&self, path: &Path) -> Result<PathBuf, HostError> {
+        check_host_path(path)?;
+        Ok(in_root::resolve(&self.root, path, Last::Follow)?)
     }
 
     fn build_command(&self, spec: &CommandSpec) -> Result<Command, HostError> {
         // An absolute program is a host path (a binary of the cluster image, say); a bare
         // name is looked up on PATH like any tool of this machine.
-        let program = if spec.program.starts_with('/') {
-            self.resolve(Path::new(&spec.program))?
+        let mut command = if spec.program.starts_with('/') {
+            let program = Path::new(&spec.program);
+            // What runs is where the path leads inside the root; argv[0] keeps the name it
+            // was called by, as multi-call binaries (k3s's `kubectl` link) go by it.
+            let mut command = Command::new(self.resolve_followed(program)?);
+            command.arg0(self.resolve(program)?);
+            command
         } else {
-            PathBuf::from(&spec.program)
+            Command::new(&spec.program)
         };
-        let mut command = Command::new(program);
         for arg in &spec.args {
             match arg {
                 Arg::Lit(s) => command.arg(s),
@@ -65,7 +76,7 @@ impl RootedHost {
             command.env(name, value);
         }
         if let Some(dir) = &spec.cwd {
-            command.current_dir(self.resolve(dir)?);
+            command.current_dir(self.resolve_followed(dir)?);
         }
         command
             .stdin(if spec.stdin.is_some() {
@@ -173,7 +184,7 @@ impl Host for RootedHost {
     }
 
     fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_followed(path)?;
         match fs::read(&real) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -191,7 +202,7 @@ impl Host for RootedHost {
     }
 
     fn stat(&self, path: &Path) -> Result<Option<FileInfo>, HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_followed(path)?;
         match fs::metadata(&real) {
             Ok(meta) => Ok(Some(file_info(&meta))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -204,7 +215,7 @@ impl Host for RootedHost {
     }
 
     fn list_dir(&self, path: &Path) -> Result<Option<Vec<String>>, HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_followed(path)?;
         let entries = match fs::read_dir(&real) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -265,7 +276,7 @@ impl Host for RootedHost {
     }
 
     fn create_dir_all(&self, path: &Path, mode: u32) -> Result<(), HostError> {
-        let real = self.resolve(path)?;
+        let real = self.resolve_followed(path)?;
         fs::create_dir_all(&real).map_err(|e| HostError::io("create folder", path, e))?;
         fs::set_permissions(&real, fs::Permissions::from_mode(mode))
             .map_err(|e| HostError::io("chmod", path, e))
@@ -416,7 +427,7 @@ impl Host for RootedHost {
     }
 
     fn free_space(&self, path: &Path) -> Result<u64, HostError> {
-        let mut real = self.resolve(path)?;
+        let mut real = self.resolve_followed(path)?;
         while !real.exists() {
             if !real.pop() {
                 break;
@@ -475,6 +486,80 @@ mod tests {
         let info = host.stat(Path::new("/a/secret")).unwrap().unwrap();
         assert_eq!(info.kind, FileKind::File);
         assert_eq!(fs::read(dir.path().join("root/a/secret")).unwrap(), b"x");
+    }
+
+    /// A root whose `etc/x` points at a real folder outside it (absolute) and whose
+    /// `etc/up` climbs out with `../../..`; a secret-looking file waits outside.
+    fn escaping_root() -> (tempfile::TempDir, RootedHost, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("shadow"), b"outside").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc/x")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("etc/up")).unwrap();
+        (dir, RootedHost::new(&root), root, outside)
+    }
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.is_symlink() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn writes_through_a_symlink_out_of_the_root_stay_in_the_root() {
+        let (_dir, host, root, outside) = escaping_root();
+        let up = outside.strip_prefix("/").unwrap();
+        for path in [
+            "/etc/x/file".to_owned(),
+            format!("/etc/up/{}/via-dot-dot", up.display()),
+        ] {
+            host.write_atomic(Path::new(&path), b"x", 0o600, None)
+                .unwrap();
+            assert_eq!(host.read(Path::new(&path)).unwrap().unwrap(), b"x");
+        }
+        assert_eq!(files_under(&outside), vec![outside.join("shadow")]);
+        // Both landed where the root's own `/` would put them.
+        assert_eq!(fs::read(root.join(up).join("file")).unwrap(), b"x");
+        assert_eq!(fs::read(root.join(up).join("via-dot-dot")).unwrap(), b"x");
+        host.create_dir_all(Path::new("/etc/x/dir"), 0o700).unwrap();
+        host.symlink(Path::new("/nowhere"), Path::new("/etc/x/link"))
+            .unwrap();
+        assert_eq!(files_under(&outside), vec![outside.join("shadow")]);
+    }
+
+    #[test]
+    fn reads_and_removals_through_a_symlink_out_of_the_root_stay_in_the_root() {
+        let (_dir, host, _root, outside) = escaping_root();
+        assert_eq!(host.read(Path::new("/etc/x/shadow")).unwrap(), None);
+        let up = outside.strip_prefix("/").unwrap();
+        let via_up = format!("/etc/up/{}/shadow", up.display());
+        assert_eq!(host.read(Path::new(&via_up)).unwrap(), None);
+        assert_eq!(host.stat(Path::new("/etc/x/shadow")).unwrap(), None);
+        assert!(host.list_dir(Path::new("/etc/x")).unwrap().is_none());
+        host.remove_file(Path::new("/etc/x/shadow")).unwrap();
+        host.remove_all(Path::new(&via_up)).unwrap();
+        assert_eq!(fs::read(outside.join("shadow")).unwrap(), b"outside");
+        assert!(host
+            .real_path(Path::new("/etc/x/shadow"))
+            .unwrap()
+            .starts_with(host.root()));
+        // The link itself is still what `lstat` and removal act on.
+        assert_eq!(
+            host.metadata(Path::new("/etc/x")).unwrap().unwrap().kind,
+            FileKind::Symlink
+        );
+        host.remove_file(Path::new("/etc/x")).unwrap();
+        assert!(outside.join("shadow").exists());
     }
 
     #[test]

@@ -24,10 +24,14 @@ use super::throttle::{Throttled, WARN_EVERY};
 
 /// How long a new connection has for its TLS handshake and its whole request frame.
 pub const PRE_AUTH_DEADLINE: Duration = Duration::from_secs(5);
-/// Connections in the handshake-and-request stage at once; at the cap the oldest is
-/// dropped for the newest. An honest joiner finishes this stage in a few round trips, so
-/// the one dropped is almost always a socket that was never going to send anything.
+/// Connections in the handshake-and-request stage at once. At the cap the oldest one that
+/// has sent nothing for [`EVICT_AFTER`] is dropped for the newest; while there is none,
+/// newer connections wait in the kernel's backlog (their deadline counts from accept), so
+/// a burst of honest joiners, each of which speaks first, is served in turn rather than
+/// dropped for each other.
 pub const MAX_PRE_AUTH: usize = 256;
+/// How long a silent connection keeps its place at the cap.
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
 /// How long the loop sleeps at most before it looks at `stop` and the deadlines again.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -104,6 +108,17 @@ struct Pending {
     /// The request frame so far (plaintext).
     frame: Vec<u8>,
     slot: PeerSlot,
+    /// It has sent something (a joiner's ClientHello comes first).
+    heard: bool,
+}
+
+/// Where the oldest connection that may be dropped at the cap is, and from when.
+fn evictable(pending: &VecDeque<Pending>) -> Option<(usize, Instant)> {
+    pending
+        .iter()
+        .enumerate()
+        .find(|(_, p)| !p.heard)
+        .map(|(i, p)| (i, p.accepted + EVICT_AFTER))
 }
 
 /// Refusals logged at most once per [`WARN_EVERY`] each.
@@ -125,8 +140,19 @@ pub fn run(
     let peers = Arc::new(Peers::default());
     // Oldest first.
     let mut pending: VecDeque<Pending> = VecDeque::new();
+    // Whole requests the workers had no room for yet: held (they count against the cap,
+    // so the listener waits too) and offered again each round until their pre-auth
+    // deadline, rather than closed while a burst is answered.
+    let mut held: VecDeque<Box<Arrived>> = VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        held.retain(|a| now < a.accepted + PRE_AUTH_DEADLINE);
+        while let Some(arrived) = held.pop_front() {
+            if let Err(back) = hand_off(arrived) {
+                held.push_front(back);
+                break;
+            }
+        }
         pending.retain(|p| {
             let live = now < p.accepted + PRE_AUTH_DEADLINE;
             if !live {
@@ -134,12 +160,23 @@ pub fn run(
             }
             live
         });
+        // At the cap, the listener waits (the kernel queues) until the oldest may go.
+        let full = pending.len() + held.len() >= MAX_PRE_AUTH;
+        let evict_at = evictable(&pending).filter(|_| full).map(|(_, at)| at);
+        let accepting = !full || evict_at.is_some_and(|at| at <= now);
         let wait = pending
             .front()
             .map(|p| (p.accepted + PRE_AUTH_DEADLINE).saturating_duration_since(now))
             .unwrap_or(TICK)
+            // Held requests are offered again soon.
+            .min(if held.is_empty() {
+                TICK
+            } else {
+                Duration::from_millis(5)
+            })
+            .min(evict_at.map_or(TICK, |at| at.saturating_duration_since(now)))
             .clamp(Duration::from_millis(1), TICK);
-        let (listener_ready, ready) = wait_ready(listener, &pending, wait)?;
+        let (listener_ready, ready) = wait_ready(listener, accepting, &pending, wait)?;
         let mut next = VecDeque::with_capacity(pending.len());
         for (mut p, ready) in pending.drain(..).zip(ready) {
             if !ready {
@@ -161,34 +198,45 @@ pub fn run(
                         accepted: p.accepted,
                         slot: p.slot,
                     });
-                    if let Err(dropped) = hand_off(arrived) {
+                    if !held.is_empty() {
+                        held.push_back(arrived);
+                    } else if let Err(back) = hand_off(arrived) {
                         WORKERS_FULL.warn(|| {
                             format!(
-                                "{}: every worker is busy and the queue is full; closed",
-                                dropped.peer
+                                "{}: every worker is busy and the queue is full; held",
+                                back.peer
                             )
                         });
+                        held.push_back(back);
                     }
                 }
                 Err(why) => log::debug!("{}: {why}", p.peer),
             }
         }
         pending = next;
-        if listener_ready {
-            accept_ready(listener, tls, &peers, max_per_peer, &mut pending);
+        if listener_ready && accepting {
+            let room = MAX_PRE_AUTH.saturating_sub(held.len());
+            accept_ready(listener, tls, &peers, max_per_peer, room, &mut pending);
         }
     }
     Ok(())
 }
 
-/// Waits up to `wait` for the listener or a pending connection to be ready; which are.
+/// Waits up to `wait` for the listener (when `accepting`) or a pending connection to be
+/// ready; which are.
 fn wait_ready(
     listener: &TcpListener,
+    accepting: bool,
     pending: &VecDeque<Pending>,
     wait: Duration,
 ) -> io::Result<(bool, Vec<bool>)> {
     let mut fds = Vec::with_capacity(pending.len() + 1);
-    fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+    let listen_for = if accepting {
+        PollFlags::POLLIN
+    } else {
+        PollFlags::empty()
+    };
+    fds.push(PollFd::new(listener.as_fd(), listen_for));
     for p in pending {
         let mut events = PollFlags::POLLIN;
         if p.conn.wants_write() {
@@ -215,10 +263,27 @@ fn accept_ready(
     tls: &Arc<rustls::ServerConfig>,
     peers: &Arc<Peers>,
     max_per_peer: usize,
+    room: usize,
     pending: &mut VecDeque<Pending>,
 ) {
     // Bounded, so a flood of connects cannot starve the connections already pending.
     for _ in 0..MAX_PRE_AUTH {
+        if pending.len() >= room {
+            match evictable(pending) {
+                Some((i, at)) if at <= Instant::now() => {
+                    if let Some(silent) = pending.remove(i) {
+                        OVER_TOTAL_CAP.warn(|| {
+                            format!(
+                                "{}: {MAX_PRE_AUTH} connections without a request yet; the oldest silent one closed",
+                                silent.peer
+                            )
+                        });
+                    }
+                }
+                // The rest wait in the kernel's backlog for a place.
+                _ => return,
+            }
+        }
         let (sock, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -244,16 +309,6 @@ fn accept_ready(
         let Ok(conn) = rustls::ServerConnection::new(tls.clone()) else {
             continue;
         };
-        if pending.len() >= MAX_PRE_AUTH {
-            if let Some(oldest) = pending.pop_front() {
-                OVER_TOTAL_CAP.warn(|| {
-                    format!(
-                        "{}: {MAX_PRE_AUTH} connections without a request yet; the oldest closed",
-                        oldest.peer
-                    )
-                });
-            }
-        }
         pending.push_back(Pending {
             conn,
             sock,
@@ -261,6 +316,7 @@ fn accept_ready(
             accepted,
             frame: Vec::new(),
             slot,
+            heard: false,
         });
     }
 }
@@ -277,6 +333,7 @@ fn advance(p: &mut Pending) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
         match p.conn.read_tls(&mut p.sock) {
             Ok(0) => return Err("closed before a whole request".into()),
             Ok(_) => {
+                p.heard = true;
                 p.conn
                     .process_new_packets()
                     .map_err(|e| format!("TLS: {e}"))?;

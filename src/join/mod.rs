@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod client;
+pub mod credentials;
 pub mod intake;
 pub mod keys;
 pub mod manual;
