@@ -132,24 +132,10 @@ pub fn failed(unit: &str) -> Probe {
 /// A path relative to `from`'s folder that leads to `to` (both absolute host paths), so
 /// a symlink works the same under `--root` as on the node.
 pub fn relative_target(from: &str, to: &str) -> String {
-    let from_dir: Vec<_> = Path::new(from)
-        .parent()
-        .map(|p| p.components().skip(1).collect())
-        .unwrap_or_default();
-    let to_parts: Vec<_> = Path::new(to).components().skip(1).collect();
-    let common = from_dir
-        .iter()
-        .zip(&to_parts)
-        .take_while(|(a, b)| a == b)
-        .count();
-    let mut out = PathBuf::new();
-    for _ in common..from_dir.len() {
-        out.push("..");
-    }
-    for part in &to_parts[common..] {
-        out.push(part);
-    }
-    out.display().to_string()
+    let dir = Path::new(from).parent().unwrap_or(Path::new("/"));
+    crate::io::relative::link_target(dir, Path::new(to))
+        .display()
+        .to_string()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod compression;
 pub mod read_ahead;
+pub mod relative;
 
 use std::path::{Path, PathBuf};
 

@@ -345,7 +345,8 @@ pub fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("stat", dest)(e)),
     }
-    let relative = link_target(parent, version_dir);
+    // Relative: it leads to the same image under `--root` as on the node.
+    let relative = crate::io::relative::link_target(parent, version_dir);
     let temp = parent.join(format!(
         ".{}.link-{}",
         dest.file_name().unwrap_or_default().to_string_lossy(),
@@ -355,19 +356,6 @@ pub fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(
     std::os::unix::fs::symlink(&relative, &temp).map_err(io_err("symlink", &temp))?;
     fs::rename(&temp, dest).map_err(io_err("rename", dest))?;
     fsync_dir(parent)
-}
-
-/// The target of a link in folder `dir` that leads to `to` (both real, absolute paths):
-/// relative, so it leads to the same place under `--root` as on the node. An absolute
-/// target would be a path of the machine running bootstrap, which resolution inside the
-/// root reads from the root, not from that machine's `/`.
-fn link_target(dir: &Path, to: &Path) -> PathBuf {
-    let dir: Vec<_> = dir.components().collect();
-    let to: Vec<_> = to.components().collect();
-    let common = dir.iter().zip(&to).take_while(|(a, b)| a == b).count();
-    let mut out: PathBuf = dir[common..].iter().map(|_| "..").collect();
-    out.extend(&to[common..]);
-    out
 }
 
 /// Unpacks `archive` (a real path) so that `dest` (a real path) points at its contents.
@@ -707,27 +695,4 @@ pub fn open_unpacked(dest: &Path, host_arch: &str) -> Result<ClusterImage, Rootf
     let mut image = ClusterImage::read(&tree, host_arch)?;
     image.dir = dest.to_path_buf();
     Ok(image)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn links_point_relatively_so_they_stay_inside_a_root() {
-        assert_eq!(
-            link_target(
-                Path::new("/tmp/r/var/lib/bootstrap"),
-                Path::new("/tmp/r/opt/images/next")
-            ),
-            PathBuf::from("../../../opt/images/next")
-        );
-        assert_eq!(
-            link_target(
-                Path::new("/var/lib/bootstrap"),
-                Path::new("/var/lib/bootstrap/rootfs.versions/v1")
-            ),
-            PathBuf::from("rootfs.versions/v1")
-        );
-    }
 }
