@@ -27,6 +27,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "http",
             "distro_kind",
             "host",
+            "fault",
         ],
     ),
     (
