@@ -340,13 +340,10 @@ pub fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(
         .strip_prefix(parent)
         .unwrap_or(version_dir)
         .to_path_buf();
-    let temp = parent.join(format!(
-        ".{}.link-{}",
-        dest.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&temp);
+    // A fresh name; links an earlier run left there when it died are removed first.
+    let temp = crate::host::temp::name_beside(dest).map_err(io_err("name a link beside", dest))?;
     std::os::unix::fs::symlink(&relative, &temp).map_err(io_err("symlink", &temp))?;
+    crate::fault::point(|| format!("rename:{}", dest.display()));
     fs::rename(&temp, dest).map_err(io_err("rename", dest))?;
     fsync_dir(parent)
 }
@@ -570,6 +567,7 @@ fn unpack_input(
         let _ = make_writable(&version_dir);
         fs::remove_dir_all(&version_dir).map_err(io_err("remove", &version_dir))?;
     }
+    crate::fault::point(|| format!("rename:{}", version_dir.display()));
     fs::rename(&staging.path, &version_dir).map_err(io_err("rename", &version_dir))?;
     staging.committed = true;
     fsync_dir(&versions)?;
