@@ -595,6 +595,9 @@ fn open_image(
         &dest_real,
         digest.as_ref().map(|d| d.0.as_str()),
     );
+    // Published but `rootfs.dir` not there at all: a run died between publishing the
+    // unpacked folder and linking it; the unpack step finishes that (reusing the copy).
+    let unpacked = unpacked.filter(|_| std::fs::symlink_metadata(&dest_real).is_ok());
     if let Some(version) = unpacked {
         if !unpack::points_at(&dest_real, &version) {
             // `bootstrap upgrade` moved the node to a newer image since this archive
@@ -630,7 +633,9 @@ fn open_remote(
     };
     let dir = &config.rootfs.dir;
     let dest_real = host.real_path(dir)?;
-    let unpacked = unpack::find_unpacked(Path::new(&remote.shown()), &dest_real, Some(&sha256));
+    let unpacked = unpack::find_unpacked(Path::new(&remote.shown()), &dest_real, Some(&sha256))
+        // As for a local archive: published but never linked, so unpack (reuse) again.
+        .filter(|_| std::fs::symlink_metadata(&dest_real).is_ok());
     if unpacked.is_none() {
         if fetch == Fetch::Never {
             return Err(Error::Failed(format!(
