@@ -336,16 +336,31 @@ pub fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("stat", dest)(e)),
     }
-    let relative = version_dir
-        .strip_prefix(parent)
-        .unwrap_or(version_dir)
-        .to_path_buf();
+    // Relative, so the link means the same under `--root` (an image being baked) as on
+    // the node itself; an absolute target would name the baking machine's path.
+    let relative = relative_to(parent, version_dir);
     // A fresh name; links an earlier run left there when it died are removed first.
     let temp = crate::host::temp::name_beside(dest).map_err(io_err("name a link beside", dest))?;
     std::os::unix::fs::symlink(&relative, &temp).map_err(io_err("symlink", &temp))?;
     crate::fault::point(|| format!("rename:{}", dest.display()));
     fs::rename(&temp, dest).map_err(io_err("rename", dest))?;
     fsync_dir(parent)
+}
+
+/// `target` as seen from the folder `from` (both absolute): `../..` up to what they
+/// share, then down to `target`.
+fn relative_to(from: &Path, target: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = target.components().collect();
+    let shared = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in shared..from.len() {
+        out.push("..");
+    }
+    for c in &to[shared..] {
+        out.push(c);
+    }
+    out
 }
 
 /// Unpacks `archive` (a real path) so that `dest` (a real path) points at its contents.
