@@ -582,6 +582,7 @@ fn open_image(
         digest: None,
     };
     let Some(archive) = &config.rootfs.archive else {
+        unpack::restore_moved_aside(&host.real_path(dir)?)?;
         return Ok(opened(ClusterImage::open(host, dir, arch)?, false));
     };
     if let Some(url) = crate::rootfs::remote::url_of(archive) {

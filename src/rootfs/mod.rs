@@ -7,6 +7,7 @@ mod extract;
 mod image;
 pub mod inspect;
 pub mod kubefile;
+pub mod link;
 pub mod remote;
 pub mod sources;
 pub mod tree;

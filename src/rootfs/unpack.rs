@@ -327,6 +327,7 @@ pub fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(
             );
             fs::create_dir_all(&versions).map_err(io_err("create folder", &versions))?;
             fs::rename(dest, &kept).map_err(io_err("move", dest))?;
+            crate::fault::point(|| format!("moved-aside:{}", dest.display()));
         }
         Ok(_) => {
             return Err(UnpackError::BadDest {
@@ -338,7 +339,7 @@ pub fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(
     }
     // Relative, so the link means the same under `--root` (an image being baked) as on
     // the node itself; an absolute target would name the baking machine's path.
-    let relative = relative_to(parent, version_dir);
+    let relative = super::link::relative_to(parent, version_dir);
     // A fresh name; links an earlier run left there when it died are removed first.
     let temp = crate::host::temp::name_beside(dest).map_err(io_err("name a link beside", dest))?;
     std::os::unix::fs::symlink(&relative, &temp).map_err(io_err("symlink", &temp))?;
@@ -347,20 +348,11 @@ pub fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(
     fsync_dir(parent)
 }
 
-/// `target` as seen from the folder `from` (both absolute): `../..` up to what they
-/// share, then down to `target`.
-fn relative_to(from: &Path, target: &Path) -> PathBuf {
-    let from: Vec<_> = from.components().collect();
-    let to: Vec<_> = target.components().collect();
-    let shared = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
-    let mut out = PathBuf::new();
-    for _ in shared..from.len() {
-        out.push("..");
-    }
-    for c in &to[shared..] {
-        out.push(c);
-    }
-    out
+/// Puts back the image folder a [`switch_link`] killed halfway had moved aside.
+pub fn restore_moved_aside(dest: &Path) -> Result<(), UnpackError> {
+    super::link::restore_moved_aside(dest, &versions_dir(dest))
+        .map(drop)
+        .map_err(io_err("put back", dest))
 }
 
 /// Unpacks `archive` (a real path) so that `dest` (a real path) points at its contents.
