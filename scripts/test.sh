@@ -59,6 +59,13 @@ case "$description" in
 esac
 "$static_bin" --root examples/single-node plan >/dev/null
 echo "static binary runs: ok"
+# Fault injection (src/fault.rs) is for the crash tests only: not one of its names may be
+# in the release binary.
+if grep -aq BOOTSTRAP_FAULT_ "$static_bin"; then
+  echo "test.sh: $static_bin contains the fault-injection code (BOOTSTRAP_FAULT_*)" >&2
+  exit 1
+fi
+echo "no fault injection in the release binary: ok"
 
 echo "== cargo test"
 log=$(mktemp)
@@ -67,5 +74,16 @@ cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+
+echo "== crash points: every fault point of every scenario killed and re-run (docs/reliability.md)"
+# Its own build with the fault-injection feature (the step above skips this target).
+crash_log=$(mktemp)
+trap 'rm -f "$log" "$crash_log"' EXIT
+if ! cargo test --locked --features fault-injection --test crash_points -- --nocapture >"$crash_log" 2>&1; then
+  cat "$crash_log"
+  echo "test.sh: crash points failed" >&2
+  exit 1
+fi
+grep -E '^crash points:|^test result:' "$crash_log"
 
 if [ "$(id -u)" -eq 0 ]; then echo "== .deb: build, dpkg -i, check, dpkg -r"; scripts/test-deb.sh; else echo "== .deb: SKIPPED (scripts/test-deb.sh needs root for dpkg -i)"; fi

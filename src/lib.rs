@@ -13,6 +13,7 @@ pub mod distro_kind;
 pub mod duration_serde;
 pub mod entropy;
 pub mod facts;
+pub mod fault;
 pub mod host;
 pub mod hostprep;
 pub mod http;

@@ -28,6 +28,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "distro_kind",
             "host",
             "interrupt",
+            "fault",
         ],
     ),
     (

@@ -3,6 +3,7 @@
 
 mod api_proxy_cmd;
 mod init_check;
+mod join_material;
 mod leave;
 mod plan_cmd;
 mod preflight_cmd;
@@ -469,87 +470,6 @@ impl Session {
         Ok(out)
     }
 
-    /// A joiner's material, checked against this node: same distro, a version the
-    /// cluster accepts, material for this node's role.
-    pub(crate) fn join_material(
-        &self,
-        role: &RoleDecision,
-    ) -> Result<Option<crate::distro::JoinMaterial>, Error> {
-        use crate::distro::{skew, DistroError, JoinRole, MATERIAL_FILE};
-        if !role.role.joins() {
-            return Ok(None);
-        }
-        let Some(material) =
-            crate::distro::JoinMaterial::load(&self.host).map_err(DistroError::from)?
-        else {
-            return Ok(None);
-        };
-        let wanted = if role.role.is_controller() {
-            JoinRole::Controller
-        } else {
-            JoinRole::Worker
-        };
-        if material.role != wanted {
-            return Err(DistroError::Mismatch {
-                path: MATERIAL_FILE,
-                reason: format!(
-                    "it is for a {}, but this node joins as a {wanted}",
-                    material.role
-                ),
-            }
-            .into());
-        }
-        if let (Some(theirs), Some(ours)) = (&material.cluster, &self.config.cluster.name) {
-            // A controller keeps the received join secret: its join keys would not be
-            // the cluster's under another name.
-            if theirs != ours {
-                return Err(DistroError::Mismatch {
-                    path: MATERIAL_FILE,
-                    reason: format!(
-                        "it is for cluster {theirs:?}, but this node's cluster.name is {ours:?}"
-                    ),
-                }
-                .into());
-            }
-        }
-        if self.upgrading {
-            return Ok(Some(material));
-        }
-        // The material's version is the cluster's when this node joined. Once it has
-        // joined, the cluster may have moved on (an upgrade): the rules are checked
-        // against the version the API server reports now.
-        let cluster_version = if self.host.exists(Path::new(crate::state::DONE_FILE))? {
-            let driver = crate::distro::driver(self.image.distro);
-            let kubeconfig = if role.role.is_controller() {
-                driver.admin_kubeconfig()
-            } else {
-                driver.node_kubeconfig(role.role)
-            };
-            let ops = crate::distro::NodeOps::new(&self.host, driver, kubeconfig);
-            match ops.server_version() {
-                Ok(version) => version,
-                Err(e) => {
-                    log::warn!("cannot ask the API server for the cluster's version ({e}); this node has joined already, so its join material is not checked again");
-                    return Ok(Some(material));
-                }
-            }
-        } else {
-            material.version.clone()
-        };
-        skew::check_join(
-            self.image.distro,
-            &self.image.metadata.version,
-            material.distro,
-            &cluster_version,
-            role.role.is_controller(),
-        )
-        .map_err(|e| DistroError::Mismatch {
-            path: MATERIAL_FILE,
-            reason: e.0,
-        })?;
-        Ok(Some(material))
-    }
-
     /// The node name Kubernetes will know this node by.
     pub(crate) fn node_name(&self) -> String {
         self.config
@@ -590,6 +510,7 @@ fn open_image(
         digest: None,
     };
     let Some(archive) = &config.rootfs.archive else {
+        unpack::restore_moved_aside(&host.real_path(dir)?)?;
         return Ok(opened(ClusterImage::open(host, dir, arch)?, false));
     };
     if let Some(url) = crate::rootfs::remote::url_of(archive) {
@@ -603,6 +524,9 @@ fn open_image(
         &dest_real,
         digest.as_ref().map(|d| d.0.as_str()),
     );
+    // Published but `rootfs.dir` not there at all: a run died between publishing the
+    // unpacked folder and linking it; the unpack step finishes that (reusing the copy).
+    let unpacked = unpacked.filter(|_| std::fs::symlink_metadata(&dest_real).is_ok());
     if let Some(version) = unpacked {
         if !unpack::points_at(&dest_real, &version) {
             // `bootstrap upgrade` moved the node to a newer image since this archive
@@ -638,7 +562,9 @@ fn open_remote(
     };
     let dir = &config.rootfs.dir;
     let dest_real = host.real_path(dir)?;
-    let unpacked = unpack::find_unpacked(Path::new(&remote.shown()), &dest_real, Some(&sha256));
+    let unpacked = unpack::find_unpacked(Path::new(&remote.shown()), &dest_real, Some(&sha256))
+        // As for a local archive: published but never linked, so unpack (reuse) again.
+        .filter(|_| std::fs::symlink_metadata(&dest_real).is_ok());
     if unpacked.is_none() {
         if fetch == Fetch::Never {
             return Err(Error::Failed(format!(

@@ -118,6 +118,11 @@ pub(super) fn run(cli: &Cli, args: &ResetArgs) -> Result<(), Error> {
     if !report.applied.is_empty() {
         let _ = host.run(&crate::plan::check::systemctl(&["daemon-reload"]));
     }
+    // Only now that everything it lists is gone (folders too; a reset killed before
+    // this, found by the crash test, left the folders it created with no journal to
+    // name them).
+    crate::fault::point(|| "reset:remove-journal".to_owned());
+    host.remove_file(Path::new(state::JOURNAL_FILE))?;
     // Nothing of bootstrap's may stay behind, not even its lock (held until we return).
     host.remove_file(Path::new(state::LOCK_FILE))?;
     let _ = host.remove_dir_if_empty(Path::new(state::STATE_DIR));
@@ -186,7 +191,8 @@ fn state_paths(host: &dyn Host, keep: &[PathBuf]) -> Result<Vec<PathBuf>, Error>
         }
         out.push(path);
     }
-    // The journal last: a reset cut short can be run again and still knows what to undo.
-    out.sort_by_key(|p| p.as_path() == Path::new(state::JOURNAL_FILE));
+    // The journal is removed by `run` itself, after the folders it names: a reset cut
+    // short can be run again and still knows what to undo.
+    out.retain(|p| p.as_path() != Path::new(state::JOURNAL_FILE));
     Ok(out)
 }

@@ -261,6 +261,7 @@ impl Host for RootedHost {
             }
             file.write_all(contents)?;
             file.sync_all()?;
+            crate::fault::point(|| format!("rename:{}", path.display()));
             fs::rename(&temp, &real)?;
             fsync_dir(parent)
         })();
@@ -303,6 +304,7 @@ impl Host for RootedHost {
         let temp =
             super::temp::name_beside(&real).map_err(|e| HostError::io("symlink", path, e))?;
         let result = std::os::unix::fs::symlink(target, &temp)
+            .map(|()| crate::fault::point(|| format!("rename:{}", path.display())))
             .and_then(|()| fs::rename(&temp, &real))
             .and_then(|()| fsync_dir(parent));
         if let Err(e) = result {

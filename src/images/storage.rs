@@ -488,6 +488,8 @@ impl Changes {
                 if let Some(dir) = to.parent() {
                     create_dirs(dir)?;
                 }
+                // Between blobs (and links): a crash leaves some in place, some staged.
+                crate::fault::point(|| format!("seed:{}", to.display()));
                 fs::rename(from, to).map_err(|e| io_error("rename into", to, e))?;
             }
             moved = true;

@@ -129,6 +129,7 @@ fn install_image_file(request: &ImageFile<'_>) -> Result<(), ImageFileError> {
         file.set_modified(mtime)
             .map_err(io("set the mtime of", &temp))?;
         file.sync_all().map_err(io("fsync", &temp))?;
+        crate::fault::point(|| format!("rename:{}", request.dest.display()));
         std::fs::rename(&temp, request.dest).map_err(io("rename", request.dest))?;
         log::info!(
             "installed {} from {} in {}",

@@ -164,17 +164,24 @@ pub fn apply(
             )
             .map_err(ApplyError::Journal)?;
         }
+        // What reset must take away is written ahead, with the start: a run that dies
+        // after the step took effect leaves a re-run that finds it in place and can no
+        // longer tell it was not there before.
+        let undo = undo_for(host, &step.action).map_err(|source| step_error(step, source))?;
         journal.record(&step.id, &fingerprint, EntryStatus::Started, None);
+        if let Some(undo) = undo {
+            journal.set_undo(&step.id, undo);
+        }
         journal.save(host).map_err(ApplyError::Journal)?;
         log::info!("[{}/{total}] {}", index + 1, step.action);
-        let undo = undo_for(host, &step.action).map_err(|source| step_error(step, source))?;
+        crate::fault::point(|| format!("step-before:{}", step.id));
         match run(host, payloads, step) {
             Ok(()) => {
+                // Done on the host, not yet in the journal: the re-run must see it in place.
+                crate::fault::point(|| format!("step-applied:{}", step.id));
                 journal.record(&step.id, &fingerprint, EntryStatus::Done, None);
-                if let Some(undo) = undo {
-                    journal.set_undo(&step.id, undo);
-                }
                 journal.save(host).map_err(ApplyError::Journal)?;
+                crate::fault::point(|| format!("step-recorded:{}", step.id));
                 report.applied.push(step.id.clone());
             }
             Err(error) => {
@@ -450,16 +457,11 @@ fn copy_file(
     } else {
         Box::new(&mut buffered)
     };
-    let temp = parent.join(format!(
-        ".{}.bootstrap-{}",
-        dst.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
+    let temp = crate::host::temp::name_beside(&dst).map_err(io("name a file beside", dest))?;
     let result = (|| -> std::io::Result<()> {
         let mut out = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&temp)?;
         std::io::copy(&mut reader, &mut out)?;
@@ -467,6 +469,7 @@ fn copy_file(
         out.set_permissions(std::fs::Permissions::from_mode(mode))?;
         out.set_modified(mtime)?;
         out.sync_all()?;
+        crate::fault::point(|| format!("rename:{}", dest.display()));
         std::fs::rename(&temp, &dst)
     })();
     if let Err(e) = result {
@@ -522,7 +525,9 @@ pub fn apply_unjournaled(
             continue;
         }
         log::info!("[{}/{total}] {}", index + 1, step.action);
+        crate::fault::point(|| format!("step-before:{}", step.id));
         run(host, payloads, step).map_err(|e| interrupted_in(step, e))?;
+        crate::fault::point(|| format!("step-applied:{}", step.id));
         report.applied.push(step.id.clone());
     }
     Ok(report)

@@ -621,6 +621,8 @@ pub fn extract<R: Read>(
                 ))
             }
         }
+        // Between entries: a crash here leaves a half-filled staging folder.
+        crate::fault::point(|| format!("unpack-entry:{shown}"));
         last = Some(shown);
     }
     if let Some(entry) = x.over {

@@ -7,10 +7,12 @@ mod extract;
 mod image;
 pub mod inspect;
 pub mod kubefile;
+pub mod link;
 pub mod remote;
 pub mod sources;
 pub mod tree;
 pub mod unpack;
+mod unpack_error;
 
 pub use crate::io::compression::Compression;
 pub use extract::{ExtractError, ExtractReport};

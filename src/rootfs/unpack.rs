@@ -18,68 +18,16 @@ use sha2::{Digest, Sha256};
 
 use super::extract::{self, ExtractError, ExtractReport, Limits, TailReader};
 use super::image::{ClusterImage, RootfsError};
+use super::link::{fsync_dir, sanitize};
+pub use super::link::{switch_link, versions_dir};
 use super::tree::HostTree;
+use super::unpack_error::io_err;
+pub use super::unpack_error::UnpackError;
 use crate::host::RootedHost;
 use crate::io::compression::{self, Compression};
 
 /// The record left in each unpacked version folder.
 pub const MARKER: &str = ".bootstrap-unpacked.json";
-
-/// Why an archive was not unpacked.
-#[derive(Debug, thiserror::Error)]
-pub enum UnpackError {
-    #[error(transparent)]
-    Io(#[from] crate::io::PathError),
-    #[error("{archive}: {format} archives are not supported; use a plain, gzip or zstd tar")]
-    Unsupported {
-        archive: PathBuf,
-        format: &'static str,
-    },
-    /// The file system holding DEST is too small for the archive (checked against its
-    /// free space while unpacking into the staging folder).
-    #[error("not enough space to unpack {archive} into {dest}: it needs {}, {} free on its file system", crate::io::bytes(*.needed), crate::io::bytes(*.free))]
-    NoSpace {
-        archive: PathBuf,
-        dest: PathBuf,
-        needed: u64,
-        free: u64,
-    },
-    #[error("{archive}: {source}")]
-    Extract {
-        archive: PathBuf,
-        #[source]
-        source: ExtractError,
-    },
-    #[error("{archive}: truncated: the stream ends after entry {last:?} without an end-of-archive marker")]
-    NoEndMarker { archive: PathBuf, last: String },
-    #[error("{archive}: SHA-256 is {actual}, expected {expected}{}", .source_of_expected)]
-    Digest {
-        archive: PathBuf,
-        expected: String,
-        actual: String,
-        source_of_expected: String,
-    },
-    #[error("{path}: {reason}")]
-    BadDigestFile { path: PathBuf, reason: String },
-    #[error("{archive}: unpacked, but not a usable cluster image: {source}")]
-    Image {
-        archive: PathBuf,
-        #[source]
-        source: RootfsError,
-    },
-    #[error("{dest} exists and is not a folder or a symlink bootstrap made")]
-    BadDest { dest: PathBuf },
-    #[error(transparent)]
-    Http(#[from] crate::http::HttpError),
-    #[error("{url}: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("{url}: a cluster image from a URL needs its SHA-256: set rootfs.sha256 (or --sha256), or publish {url}.sha256 beside it")]
-    NoDigest { url: String },
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
-    move |source| UnpackError::Io(crate::io::PathError::new(op, path, source))
-}
 
 /// What to check while unpacking.
 #[derive(Debug, Clone, Default)]
@@ -156,13 +104,6 @@ impl<R: Read> Read for HashingReader<R> {
         }
         Ok(n)
     }
-}
-
-/// The versions folder beside `dest`: `/var/lib/bootstrap/rootfs.versions`.
-pub fn versions_dir(dest: &Path) -> PathBuf {
-    let mut name = dest.file_name().unwrap_or_default().to_os_string();
-    name.push(".versions");
-    dest.with_file_name(name)
 }
 
 fn stat_identity(meta: &fs::Metadata) -> (u64, i128, u64, u64) {
@@ -285,77 +226,11 @@ fn make_writable(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), UnpackError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("fsync", dir))
-}
-
-/// A file-name-safe version label.
-fn sanitize(version: &str) -> String {
-    let cleaned: String = version
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "+-._".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim_start_matches('.').to_owned();
-    if cleaned.is_empty() {
-        "unversioned".to_owned()
-    } else {
-        cleaned
-    }
-}
-
-/// Points `dest` at `version_dir` with one atomic rename. A real folder at `dest` (an image
-/// baked in place) is first moved into the versions folder, so it is kept, not replaced.
-pub fn switch_link(dest: &Path, version_dir: &Path, host_arch: &str) -> Result<(), UnpackError> {
-    let parent = dest.parent().unwrap_or(Path::new("/"));
-    let versions = versions_dir(dest);
-    match fs::symlink_metadata(dest) {
-        Ok(meta) if meta.file_type().is_symlink() => {}
-        Ok(meta) if meta.is_dir() => {
-            let host = RootedHost::new("/");
-            let label = ClusterImage::open(&host, dest, host_arch)
-                .map(|img| sanitize(&img.metadata.version))
-                .unwrap_or_else(|_| "unversioned".to_owned());
-            let mut kept = versions.join(format!("{label}-preexisting"));
-            let mut n = 1;
-            while kept.exists() {
-                n += 1;
-                kept = versions.join(format!("{label}-preexisting-{n}"));
-            }
-            log::info!(
-                "keeping the image already at {} as {}",
-                dest.display(),
-                kept.display()
-            );
-            fs::create_dir_all(&versions).map_err(io_err("create folder", &versions))?;
-            fs::rename(dest, &kept).map_err(io_err("move", dest))?;
-        }
-        Ok(_) => {
-            return Err(UnpackError::BadDest {
-                dest: dest.to_path_buf(),
-            })
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("stat", dest)(e)),
-    }
-    // Relative: it leads to the same image under `--root` as on the node.
-    let relative = crate::io::relative::link_target(parent, version_dir);
-    let temp = parent.join(format!(
-        ".{}.link-{}",
-        dest.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&temp);
-    std::os::unix::fs::symlink(&relative, &temp).map_err(io_err("symlink", &temp))?;
-    fs::rename(&temp, dest).map_err(io_err("rename", dest))?;
-    fsync_dir(parent)
+/// Puts back the image folder a [`switch_link`] killed halfway had moved aside.
+pub fn restore_moved_aside(dest: &Path) -> Result<(), UnpackError> {
+    super::link::restore_moved_aside(dest, &versions_dir(dest))
+        .map(drop)
+        .map_err(io_err("put back", dest))
 }
 
 /// Unpacks `archive` (a real path) so that `dest` (a real path) points at its contents.
@@ -590,6 +465,7 @@ fn unpack_input(
         let _ = make_writable(&version_dir);
         fs::remove_dir_all(&version_dir).map_err(io_err("remove", &version_dir))?;
     }
+    crate::fault::point(|| format!("rename:{}", version_dir.display()));
     fs::rename(&staging.path, &version_dir).map_err(io_err("rename", &version_dir))?;
     staging.committed = true;
     fsync_dir(&versions)?;

@@ -2,6 +2,8 @@
 //! run the real binary against it and look at what it did.
 #![allow(dead_code)]
 
+pub mod crash;
+pub mod crash_normalise;
 pub mod netns;
 
 use std::collections::BTreeMap;
