@@ -176,8 +176,14 @@ def join():
 
 
 if __name__ == "__main__":
+    # Inputs fuzzing found (kept as seeds so every run tries them again) are not
+    # generated here: keep them.
+    found = {p: p.read_bytes() for p in CORPUS.rglob("*-oom") if p.is_file()} if CORPUS.exists() else {}
     if CORPUS.exists():
         shutil.rmtree(CORPUS)
+    for path, data in found.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     config(); metadata(); unpack(); seed(); join()
     total = sum(f.stat().st_size for f in CORPUS.rglob("*") if f.is_file())
     print(f"seeds: {sum(1 for f in CORPUS.rglob('*') if f.is_file())} files, {total} bytes")
