@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test: installs what they need, then formatting, lints, the static
-# build (checked to be static), and all tests. CI calls exactly this.
+# build (checked to be static), all tests, and a short run of every fuzz target. CI calls
+# exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -87,3 +88,9 @@ fi
 grep -E '^crash points:|^test result:' "$crash_log"
 
 if [ "$(id -u)" -eq 0 ]; then echo "== .deb: build, dpkg -i, check, dpkg -r"; scripts/test-deb.sh; else echo "== .deb: SKIPPED (scripts/test-deb.sh needs root for dpkg -i)"; fi
+
+# Each target gets a short run: enough to catch a regression on the seeds and the
+# shapes near them; longer runs are `scripts/fuzz.sh 600` by hand.
+fuzz_seconds=15
+echo "== fuzz: each target for $fuzz_seconds s"
+scripts/fuzz.sh "$fuzz_seconds"

@@ -68,6 +68,12 @@ pub fn sniff(path: &std::path::Path) -> io::Result<Result<Compression, &'static 
     Ok(detect_bytes(&head[..filled]))
 }
 
+/// The largest zstd window accepted (2^27 = 128 MiB): what every level and plain
+/// `zstd --long` write. The decoder allocates the window a frame's header asks for
+/// before reading any data, so a few hundred hostile bytes asking for 2 GiB
+/// (`--long=31`) would cost that much memory on a node; such a frame is refused.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
 /// Wraps `reader` in the decoder `compression` needs.
 pub fn decoder<'a, R: BufRead + 'a>(
     compression: Compression,
@@ -79,9 +85,7 @@ pub fn decoder<'a, R: BufRead + 'a>(
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
         Compression::Zstd => {
             let mut decoder = zstd::stream::read::Decoder::with_buffer(reader)?;
-            // Allow windows up to 2 GiB (--long=31), as `zstd --long` archives use;
-            // memory then grows only if the archive really asks for it.
-            decoder.window_log_max(31)?;
+            decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
             Box::new(decoder)
         }
     })
@@ -90,6 +94,32 @@ pub fn decoder<'a, R: BufRead + 'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (images_seed): a small zstd frame whose header asks for a 2 GiB
+    /// window made the decoder allocate 2 GiB before reading a byte of data.
+    #[test]
+    fn a_zstd_frame_asking_for_a_huge_window_is_refused() {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(31).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        io::Write::write_all(&mut encoder, b"a tiny archive with a 2 GiB window").unwrap();
+        let frame = encoder.finish().unwrap();
+        let mut out = Vec::new();
+        let read = decoder(Compression::Zstd, &frame[..]).and_then(|mut d| d.read_to_end(&mut out));
+        assert!(read.is_err(), "decoded with a 2 GiB window: {out:?}");
+
+        // A window within the limit still decodes.
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(ZSTD_WINDOW_LOG_MAX).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        io::Write::write_all(&mut encoder, b"fine").unwrap();
+        let frame = encoder.finish().unwrap();
+        let mut out = Vec::new();
+        decoder(Compression::Zstd, &frame[..])
+            .and_then(|mut d| d.read_to_end(&mut out))
+            .unwrap();
+        assert_eq!(out, b"fine");
+    }
 
     #[test]
     fn recognises_magic_bytes() {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -155,14 +155,26 @@ pub fn ask_within(
     proto::write_frame(&mut tls, &body, tag.as_ref())
         .map_err(|e| Cause::Unreachable(format!("{address}: sending: {e}")))?;
     let _ = tls.flush();
-    let (reply, reply_tag) = proto::read_frame(&mut tls)
+    read_response(&mut tls, keys, &binding, address)
+}
+
+/// Reads a controller's answer frame from `input` (the TLS stream whose exported keying
+/// material is `binding`) and checks it: a `Refused` is told as such, anything else
+/// must be authenticated by `keys`, and only an authenticated `Ok` is returned.
+pub fn read_response(
+    input: &mut impl Read,
+    keys: &JoinKeys,
+    binding: &[u8],
+    address: &str,
+) -> Result<Response, Cause> {
+    let (reply, reply_tag) = proto::read_frame(input)
         .map_err(|e| Cause::Unreachable(format!("{address}: reading the answer: {e}")))?;
     let response: Response =
         serde_json::from_slice(&reply).map_err(|e| Cause::Protocol(format!("{address}: {e}")))?;
     let authentic = proto::verify(
         keys.mac_key(),
         proto::RESPONSE_LABEL,
-        &binding,
+        binding,
         &reply,
         &reply_tag,
     );

@@ -106,7 +106,7 @@ struct Pending {
     peer: SocketAddr,
     accepted: Instant,
     /// The request frame so far (plaintext).
-    frame: Vec<u8>,
+    frame: FrameBuf,
     slot: PeerSlot,
     /// It has sent something (a joiner's ClientHello comes first).
     heard: bool,
@@ -314,7 +314,7 @@ fn accept_ready(
             sock,
             peer,
             accepted,
-            frame: Vec::new(),
+            frame: FrameBuf::default(),
             slot,
             heard: false,
         });
@@ -363,29 +363,51 @@ fn flush(p: &mut Pending) -> Result<(), String> {
 /// Moves decrypted bytes into the frame, never past its end; the frame once whole.
 #[allow(clippy::type_complexity)]
 fn take_frame(p: &mut Pending) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
-    loop {
-        let wanted = match p.frame.get(..4) {
-            Some(len) => {
-                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                if len > MAX_BODY {
-                    return Err(format!("request of {len} bytes is over the limit"));
+    p.frame.take_from(&mut p.conn.reader())
+}
+
+/// A request frame (`[u32 length][body][tag]`) assembled from what a connection has
+/// sent so far, reading never past its end (whatever follows belongs to nobody).
+#[derive(Debug, Default)]
+pub struct FrameBuf {
+    frame: Vec<u8>,
+}
+
+impl FrameBuf {
+    /// Reads from `input` until the frame is whole (its body and tag), the input would
+    /// block (`Ok(None)`: call again when more has arrived), or the frame is refused:
+    /// a length over [`MAX_BODY`], the input closed, or a read failed.
+    #[allow(clippy::type_complexity)]
+    pub fn take_from(
+        &mut self,
+        input: &mut impl Read,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
+        loop {
+            let wanted = match self.frame.get(..4) {
+                Some(len) => {
+                    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                    if len > MAX_BODY {
+                        return Err(format!("request of {len} bytes is over the limit"));
+                    }
+                    4 + len + TAG_LEN
                 }
-                4 + len + TAG_LEN
+                None => 4,
+            };
+            if self.frame.len() == wanted && wanted > 4 {
+                let mut frame = std::mem::take(&mut self.frame);
+                let tag = frame.split_off(wanted - TAG_LEN);
+                let body = frame.split_off(4);
+                return Ok(Some((body, tag)));
             }
-            None => 4,
-        };
-        if p.frame.len() == wanted && wanted > 4 {
-            let tag = p.frame.split_off(wanted - TAG_LEN);
-            let body = p.frame.split_off(4);
-            return Ok(Some((body, tag)));
-        }
-        let have = p.frame.len();
-        let mut chunk = vec![0u8; (wanted - have).min(16 * 1024)];
-        match p.conn.reader().read(&mut chunk) {
-            Ok(0) => return Err("closed before a whole request".into()),
-            Ok(n) => p.frame.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+            let have = self.frame.len();
+            let mut chunk = vec![0u8; (wanted - have).min(16 * 1024)];
+            match input.read(&mut chunk) {
+                Ok(0) => return Err("closed before a whole request".into()),
+                Ok(n) => self.frame.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
         }
     }
 }

@@ -439,11 +439,34 @@ impl Service {
         let mut sock = DeadlineStream::until(sock, deadline);
         let mut tls = rustls::Stream::new(&mut conn, &mut sock);
         let binding = exporter(tls.conn)?;
-        let request: Option<Request> = serde_json::from_slice(&body).ok();
+        let (body, tag) = self.respond(&body, &tag, &binding, peer, deadline, &mut |budget| {
+            tls.sock.extend(budget)
+        })?;
+        proto::write_frame(&mut tls, &body, &tag).map_err(|e| e.to_string())?;
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+        Ok(())
+    }
+
+    /// The answer (body, tag) to one request frame (`body`, `tag`) that arrived on the
+    /// TLS session whose exported keying material is `binding`: parsed, authenticated,
+    /// carried out. Whatever the bytes, the answer is a response, never a panic; only one
+    /// that proved its key is tagged. `extend` is given the time an authenticated leave
+    /// may take, before it drains, so the connection's deadline can be moved.
+    pub fn respond(
+        &self,
+        body: &[u8],
+        tag: &[u8],
+        binding: &[u8],
+        peer: SocketAddr,
+        deadline: Instant,
+        extend: &mut dyn FnMut(Duration),
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let request: Option<Request> = serde_json::from_slice(body).ok();
         let key = self.key_for(request.as_ref().and_then(|r| r.credential.as_deref()));
-        let authentic = key.as_ref().is_some_and(|(key, _)| {
-            proto::verify(key, proto::REQUEST_LABEL, &binding, &body, &tag)
-        });
+        let authentic = key
+            .as_ref()
+            .is_some_and(|(key, _)| proto::verify(key, proto::REQUEST_LABEL, binding, body, tag));
         let refuse = |message: &str| Response::plain(Status::Refused, message);
         let response = match (&request, authentic) {
             (Some(request), true) => match key.as_ref().map(|(_, scope)| scope) {
@@ -485,12 +508,12 @@ impl Service {
                             .map(Duration::from_secs)
                             .unwrap_or_default()
                             .min(MAX_DRAIN);
-                        tls.sock.extend(drain + LEAVE_SLACK);
+                        extend(drain + LEAVE_SLACK);
                     } else if request.kind == RequestKind::Upgrade
                         && request.role == JoinRole::Worker
                     {
                         // A worker's turn begins with its drain.
-                        tls.sock.extend(UPGRADE_DRAIN + LEAVE_SLACK);
+                        extend(UPGRADE_DRAIN + LEAVE_SLACK);
                     }
                     let answer = self.answer(request, peer, deadline);
                     if let (Some(Scope::Manual(_)), Some(id)) =
@@ -515,15 +538,12 @@ impl Service {
         // could use against the key.
         let reply_key = if authentic { key.map(|(k, _)| k) } else { None };
         let tag = match &reply_key {
-            Some(k) => proto::tag(k, proto::RESPONSE_LABEL, &binding, &body)
+            Some(k) => proto::tag(k, proto::RESPONSE_LABEL, binding, &body)
                 .as_ref()
                 .to_vec(),
             None => vec![0u8; 32],
         };
-        proto::write_frame(&mut tls, &body, &tag).map_err(|e| e.to_string())?;
-        tls.conn.send_close_notify();
-        let _ = tls.flush();
-        Ok(())
+        Ok((body, tag))
     }
 }
 
