@@ -20,6 +20,11 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
+# The fuzz build (nightly, instrumented, release) shares nothing with the main build and
+# costs minutes from cold: it is kept outside the checkout, so a fresh clone on the same
+# machine (CI) builds only what changed.
+export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-${HOME:-/root}/.cache/bootstrap-fuzz-target}
+
 # Release code with overflow checks and debug assertions on: an overflow on hostile
 # input is a bug to find, not to wrap silently. AddressSanitizer (the default) catches
 # huge allocations and memory errors in the C parts (zstd).

@@ -223,6 +223,28 @@ pub fn every_point(
         // CRASH_POINTS=TEXT runs only the points whose name holds TEXT (to reproduce one).
         .filter(|(_, _, n)| std::env::var("CRASH_POINTS").map_or(true, |f| n.contains(&f)))
         .collect();
+    // CRASH_EVERY=N runs every N-th point of the scenario, starting with its first and
+    // always ending with its last (CI's share of the whole sweep; the sweep is N=1, the
+    // default).
+    let every: usize = std::env::var("CRASH_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1);
+    let last = work.len().saturating_sub(1);
+    let work: Vec<(usize, usize, String)> = work
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % every == 0 || *i == last)
+        .map(|(_, w)| w)
+        .collect();
+    if every > 1 {
+        println!(
+            "crash points: {}: {} of every {every} points (CRASH_EVERY)",
+            scenario.name,
+            work.len()
+        );
+    }
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
     let threads = std::env::var("CRASH_THREADS")
