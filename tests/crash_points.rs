@@ -188,7 +188,9 @@ fn upgrade(distro: &'static Distro) -> Scenario {
     Scenario {
         name: format!("{} upgrade", distro.runtime),
         prepare: Box::new(|| {
-            let prepared = node(distro, "node-a", FIRST, "auto", FIRST, None);
+            // One node: a cluster of several would first wait for its upgrade turn from a
+            // join service (tests/fleet_upgrade.rs covers that).
+            let prepared = node(distro, "node-a", FIRST, "auto", "", None);
             let other = Node::bare();
             other.image(distro.runtime, distro.next);
             crash::copy_tree(

@@ -17,6 +17,8 @@ const RANDOM_FILES: &[&str] = &[
     "/var/lib/rancher/k3s/server/token",
     // k0s: its PKI; the stand-in's status names the daemon's pid.
     "/var/lib/k0s/pki/",
+    // A lone k0s controller runs a kubelet too: its kubeconfig carries the CA.
+    "/var/lib/k0s/kubelet.conf",
     "/run/k0s/standin-status.json",
     // kubeadm: its PKI and kubeconfigs; the token and certificate key bootstrap minted.
     "/etc/kubernetes/pki/",
