@@ -22,6 +22,9 @@ pub const FAILED_FILE: &str = "/var/lib/bootstrap/failed.json";
 pub const LOCK_FILE: &str = "/var/lib/bootstrap/lock";
 /// The cluster this node belongs to, recorded once it has initialised or joined one.
 pub const CLUSTER_FILE: &str = "/var/lib/bootstrap/cluster.json";
+/// Whether this controller leads the control plane's move to a version (`upgrade`),
+/// decided once per version so a resumed upgrade runs the same commands.
+pub const UPGRADE_LEAD_FILE: &str = "/var/lib/bootstrap/upgrade-lead.json";
 /// The Cluster API bootstrap success sentinel.
 pub const CAPI_SENTINEL: &str = "/run/cluster-api/bootstrap-success.complete";
 

@@ -219,6 +219,25 @@ fn fleet_upgrades_in_order(runtime: &str, versions: [&str; 3], kill: bool, prefi
             && order[3..].iter().all(|n| n.starts_with('w')),
         "controllers first, then workers: {order:?}"
     );
+    if runtime == "kubernetes" {
+        // Whichever controller went first upgraded the control plane; the others followed.
+        let applied: Vec<&str> = CONTROLLERS
+            .iter()
+            .copied()
+            .filter(|c| {
+                machines[c]
+                    .node
+                    .calls()
+                    .iter()
+                    .any(|l| l.contains("kubeadm upgrade apply"))
+            })
+            .collect();
+        assert_eq!(
+            applied,
+            [order[0]],
+            "upgrade apply ran on {applied:?}; order {order:?}"
+        );
+    }
     // The workers said what they waited for.
     for worker in ["w1", "w2"] {
         let text = lab.text(&format!("upgrade-{worker}"));

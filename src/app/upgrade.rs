@@ -162,8 +162,11 @@ pub(super) fn run(cli: &Cli, args: &UpgradeArgs) -> Result<(), Error> {
     upgraded.upgrading = true;
     let material = upgraded.join_material(&decision)?;
     let ctx = upgraded.distro_context(&decision, material.as_ref());
-    let plan =
-        crate::node_plan::upgrade_plan(driver.upgrade_steps(&ctx)?, upgraded.plan(&decision)?);
+    let leads = super::upgrade_turn::leads(&upgraded, &decision, &target.metadata.version)?;
+    let plan = crate::node_plan::upgrade_plan(
+        driver.upgrade_steps(&ctx, leads)?,
+        upgraded.plan(&decision)?,
+    );
     let mut journal = Journal::load(host)?;
     let report = match apply(host, &crate::node_plan::NodePayloads, &plan, &mut journal) {
         Ok(report) => report,

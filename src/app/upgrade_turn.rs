@@ -181,6 +181,59 @@ impl Turn {
     }
 }
 
+/// What a controller decided about leading the move to `target`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Lead {
+    target: String,
+    leads: bool,
+}
+
+/// Whether this node is the first controller to move the cluster to `target` (kubeadm
+/// upgrades the control plane from it, the others follow): the API server still runs an
+/// older version. Decided once, after this node's turn came, and kept, so a resumed
+/// upgrade runs the commands the interrupted one began.
+pub(super) fn leads(
+    session: &Session,
+    decision: &RoleDecision,
+    target: &str,
+) -> Result<bool, Error> {
+    use crate::state;
+    if !decision.role.is_controller() {
+        return Ok(false);
+    }
+    if let Some(kept) = state::read_json::<Lead>(&session.host, state::UPGRADE_LEAD_FILE) {
+        if kept.target == target {
+            return Ok(kept.leads);
+        }
+    }
+    let leads = if !session.config.is_multi_node() {
+        true
+    } else {
+        let driver = crate::distro::driver(session.image.distro);
+        match NodeOps::new(&session.host, driver, driver.admin_kubeconfig()).server_version() {
+            Ok(seen) => !reaches(&seen, target),
+            Err(e) => {
+                log::warn!("cannot ask the API server its version ({e}); the first controller leads the upgrade");
+                decision.role == crate::role::Role::InitController
+            }
+        }
+    };
+    if leads {
+        log::info!(
+            "this controller is the first to move to {target}: it upgrades the control plane"
+        );
+    }
+    state::write_json(
+        &session.host,
+        state::UPGRADE_LEAD_FILE,
+        &Lead {
+            target: target.to_owned(),
+            leads,
+        },
+    )?;
+    Ok(leads)
+}
+
 /// Whether `seen` is at least `target` (build metadata ignored).
 fn reaches(seen: &str, target: &str) -> bool {
     use crate::distro::kube_version;

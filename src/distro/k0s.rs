@@ -373,7 +373,11 @@ impl Distro for K0s {
         out
     }
 
-    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<super::UpgradeSteps, DistroError> {
+    fn upgrade_steps(
+        &self,
+        ctx: &Context<'_>,
+        _leads: bool,
+    ) -> Result<super::UpgradeSteps, DistroError> {
         let version = ctx.version().to_owned();
         let swap = vec![
             steps::run(

@@ -422,7 +422,11 @@ impl Distro for K3s {
         &["/var/lib/rancher", "/etc/rancher"]
     }
 
-    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<super::UpgradeSteps, DistroError> {
+    fn upgrade_steps(
+        &self,
+        ctx: &Context<'_>,
+        _leads: bool,
+    ) -> Result<super::UpgradeSteps, DistroError> {
         let unit = unit_name(ctx.role);
         let version = ctx.version().to_owned();
         // k3s reads its files only when it starts: the running one is replaced in place

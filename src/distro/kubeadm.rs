@@ -415,9 +415,14 @@ impl Distro for Kubeadm {
         out
     }
 
-    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<super::UpgradeSteps, DistroError> {
+    fn upgrade_steps(
+        &self,
+        ctx: &Context<'_>,
+        leads: bool,
+    ) -> Result<super::UpgradeSteps, DistroError> {
         let target = ctx.kube_version();
-        let upgrade = if ctx.role == Role::InitController {
+        // The first controller to move upgrades the control plane; the others follow it.
+        let upgrade = if leads {
             CommandSpec::new(KUBEADM).args(["upgrade", "apply", target.as_str(), "--yes"])
         } else {
             CommandSpec::new(KUBEADM).args(["upgrade", "node"])
@@ -439,8 +444,8 @@ impl Distro for Kubeadm {
             ),
             steps::run(
                 Phase::Upgrade,
-                if ctx.role == Role::InitController {
-                    "upgrade the control plane (first controller)"
+                if leads {
+                    "upgrade the control plane (the first controller to move)"
                 } else {
                     "upgrade this node's kubeadm-managed parts"
                 },

@@ -420,7 +420,9 @@ pub trait Distro {
     /// stops the old binaries and puts the new ones in place, and what starts them. The
     /// node's version-dependent files are written between the two, so a new binary never
     /// starts with a file written for the old one.
-    fn upgrade_steps(&self, ctx: &Context<'_>) -> Result<UpgradeSteps, DistroError>;
+    /// `leads`: this node is the first controller of the cluster to move to this version
+    /// (kubeadm upgrades the control plane from it).
+    fn upgrade_steps(&self, ctx: &Context<'_>, leads: bool) -> Result<UpgradeSteps, DistroError>;
 }
 
 /// A distro's upgrade, split where the node's files are written for the new version.
