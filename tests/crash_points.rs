@@ -191,12 +191,9 @@ fn upgrade(distro: &'static Distro) -> Scenario {
             // One node: a cluster of several would first wait for its upgrade turn from a
             // join service (tests/fleet_upgrade.rs covers that).
             let prepared = node(distro, "node-a", FIRST, "auto", "", None);
-            let other = Node::bare();
-            other.image(distro.runtime, distro.next);
-            crash::copy_tree(
-                &other.path("/var/lib/bootstrap/rootfs"),
-                &prepared.node.path("/opt/images/next"),
-            );
+            prepared
+                .node
+                .image_in(distro.runtime, distro.next, "/opt/images/next");
             prepared
         }),
         steps: vec![
@@ -247,7 +244,7 @@ fn join(distro: &'static Distro, a: Arc<Controller>, worker: bool) -> Scenario {
         name: format!("{} {kind} join", distro.runtime),
         prepare: Box::new(move || {
             let copy = tempfile::tempdir().unwrap();
-            crash::copy_tree(a.cluster.path(), copy.path());
+            common::copy_tree(a.cluster.path(), copy.path());
             let (name, address, role, material) = if worker {
                 ("node-w", "127.0.10.20", "worker", &a.worker)
             } else {

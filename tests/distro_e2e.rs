@@ -322,24 +322,7 @@ fn kubeadm_nodes_join_and_leave() {
 
 /// Puts a second cluster image (stand-ins at `version`) at `dir` on `node`.
 fn second_image(node: &Node, case: &Case, dir: &str, version: &str) {
-    let other = Node::bare();
-    other.image(case.runtime, version);
-    let from = other.path("/var/lib/bootstrap/rootfs");
-    let to = node.path(dir);
-    copy_tree(&from, &to);
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
+    node.image_in(case.runtime, version, dir);
 }
 
 /// `n` with its join service really running on `port` (the fleet's upgrade turns go

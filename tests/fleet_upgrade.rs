@@ -64,19 +64,9 @@ fn machine(
         );
     }
     node.image(runtime, version);
-    let other = Node::bare();
-    other.image(runtime, next);
-    copy_tree(
-        &other.path("/var/lib/bootstrap/rootfs"),
-        &node.path("/opt/images/next"),
-    );
+    node.image_in(runtime, next, "/opt/images/next");
     if let Some(third) = third {
-        let other = Node::bare();
-        other.image(runtime, third);
-        copy_tree(
-            &other.path("/var/lib/bootstrap/rootfs"),
-            &node.path("/opt/images/third"),
-        );
+        node.image_in(runtime, third, "/opt/images/third");
     }
     node.write("/proc/sys/kernel/hostname", &format!("{name}\n"));
     node.write_mode("/etc/bootstrap/join-secret", &format!("{SECRET}\n"), 0o600);
@@ -104,19 +94,6 @@ fn machine(
     Machine {
         node,
         _socket: socket,
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 

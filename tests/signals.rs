@@ -294,28 +294,11 @@ fn sigterm_while_a_joiner_waits_for_material_stops_it_at_once() {
     assert_eq!(marker(&node)["signal"], "SIGTERM");
 }
 
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn sigterm_during_upgrade_stops_it_and_the_next_upgrade_finishes() {
     let node = Node::new();
     node.run(&["up"]).assert_code(0);
-    let next = Node::bare();
-    next.image("k3s", "v1.32.0+k3s1");
-    copy_tree(
-        &next.path("/var/lib/bootstrap/rootfs"),
-        &node.path("/opt/images/next"),
-    );
+    node.image_in("k3s", "v1.32.0+k3s1", "/opt/images/next");
     // The restart of k3s on its new binary hangs until stopped.
     let node = node.env("STANDIN_SLEEP", "systemctl:--no-block=60");
     let child = node.spawn(&["upgrade", "--rootfs", "/opt/images/next"]);

@@ -62,12 +62,7 @@ fn k0s_starts_on_the_new_binary_with_a_drop_in_written_for_it() {
     );
 
     // The next minor, as a second cluster image folder.
-    let next = Node::bare();
-    next.image("k0s", NEW);
-    copy_tree(
-        &next.path("/var/lib/bootstrap/rootfs"),
-        &node.path("/opt/images/next"),
-    );
+    node.image_in("k0s", NEW, "/opt/images/next");
     real_registry(&node, "/opt/images/next");
 
     let run = node.run(&["upgrade", "--rootfs", "/opt/images/next"]);
@@ -89,17 +84,4 @@ fn k0s_starts_on_the_new_binary_with_a_drop_in_written_for_it() {
     let run = node.run(&["up"]);
     run.assert_code(0);
     assert!(run.stderr.contains("nothing to do"), "{}", run.all());
-}
-
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }

@@ -164,6 +164,14 @@ impl Node {
         self.write("/etc/bootstrap/config.yaml", yaml);
     }
 
+    /// A second cluster image of `runtime` at `version` in this node's folder `dir` (the
+    /// one `upgrade --rootfs DIR` moves to).
+    pub fn image_in(&self, runtime: &str, version: &str, dir: &str) {
+        let other = Node::bare();
+        other.image(runtime, version);
+        copy_tree(&other.path("/var/lib/bootstrap/rootfs"), &self.path(dir));
+    }
+
     /// Turns the local registry (off by default in tests) back on.
     pub fn with_registry(mut self) -> Node {
         self.env.retain(|(k, _)| k != "BOOTSTRAP_REGISTRY__ENABLED");
@@ -390,6 +398,23 @@ impl Drop for Units<'_> {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+        }
+    }
+}
+
+/// Copies a folder tree (files, folders, links), as a template for each run.
+pub fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path()).unwrap(), &target).unwrap();
+        } else if kind.is_file() {
+            fs::copy(entry.path(), &target).unwrap();
         }
     }
 }
