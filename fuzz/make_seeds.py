@@ -175,6 +175,19 @@ def join():
         put("join_client_response", f"frame-{r['status']}-{i}", b"\x00" + frame(body))
 
 
+def join_lines():
+    pin = "ab" * 32
+    secret = "0123456789abcdef" * 3
+    lines = {
+        "worker": f"bootstrap-join://10.0.0.10:7443/?role=worker&pin={pin}&credential=a1b2c3d4.{secret}",
+        "controller-v6": f"bootstrap-join://[fd00::10]:7443/?role=controller&pin={pin}&credential=a1b2c3d4.{secret}\n",
+        "short-secret": f"bootstrap-join://10.0.0.10:7443/?role=worker&pin={pin}&credential=a1b2c3d4.short",
+        "unknown-part": f"bootstrap-join://host.example:7443/?role=worker&pin={pin}&x=1&credential=a.{secret}",
+    }
+    for name, text in lines.items():
+        put("join_line", name, text.encode())
+
+
 if __name__ == "__main__":
     # Inputs fuzzing found (kept as seeds so every run tries them again) are not
     # generated here: keep them.
@@ -184,6 +197,6 @@ if __name__ == "__main__":
     for path, data in found.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    config(); metadata(); unpack(); seed(); join()
+    config(); metadata(); unpack(); seed(); join(); join_lines()
     total = sum(f.stat().st_size for f in CORPUS.rglob("*") if f.is_file())
     print(f"seeds: {sum(1 for f in CORPUS.rglob('*') if f.is_file())} files, {total} bytes")

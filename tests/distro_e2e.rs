@@ -255,6 +255,13 @@ fn three_nodes_join_and_leave(case: &Case) {
     hand_material(&a, &b, "controller");
     let run = b.run(&["up"]);
     run.assert_code(0);
+    // Handed material admitted no one: there is no lease to give back, so no join
+    // service is asked (none runs here) and no 30 s of retries are spent on it.
+    assert!(
+        !run.stderr.contains("join lease"),
+        "a controller with handed material tried to release a lease: {}",
+        run.all()
+    );
     assert!(node_names(cluster.path()).contains("node-w"));
     let names = members(cluster.path());
     assert!(

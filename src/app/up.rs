@@ -120,10 +120,9 @@ fn converge(cli: &Cli, session: &mut Session) -> Result<(), Error> {
     }
     let host = &session.host;
 
-    // Releasing is harmless when this node does not hold the lease.
     if coming_up && decision.role == crate::role::Role::JoinController {
         if let Some(access) = &access {
-            release_lease(session, access);
+            release_lease(session, access)?;
         }
     }
 
@@ -259,6 +258,17 @@ fn fetch_material(
         timeout: session.config.join.timeout,
         backoff: crate::join::Backoff::default(),
     };
+    host.create_dir_all(Path::new("/var/lib/bootstrap/join"), 0o700)?;
+    if role == JoinRole::Controller {
+        // Before asking: a controller that hands out control-plane material admits this
+        // node (one at a time), and the lease must be given back once it has joined.
+        host.write_atomic(
+            Path::new(ASKED_FOR_ADMISSION_FILE),
+            format!("{}\n", fetch.targets.join("\n")).as_bytes(),
+            0o600,
+            None,
+        )?;
+    }
     log::info!(
         "asking the controllers for join material as a {role} ({}; at most {})",
         fetch.targets.join(", "),
@@ -273,7 +283,6 @@ fn fetch_material(
             None => Error::PeerTimeout(format!("join: {gave_up}")),
         }
     })?;
-    host.create_dir_all(Path::new("/var/lib/bootstrap/join"), 0o700)?;
     host.write_atomic(
         Path::new(MATERIAL_FILE),
         material.to_file_text().as_bytes(),
@@ -329,8 +338,18 @@ impl JoinAccess {
     }
 }
 
-/// Tells the controllers this controller has joined, so the next may.
-fn release_lease(session: &Session, access: &JoinAccess) {
+/// Written before a controller asks the join service for material: from then on it may
+/// hold the control-plane admission lease. A controller whose material was handed to it
+/// (`token create controller --material`) was never admitted and has nothing to give back.
+const ASKED_FOR_ADMISSION_FILE: &str = "/var/lib/bootstrap/join/asked-for-admission";
+
+/// Tells the controllers this controller has joined, so the next may — when it asked
+/// them for material (else there is no lease, and no join service need be up to say so).
+fn release_lease(session: &Session, access: &JoinAccess) -> Result<(), Error> {
+    let host = &session.host;
+    if !host.exists(Path::new(ASKED_FOR_ADMISSION_FILE))? {
+        return Ok(());
+    }
     if let Err(cause) = crate::join::client::release(
         &access.keys,
         &access.targets,
@@ -339,6 +358,9 @@ fn release_lease(session: &Session, access: &JoinAccess) {
     ) {
         log::warn!("could not release the control-plane join lease ({cause}); it lapses by itself");
     }
+    // Asked once: a later run has no lease to give back (it lapses if this one failed).
+    host.remove_file(Path::new(ASKED_FOR_ADMISSION_FILE))?;
+    Ok(())
 }
 
 /// Records which cluster this node belongs to (once): the id the first controller chose,

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Error, Session};
+use crate::distro::upgrade_lease::reaches;
 use crate::distro::{DistroError, JoinMaterial, JoinRole, NodeOps};
 use crate::join::client::{self, Cause};
 use crate::join::keys::NODE_CREDENTIAL_PREFIX;
@@ -232,10 +233,4 @@ pub(super) fn leads(
         },
     )?;
     Ok(leads)
-}
-
-/// Whether `seen` is at least `target` (build metadata ignored).
-fn reaches(seen: &str, target: &str) -> bool {
-    use crate::distro::kube_version;
-    matches!((kube_version(seen), kube_version(target)), (Some(s), Some(t)) if s >= t)
 }

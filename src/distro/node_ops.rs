@@ -104,15 +104,7 @@ impl<'a> NodeOps<'a> {
 
     /// The API server's version (`kubectl version`), as the cluster runs it now.
     pub fn server_version(&self) -> Result<String, DistroError> {
-        let command = self
-            .kubectl(["version", "-o", "json"])
-            .timeout(Duration::from_secs(30));
-        let output = self.host.run_checked(&command)?;
-        let doc: serde_json::Value =
-            serde_json::from_slice(&output.stdout).map_err(|e| DistroError::Cluster {
-                what: command.to_string(),
-                reason: format!("printed no JSON: {e}"),
-            })?;
+        let (command, doc) = self.kubectl_json(["version", "-o", "json"])?;
         doc["serverVersion"]["gitVersion"]
             .as_str()
             .filter(|v| !v.is_empty())
@@ -125,15 +117,7 @@ impl<'a> NodeOps<'a> {
 
     /// Every Node's name and the kubelet version it reports.
     pub fn kubelet_versions(&self) -> Result<Vec<(String, String)>, DistroError> {
-        let command = self
-            .kubectl(["get", "nodes", "-o", "json"])
-            .timeout(Duration::from_secs(30));
-        let output = self.host.run_checked(&command)?;
-        let doc: serde_json::Value =
-            serde_json::from_slice(&output.stdout).map_err(|e| DistroError::Cluster {
-                what: command.to_string(),
-                reason: format!("printed no JSON: {e}"),
-            })?;
+        let (_, doc) = self.kubectl_json(["get", "nodes", "-o", "json"])?;
         Ok(doc["items"]
             .as_array()
             .into_iter()
@@ -146,6 +130,21 @@ impl<'a> NodeOps<'a> {
                 Some((name.to_owned(), version.to_owned()))
             })
             .collect())
+    }
+
+    /// Runs kubectl with `args` and reads what it printed as JSON; also returns the
+    /// command, to name it in errors about the document.
+    fn kubectl_json<const N: usize>(
+        &self,
+        args: [&str; N],
+    ) -> Result<(CommandSpec, serde_json::Value), DistroError> {
+        let command = self.kubectl(args).timeout(Duration::from_secs(30));
+        let output = self.host.run_checked(&command)?;
+        let doc = serde_json::from_slice(&output.stdout).map_err(|e| DistroError::Cluster {
+            what: command.to_string(),
+            reason: format!("printed no JSON: {e}"),
+        })?;
+        Ok((command, doc))
     }
 
     /// Whether the API server answers `/readyz` (with etcd: its quorum holds).

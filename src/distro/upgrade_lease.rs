@@ -55,7 +55,7 @@ pub struct Ask<'a> {
 }
 
 /// Whether `version` is at least `target` (build metadata ignored; unreadable: no).
-fn reaches(version: &str, target: &str) -> bool {
+pub fn reaches(version: &str, target: &str) -> bool {
     matches!((kube_version(version), kube_version(target)), (Some(v), Some(t)) if v >= t)
 }
 
