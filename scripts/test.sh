@@ -41,6 +41,12 @@ for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
 
+# Builds are kept between runs outside the checkout, so a fresh clone on the same machine
+# (CI) compiles only this crate, not its dependencies again (several minutes on 2 cores).
+# Cargo's fingerprints decide what is stale; CARGO_TARGET_DIR=target builds in the clone.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/bootstrap-target}
+echo "builds in $CARGO_TARGET_DIR"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
@@ -68,13 +74,8 @@ if grep -aq BOOTSTRAP_FAULT_ "$static_bin"; then
 fi
 echo "no fault injection in the release binary: ok"
 
-echo "== cargo test"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
-# One closing line for the whole run (cargo prints one per test binary).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+echo "== cargo test (every test binary; several at a time: scripts/run-tests.sh)"
+scripts/run-tests.sh --lib --bins --tests
 
 # CI's share of the sweep: every CRASH_EVERY-th point of each scenario (its first and last
 # always); `CRASH_EVERY=1 scripts/test.sh` runs all of them (docs/reliability.md).
@@ -82,7 +83,7 @@ export CRASH_EVERY=${CRASH_EVERY:-12}
 echo "== crash points: every ${CRASH_EVERY}th fault point of every scenario killed and re-run (docs/reliability.md)"
 # Its own build with the fault-injection feature (the step above skips this target).
 crash_log=$(mktemp)
-trap 'rm -f "$log" "$crash_log"' EXIT
+trap 'rm -f "$crash_log"' EXIT
 if ! cargo test --locked --features fault-injection --test crash_points -- --nocapture >"$crash_log" 2>&1; then
   cat "$crash_log"
   echo "test.sh: crash points failed" >&2

@@ -4,6 +4,8 @@
 //! run after success must change nothing. Needs `--features fault-injection`
 //! (scripts/test.sh runs it so); see docs/reliability.md.
 
+#[path = "seed_support/archives.rs"]
+mod archives;
 mod common;
 
 use std::os::unix::net::UnixListener;
@@ -105,6 +107,7 @@ fn first_controller(distro: &'static Distro) -> Scenario {
             faults: true,
         }],
         again: args("up"),
+        serial: false,
     }
 }
 
@@ -161,6 +164,7 @@ fn install_then_boot(distro: &'static Distro) -> Scenario {
             },
         ],
         again: args("up"),
+        serial: false,
     }
 }
 
@@ -180,6 +184,68 @@ fn reset(distro: &'static Distro) -> Scenario {
             },
         ],
         again: args("reset"),
+        serial: false,
+    }
+}
+
+/// Where the seeding scenario's registry listens: a fixed address its files name, used by
+/// no other scenario (it runs one point at a time, see [`Scenario::serial`]).
+const SEEDING: &str = "127.0.10.50";
+
+/// A first controller with the local registry on and a cluster image holding images: its
+/// `up` writes them into the registry's storage (`seed:` points between the blobs, links
+/// and tags moved into place). The registry is a stand-in that answers the readiness
+/// probe with the node's certificate (tests/standins/registry-standin).
+fn seeding_controller(distro: &'static Distro) -> Scenario {
+    Scenario {
+        name: format!("{} first controller seeding the registry", distro.runtime),
+        prepare: Box::new(|| {
+            let Prepared {
+                node,
+                cluster,
+                keep,
+            } = node(distro, "node-a", SEEDING, "auto", SEEDING, None);
+            let node = node.with_registry();
+            let standin = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/standins/registry-standin"),
+            )
+            .unwrap();
+            node.write_mode("/var/lib/bootstrap/rootfs/bin/registry", &standin, 0o755);
+            // Two images sharing a layer, in one docker-save archive: blobs, layer links,
+            // revisions and tags to move, one blob only once.
+            let shared = archives::random_layer(1, 4096);
+            let app = archives::TestImage::with_layers(
+                2,
+                vec![shared.clone(), archives::random_layer(3, 2048)],
+            );
+            let tool = archives::TestImage::with_layers(4, vec![shared]);
+            let archive = archives::tar(&archives::docker_save(&[
+                (&app, &["crash.local/app:1.0"]),
+                (&tool, &["crash.local/tool:2.1", "crash.local/tool:latest"]),
+            ]));
+            let path = node.path("/var/lib/bootstrap/rootfs/images/apps.tar");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, archive).unwrap();
+            // The seed step is keyed on the archives' names, sizes and mtimes: every
+            // run's copy is the same archive, so it gets the same mtime.
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000))
+                .unwrap();
+            Prepared {
+                node,
+                cluster,
+                keep,
+            }
+        }),
+        steps: vec![Step {
+            args: args("up"),
+            faults: true,
+        }],
+        again: args("up"),
+        serial: true,
     }
 }
 
@@ -207,6 +273,7 @@ fn upgrade(distro: &'static Distro) -> Scenario {
             },
         ],
         again: args("up"),
+        serial: false,
     }
 }
 
@@ -262,6 +329,7 @@ fn join(distro: &'static Distro, a: Arc<Controller>, worker: bool) -> Scenario {
             faults: true,
         }],
         again: args("up"),
+        serial: false,
     }
 }
 
@@ -289,6 +357,11 @@ fn k0s_first_controller_converges_from_every_point() {
 #[test]
 fn kubeadm_first_controller_converges_from_every_point() {
     run_all(vec![first_controller(&KUBEADM)]);
+}
+
+#[test]
+fn k3s_seeding_the_registry_converges_from_every_point() {
+    run_all(vec![seeding_controller(&K3S)]);
 }
 
 #[test]

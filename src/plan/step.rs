@@ -339,7 +339,23 @@ impl Step {
     /// fingerprint. Secret contents enter only through their hash, mixed with the rest.
     pub fn fingerprint(&self) -> String {
         let mut hasher = Sha256::new();
-        hasher.update(serde_json::to_vec(&self.action).unwrap_or_default());
+        // A certificate made by this run and the same one read back by the next are one
+        // step: "newly generated" is for plans, not for telling steps apart (or a second
+        // `up` would record it again).
+        let action = match &self.action {
+            Action::WriteFile {
+                contents: Contents::Generated(bytes),
+                ..
+            } => {
+                let mut public = self.action.clone();
+                if let Action::WriteFile { contents, .. } = &mut public {
+                    *contents = Contents::Public(bytes.clone());
+                }
+                std::borrow::Cow::Owned(public)
+            }
+            _ => std::borrow::Cow::Borrowed(&self.action),
+        };
+        hasher.update(serde_json::to_vec(action.as_ref()).unwrap_or_default());
         if let Action::WriteFile { contents, .. } = &self.action {
             hasher.update(Sha256::digest(contents.bytes()));
         }
@@ -545,5 +561,34 @@ impl fmt::Display for Action {
                 humantime::format_duration(*timeout)
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(contents: Contents) -> Step {
+        Step::new(
+            Phase::Registry,
+            "a certificate",
+            Action::WriteFile {
+                path: PathBuf::from("/etc/bootstrap/registry/ca.crt"),
+                mode: 0o644,
+                owner: None,
+                contents,
+            },
+        )
+    }
+
+    #[test]
+    fn a_generated_file_and_the_same_bytes_read_back_are_one_step() {
+        let pem = b"-----BEGIN CERTIFICATE-----\n".to_vec();
+        let made = write(Contents::Generated(pem.clone()));
+        let read_back = write(Contents::Public(pem));
+        assert_eq!(made.fingerprint(), read_back.fingerprint());
+        // Other bytes are another step.
+        let other = write(Contents::Public(b"other".to_vec()));
+        assert_ne!(made.fingerprint(), other.fingerprint());
     }
 }

@@ -39,6 +39,9 @@ pub struct Scenario {
     pub steps: Vec<Step>,
     /// The command whose second run must change nothing (`up`; `reset` for a reset).
     pub again: Vec<String>,
+    /// One point at a time: the scenario's nodes listen on a fixed address (the one
+    /// their files name, so that every run's files are equal).
+    pub serial: bool,
 }
 
 /// Calls that only ask (unit state, readiness, node lists), which every run makes to check
@@ -95,6 +98,21 @@ fn run_ok(node: &Node, args: &[String], what: &str) {
     );
 }
 
+/// What the stand-in systemctl's units said (their daemons' output), to tell why one
+/// failed.
+fn unit_logs(node: &Node) -> String {
+    let dir = node.root().join(".standin-systemd");
+    let mut out = String::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            out.push_str(&format!("--- {}\n{text}", path.display()));
+        }
+    }
+    out
+}
+
 /// Names of the fault points one clean run of `args` reaches, in order.
 fn list_points(node: &Node, args: &[String]) -> Vec<String> {
     let list = node.root().join(".standin-fault-points");
@@ -103,7 +121,12 @@ fn list_points(node: &Node, args: &[String]) -> Vec<String> {
         args,
         &[("BOOTSTRAP_FAULT_LIST", list.display().to_string())],
     );
-    assert!(status.success(), "listing points: {status}\n{stderr}");
+    assert!(
+        status.success(),
+        "listing points: {status}\n{stderr}\n{}\ncalls: {:#?}",
+        unit_logs(node),
+        node.calls()
+    );
     let text = fs::read_to_string(&list).unwrap_or_default();
     let _ = fs::remove_file(&list);
     text.lines().map(str::to_owned).collect()
@@ -247,14 +270,18 @@ pub fn every_point(
     }
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
-    let threads = std::env::var("CRASH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() * 2)
-                .unwrap_or(2)
-        });
+    let threads = if scenario.serial {
+        1
+    } else {
+        std::env::var("CRASH_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get() * 2)
+                    .unwrap_or(2)
+            })
+    };
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
@@ -372,7 +399,13 @@ pub fn assert_idempotent(scenario: &Scenario, prepared: &Prepared) {
     let node = &prepared.node;
     let before = node.snapshot();
     let calls = node.calls().len();
-    run_ok(node, &scenario.again, &scenario.name);
+    let (status, stderr) = run(node, &scenario.again, &[]);
+    assert!(
+        status.success(),
+        "{}: a second `{}` {status}\n{stderr}",
+        scenario.name,
+        scenario.again.join(" ")
+    );
     let again: Vec<String> = node.calls()[calls..]
         .iter()
         .filter(|c| !is_question(c))
@@ -402,7 +435,7 @@ pub fn assert_idempotent(scenario: &Scenario, prepared: &Prepared) {
         .collect();
     assert!(
         changed.is_empty(),
-        "{}: a second `{}` changed {changed:?}",
+        "{}: a second `{}` changed {changed:?}\n{stderr}",
         scenario.name,
         scenario.again.join(" ")
     );
@@ -413,6 +446,9 @@ pub fn check(scenario: &Scenario) -> usize {
     let start = Instant::now();
     let (prepared, points) = uninterrupted(scenario);
     let expected = end_state(&prepared);
+    assert_idempotent(scenario, &prepared);
+    // Gone before the next node starts: a serial scenario's services hold fixed addresses.
+    drop(prepared);
     // Two clean runs must be equal under the comparison's rules: otherwise a difference
     // after a crash could be one that any run makes (crash_normalise lists what is masked).
     let (second, _) = uninterrupted(scenario);
@@ -423,7 +459,6 @@ pub fn check(scenario: &Scenario) -> usize {
         );
     }
     drop(second);
-    assert_idempotent(scenario, &prepared);
     let total: usize = points.iter().map(Vec::len).sum();
     assert!(
         total > 0,

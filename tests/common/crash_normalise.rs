@@ -28,6 +28,10 @@ const RANDOM_FILES: &[&str] = &[
     "/etc/kubernetes/scheduler.conf",
     "/etc/kubernetes/kubelet.conf",
     "/var/lib/bootstrap/kubeadm/secrets.json",
+    // The local registry's CA and serving certificate, made by the first controller.
+    "/etc/bootstrap/registry/ca.",
+    "/etc/bootstrap/registry/server.crt",
+    "/etc/bootstrap/registry/server.key",
     // The lock names the pid that last held it and since when.
     "/var/lib/bootstrap/lock",
 ];
@@ -70,8 +74,9 @@ pub fn file(path: &str, text: &str, root: &str) -> String {
     mask(&text, keys)
 }
 
-/// Steps keyed on random material: k3s restarts when its token file changes.
-const KEYED_ON_RANDOM: &[&str] = &["restart:k3s.service"];
+/// Steps keyed on random material: k3s restarts when its token file changes, the
+/// registry when its certificate does.
+const KEYED_ON_RANDOM: &[&str] = &["restart:k3s.service", "restart:bootstrap-registry.service"];
 
 const JOURNAL: &str = "/var/lib/bootstrap/journal.json";
 
