@@ -191,7 +191,7 @@ def join_lines():
 if __name__ == "__main__":
     # Inputs fuzzing found (kept as seeds so every run tries them again) are not
     # generated here: keep them.
-    found = {p: p.read_bytes() for p in CORPUS.rglob("*-oom") if p.is_file()} if CORPUS.exists() else {}
+    found = {p: p.read_bytes() for p in CORPUS.rglob("*") if p.is_file() and p.name.endswith(("-oom", "-found"))} if CORPUS.exists() else {}
     if CORPUS.exists():
         shutil.rmtree(CORPUS)
     for path, data in found.items():

@@ -53,7 +53,7 @@ slow=" bare_metal fleet_upgrade distro_e2e lose_controller join_protocol join_ne
 } >"$work/queue"
 
 passed=0 failed=0 broken=()
-declare -A started_at names
+declare -A started_at=() names=()
 report() {  # pid: print the finished binary's output and count its results
   local pid=$1 rc=$2 name=${names[$1]} took=$(( $(date +%s) - started_at[$1] ))
   local log="$work/$name.log"

@@ -43,7 +43,8 @@ impl JoinLine {
             .split_once("/?")
             .ok_or("a join line is ADDR:PORT/?role=…&pin=…&credential=…")?;
         if crate::validate::endpoint(address).is_err() {
-            return Err(format!("{address:?} is not an address:port"));
+            // Not echoed: in a garbled line the part before `/?` may hold the secret.
+            return Err("the part before /? is not ADDR:PORT".into());
         }
         let mut role = None;
         let mut pin = None;
@@ -102,5 +103,19 @@ mod tests {
         let short = line.text().replace(&"f".repeat(48), "ff");
         let e = JoinLine::parse(&short).unwrap_err();
         assert!(e.contains("credential") && !e.contains("ff"), "{e}");
+    }
+
+    #[test]
+    fn a_garbled_line_is_refused_without_echoing_its_secret() {
+        // Found by fuzzing (fuzz/corpus/join_line/secret-before-the-query-found): the address
+        // part ran on past the credential.
+        let secret = "0123456789abcdef".repeat(3);
+        let text = format!(
+            "bootstrap-join://10.0.0.10:7443&role=worker&credential=a1b2.{secret}/?pin={}",
+            "ab".repeat(32)
+        );
+        let e = JoinLine::parse(&text).unwrap_err();
+        assert!(!e.contains(&secret), "{e}");
+        assert!(e.contains("ADDR:PORT"), "{e}");
     }
 }
