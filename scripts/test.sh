@@ -95,6 +95,6 @@ if [ "$(id -u)" -eq 0 ]; then echo "== .deb: build, dpkg -i, check, dpkg -r"; sc
 
 # Each target gets a short run: enough to catch a regression on the seeds and the
 # shapes near them; longer runs are `scripts/fuzz.sh 600` by hand.
-fuzz_seconds=15
+fuzz_seconds=10
 echo "== fuzz: each target for $fuzz_seconds s"
 scripts/fuzz.sh "$fuzz_seconds"
