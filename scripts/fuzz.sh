@@ -9,9 +9,11 @@
 # and go with it.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
+# `scripts/fuzz.sh build` only installs what is missing and builds the targets.
 seconds=${1:-60}
 case "$seconds" in
-  ''|*[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS]" >&2; exit 2 ;;
+  build) ;;
+  ''|*[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS|build]" >&2; exit 2 ;;
 esac
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
@@ -30,6 +32,7 @@ export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-${HOME:-/root}/.cache/bootstrap-fuzz-
 # huge allocations and memory errors in the C parts (zstd).
 flags=(--release --debug-assertions)
 cargo +nightly fuzz build "${flags[@]}"
+[ "$seconds" = build ] && exit 0
 
 # In memory where there is a tmpfs: the unpack target syncs the file system of its temp
 # folder once per input (as a real unpack must), which on a disk would flush everything

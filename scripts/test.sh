@@ -55,8 +55,39 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== module layers: floors, no import cycles, short files (tests/architecture.rs)"
 cargo test --locked --test architecture --quiet
 
-echo "== static build"
-scripts/build-static.sh
+# The static release build and the fuzz build only need the CPU, which the tests (mostly
+# waiting on clusters to settle) leave idle much of the time: both run in the background
+# at the lowest priority and are checked after the crash step. Their folders' locks are
+# not the tests' (release and the fuzz crate's own target vs. debug).
+background=$(mktemp -d)
+# Its own process group, so that a failing run stops it too.
+setsid bash -c '
+  rc=0; nice -n 19 scripts/build-static.sh >"$1/static.log" 2>&1 || rc=$?; echo $rc >"$1/static.rc"
+  rc=0; nice -n 19 scripts/fuzz.sh build >"$1/fuzz-build.log" 2>&1 || rc=$?; echo $rc >"$1/fuzz-build.rc"
+' background-builds "$background" &
+builds=$!
+trap 'kill -- -"$builds" 2>/dev/null || true; rm -rf "$background"' EXIT
+
+echo "== cargo test (every test binary; several at a time: scripts/run-tests.sh)"
+scripts/run-tests.sh --lib --bins --tests
+
+# CI's share of the sweep: every CRASH_EVERY-th point of each scenario (its first and last
+# always); `CRASH_EVERY=1 scripts/test.sh` runs all of them (docs/reliability.md).
+export CRASH_EVERY=${CRASH_EVERY:-12}
+echo "== crash points: every ${CRASH_EVERY}th fault point of every scenario killed and re-run (docs/reliability.md)"
+# Its own build with the fault-injection feature (the step above skips this target).
+crash_log=$background/crash.log
+if ! cargo test --locked --features fault-injection --test crash_points -- --nocapture >"$crash_log" 2>&1; then
+  cat "$crash_log"
+  echo "test.sh: crash points failed" >&2
+  exit 1
+fi
+grep -E '^crash points:|^test result:' "$crash_log"
+
+echo "== static build (built in the background)"
+wait "$builds"
+cat "$background/static.log"
+[ "$(cat "$background/static.rc")" = 0 ] || { echo "test.sh: the static build failed" >&2; exit 1; }
 static_bin=${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-musl/release/bootstrap
 description=$(file -L "$static_bin")
 echo "$description"
@@ -74,27 +105,15 @@ if grep -aq BOOTSTRAP_FAULT_ "$static_bin"; then
 fi
 echo "no fault injection in the release binary: ok"
 
-echo "== cargo test (every test binary; several at a time: scripts/run-tests.sh)"
-scripts/run-tests.sh --lib --bins --tests
-
-# CI's share of the sweep: every CRASH_EVERY-th point of each scenario (its first and last
-# always); `CRASH_EVERY=1 scripts/test.sh` runs all of them (docs/reliability.md).
-export CRASH_EVERY=${CRASH_EVERY:-12}
-echo "== crash points: every ${CRASH_EVERY}th fault point of every scenario killed and re-run (docs/reliability.md)"
-# Its own build with the fault-injection feature (the step above skips this target).
-crash_log=$(mktemp)
-trap 'rm -f "$crash_log"' EXIT
-if ! cargo test --locked --features fault-injection --test crash_points -- --nocapture >"$crash_log" 2>&1; then
-  cat "$crash_log"
-  echo "test.sh: crash points failed" >&2
-  exit 1
-fi
-grep -E '^crash points:|^test result:' "$crash_log"
-
 if [ "$(id -u)" -eq 0 ]; then echo "== .deb: build, dpkg -i, check, dpkg -r"; scripts/test-deb.sh; else echo "== .deb: SKIPPED (scripts/test-deb.sh needs root for dpkg -i)"; fi
 
 # Each target gets a short run: enough to catch a regression on the seeds and the
 # shapes near them; longer runs are `scripts/fuzz.sh 600` by hand.
 fuzz_seconds=10
 echo "== fuzz: each target for $fuzz_seconds s"
+if [ "$(cat "$background/fuzz-build.rc")" != 0 ]; then
+  cat "$background/fuzz-build.log"
+  echo "test.sh: the fuzz build failed" >&2
+  exit 1
+fi
 scripts/fuzz.sh "$fuzz_seconds"
