@@ -30,9 +30,13 @@ struct Stored {
     role: JoinRole,
     /// Seconds since the Unix epoch.
     expires: u64,
-    /// Join material went out for it: a line works once.
+    /// Join material went out for it: a line brings in one node.
     #[serde(default)]
     used: bool,
+    /// The node it went out to: only that node may ask again (its answer may have been
+    /// lost on the way). Files from before this was kept have none: no one may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    used_by: Option<String>,
 }
 
 /// A join line as `token list` shows it: never its secret.
@@ -165,6 +169,7 @@ impl CredentialStore {
                 role,
                 expires: now + ttl.as_secs(),
                 used: false,
+                used_by: None,
             },
         );
         if let Some(dir) = self.file.parent() {
@@ -212,14 +217,22 @@ impl super::server::Credentials for CredentialStore {
             .then(|| (credential_key(&Secret::new(&stored.secret)), stored.role))
     }
 
-    fn used(&self, id: &str) -> bool {
-        plausible_id(id) && self.read_cached().get(id).is_some_and(|c| c.used)
+    fn used(&self, id: &str, node: &str) -> bool {
+        plausible_id(id)
+            && self
+                .read_cached()
+                .get(id)
+                .is_some_and(|c| c.used && c.used_by.as_deref() != Some(node))
     }
 
-    fn consume(&self, id: &str) {
+    fn consume(&self, id: &str, node: &str) {
         let mut all = self.read_fresh();
         if let Some(stored) = all.get_mut(id) {
+            if stored.used && stored.used_by.as_deref() == Some(node) {
+                return;
+            }
             stored.used = true;
+            stored.used_by = Some(node.to_owned());
             if let Err(e) = self.write(&all) {
                 log::warn!(
                     "cannot mark join line {id} used in {}: {e}",
@@ -287,7 +300,7 @@ mod tests {
         for _ in 0..100 {
             assert!(store.lookup(&id).is_some());
             assert!(store.lookup("0badc0de").is_none());
-            assert!(!store.used(&id));
+            assert!(!store.used(&id, "node-1"));
         }
         assert_eq!(store.parses(), before + 1, "one parse for 300 lookups");
     }
@@ -302,7 +315,7 @@ mod tests {
         let before = store.parses();
         for id in ["", "nope", "0123456789", "ABCDEFGZ", "../../x", "node:abc"] {
             assert!(store.lookup(id).is_none(), "{id}");
-            assert!(!store.used(id), "{id}");
+            assert!(!store.used(id, "node-1"), "{id}");
         }
         assert_eq!(store.parses(), before);
     }
@@ -327,8 +340,11 @@ mod tests {
         assert!(cli.revoke(&first).unwrap());
         assert!(server.lookup(&first).is_none(), "a revoked line");
         assert!(server.lookup(&second).is_some());
-        cli.consume(&second);
-        assert!(server.used(&second), "a line used through another process");
+        cli.consume(&second, "node-1");
+        assert!(
+            server.used(&second, "node-2"),
+            "a line used through another process"
+        );
         std::fs::remove_file(cli.file()).unwrap();
         assert!(server.lookup(&second).is_none(), "the file removed");
     }
@@ -340,10 +356,28 @@ mod tests {
         let (id, _) = store
             .add(JoinRole::Worker, Duration::from_secs(600))
             .unwrap();
-        assert!(!store.used(&id));
-        store.consume(&id);
-        assert!(store.used(&id));
+        assert!(!store.used(&id, "node-1"));
+        store.consume(&id, "node-1");
+        assert!(store.used(&id, "node-2"));
         assert!(store.list().iter().all(|l| l.used));
+    }
+
+    #[test]
+    fn the_node_a_line_brought_in_may_ask_again_and_no_other() {
+        // Its answer may have been lost: the line was marked used as it went out.
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let (id, _) = store
+            .add(JoinRole::Worker, Duration::from_secs(600))
+            .unwrap();
+        store.consume(&id, "node-1");
+        assert!(!store.used(&id, "node-1"), "the same node, asking again");
+        assert!(store.used(&id, "node-2"), "another node");
+        store.consume(&id, "node-1");
+        assert!(
+            store.used(&id, "node-2"),
+            "asking again keeps it that node's"
+        );
     }
 
     #[test]
@@ -356,6 +390,7 @@ mod tests {
             role: JoinRole::Worker,
             expires,
             used: false,
+            used_by: None,
         };
         let all: Entries = [
             ("aaaaaaaa".to_owned(), entry(now - 10)),

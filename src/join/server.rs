@@ -37,16 +37,17 @@ pub trait Credentials: Send + Sync {
     /// The request key and allowed role of the manual credential `id`, if it is live.
     fn lookup(&self, id: &str) -> Option<(ring::hmac::Key, JoinRole)>;
 
-    /// Whether `id` has already brought a node in (a join line works once).
-    fn used(&self, id: &str) -> bool {
-        let _ = id;
+    /// Whether `id` has already brought in a node other than `node` (a join line brings
+    /// in one node; that node may ask again, as its answer may have been lost).
+    fn used(&self, id: &str, node: &str) -> bool {
+        let _ = (id, node);
         false
     }
 
-    /// Marks `id` used: join material went out for it. It still lets that controller
-    /// give the admission lease back.
-    fn consume(&self, id: &str) {
-        let _ = id;
+    /// Marks `id` used by `node`: join material went out for it. It still lets that
+    /// controller give the admission lease back.
+    fn consume(&self, id: &str, node: &str) {
+        let _ = (id, node);
     }
 }
 
@@ -486,7 +487,7 @@ impl Service {
                         && request
                             .credential
                             .as_deref()
-                            .is_some_and(|id| self.credentials.used(id)) =>
+                            .is_some_and(|id| self.credentials.used(id, &request.node)) =>
                 {
                     refuse("this join line has been used already; make a new one with `bootstrap token create`")
                 }
@@ -520,7 +521,7 @@ impl Service {
                         (key.as_ref().map(|(_, scope)| scope), &request.credential)
                     {
                         if request.kind == RequestKind::Join && answer.material.is_some() {
-                            self.credentials.consume(id);
+                            self.credentials.consume(id, &request.node);
                         }
                     }
                     answer
