@@ -180,6 +180,18 @@ impl Node {
 
     pub fn env(mut self, key: &str, value: &str) -> Node {
         self.env.push((key.to_owned(), value.to_owned()));
+        // Units run for real include the join service, which listens on join.port of
+        // every address: test binaries run side by side (scripts/run-tests.sh), so each
+        // such node gets a port of its own unless the test chose one.
+        if key == "STANDIN_REAL_UNITS" && !self.env.iter().any(|(k, _)| k == "BOOTSTRAP_JOIN__PORT")
+        {
+            let port = std::net::TcpListener::bind("0.0.0.0:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port for the join service");
+            self.env
+                .push(("BOOTSTRAP_JOIN__PORT".to_owned(), port.to_string()));
+        }
         self
     }
 
