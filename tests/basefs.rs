@@ -65,14 +65,6 @@ fn app_image() -> Vec<u8> {
     tar(&docker_save(&[(&image, &["docker.io/library/hello:1.0"])]))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A folder to put first on PATH with the image's own CLI (the stand-in), as a node has
 /// it in /usr/local/bin, for the Kubefile's commands.
 fn cli_path(node: &Node, binary_in_image: &str, name: &str) -> String {
@@ -202,7 +194,7 @@ fn kubeadm_basefs_image_comes_up_with_the_bundle_the_registry_image_and_its_own_
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello\ndata:\n  a: b\n",
     );
     node.write("/etc/hosts", "127.0.0.1 localhost\n");
-    let port = free_port();
+    let port = common::free_port();
     node.config(&format!(
         "node: {{address: 127.0.0.1}}\ncluster: {{service_cidr: 10.96.0.0/16}}\nregistry: {{port: {port}}}\n"
     ));
@@ -369,7 +361,7 @@ fn k0s_image_in_the_per_arch_layout_runs_the_registry_from_its_image() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello\n",
     );
     node.write("/etc/hosts", "127.0.0.1 localhost\n");
-    let port = free_port();
+    let port = common::free_port();
     node.config(&format!(
         "node: {{address: 127.0.0.1}}\nregistry: {{port: {port}}}\n"
     ));

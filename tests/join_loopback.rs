@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -22,14 +21,6 @@ impl Drop for Serve {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn node(cluster: &std::path::Path, name: &str, config: &str) -> Node {
@@ -85,7 +76,7 @@ fn joined(cluster: &std::path::Path, name: &str) -> bool {
 #[test]
 fn workers_fetch_material_with_the_secret_and_the_wrong_secret_exits_4() {
     let cluster = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let (_a, _serve) = controller(cluster.path(), port);
 
     let w = node(cluster.path(), "node-w", &worker_config(port, true));
@@ -123,7 +114,7 @@ fn workers_fetch_material_with_the_secret_and_the_wrong_secret_exits_4() {
 #[test]
 fn a_manual_join_line_replaces_the_secret_on_the_new_node() {
     let cluster = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let (a, _serve) = controller(cluster.path(), port);
     // `--role` is this node's role; `token create` refuses it instead of turning the
     // controller into a worker (it once did), and says how to name the new node's.

@@ -16,7 +16,7 @@ use common::golden;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -142,12 +142,8 @@ fn unit_passes_systemd_analyze_verify() {
 
 // ---------------------------------------------------------------- the real registry
 
-/// A port nobody listens on now. Another process could take it before the registry
-/// does; then the registry exits and `start` says so with its log.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
-}
+// Ports come from `common::free_port`: another process could take one before the
+// registry does; then the registry exits and `start` says so with its log.
 
 /// A registry's files in a temp folder: PKI for `sea.hub` and 127.0.0.1, config.yml,
 /// storage holding one seeded image.
@@ -188,7 +184,7 @@ impl Setup {
         });
         let config = RegistryConfig {
             listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port: free_port(),
+            port: common::free_port(),
             storage_dir: w.join("storage"),
             certificate: certs.join("server.crt"),
             key: certs.join("server.key"),
@@ -730,7 +726,7 @@ fn pushes_take_the_push_registry_and_its_credentials() {
         )),
     );
     let push_config = RegistryConfig {
-        port: free_port(),
+        port: common::free_port(),
         read_only: false,
         htpasswd: Some(HtpasswdAuth {
             realm: "bootstrap-registry-push".into(),

@@ -43,14 +43,6 @@ fn busybox_layer() -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn in_namespace_of(node: &Node, unit: &str, args: &[&str]) -> std::process::Output {
     let pid = fs::read_to_string(node.path(&format!("/.standin-systemd/pids/{unit}"))).unwrap();
     Command::new("timeout")
@@ -110,7 +102,7 @@ fn containerd_pulls_seeded_images_through_the_mirror_and_runs_them() {
     )
     .unwrap();
 
-    let port = free_port();
+    let port = common::free_port();
     node.write_mode(
         "/etc/bootstrap/registry-password",
         "e2e-registry-pw\n",

@@ -13,7 +13,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -48,12 +48,8 @@ fn require_tools() -> PathBuf {
         .unwrap_or_else(|| missing_tool("skopeo"))
 }
 
-/// A port nobody listens on now. Another process could take it before the registry
-/// does; then the registry exits and `start` says so with its log.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
-}
+// Ports come from `common::free_port`: another process could take one before the
+// registry does; then the registry exits and `start` says so with its log.
 
 /// A running `docker-registry serve`, killed when dropped.
 struct Registry {
@@ -64,7 +60,7 @@ struct Registry {
 
 impl Registry {
     fn start(storage: &Path, work: &Path) -> Registry {
-        let port = free_port();
+        let port = common::free_port();
         let config = work.join("config.yml");
         fs::write(
             &config,

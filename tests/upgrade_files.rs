@@ -15,14 +15,6 @@ const OLD: &str = "v1.35.2+k0s.0";
 const NEW: &str = "v1.36.3+k0s.0";
 const DROPIN: &str = "/etc/k0s/containerd.d/bootstrap-registry.toml";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The real registry binary as the cluster image's `bin/registry` under `image`.
 fn real_registry(node: &Node, image: &str) {
     let dest = node.path(&format!("{image}/bin/registry"));
@@ -52,7 +44,7 @@ fn k0s_starts_on_the_new_binary_with_a_drop_in_written_for_it() {
     node.write("/etc/hosts", "127.0.0.1 localhost\n");
     node.config(&format!(
         "node: {{address: 127.0.0.1}}\nregistry: {{port: {}}}\n",
-        free_port()
+        common::free_port()
     ));
     node.run(&["up"]).assert_code(0);
     assert_eq!(

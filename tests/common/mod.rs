@@ -185,12 +185,8 @@ impl Node {
         // such node gets a port of its own unless the test chose one.
         if key == "STANDIN_REAL_UNITS" && !self.env.iter().any(|(k, _)| k == "BOOTSTRAP_JOIN__PORT")
         {
-            let port = std::net::TcpListener::bind("0.0.0.0:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .expect("a free port for the join service");
             self.env
-                .push(("BOOTSTRAP_JOIN__PORT".to_owned(), port.to_string()));
+                .push(("BOOTSTRAP_JOIN__PORT".to_owned(), free_port().to_string()));
         }
         self
     }
@@ -351,6 +347,14 @@ pub fn to_run(out: Output) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// A TCP port nothing listens on right now, on any address (so also on loopback).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 pub fn is_root() -> bool {
