@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 # build, bash for the stand-ins, the real containerd, runc, distribution registry and
 # skopeo for the runtime tests, systemd-analyze for the units, a static busybox to put
 # in test images, unshare/nsenter for running units in a private mount namespace, and
-# Python 3.11+ for the containerd stand-in (it reads config.toml with tomllib).
+# Debian's Python 3.11+ at /usr/bin/python3 for the stand-ins (the containerd one reads
+# config.toml with tomllib). They name it in their first line rather than take the
+# python3 on PATH, which may be a version manager's shim: a quarter of a second more per
+# call, and a test run makes thousands.
 missing=()
 command -v file >/dev/null || missing+=(file)
 command -v musl-gcc >/dev/null || missing+=(musl-tools)
@@ -21,7 +24,7 @@ command -v runc >/dev/null || missing+=(runc)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 [ -x /bin/busybox ] && file -L /bin/busybox | grep -q static || missing+=(busybox-static)
 command -v unshare >/dev/null || missing+=(util-linux)
-python3 -c 'import tomllib' 2>/dev/null || missing+=(python3)
+/usr/bin/python3 -c 'import tomllib' 2>/dev/null || missing+=(python3)
 command -v cloud-init >/dev/null || missing+=(cloud-init)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
 command -v zstd >/dev/null || missing+=(zstd)
