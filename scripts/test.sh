@@ -49,6 +49,18 @@ done
 # Cargo's fingerprints decide what is stale; CARGO_TARGET_DIR=target builds in the clone.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/bootstrap-target}
 echo "builds in $CARGO_TARGET_DIR"
+# The tests bake their checkout's path in (env!("CARGO_MANIFEST_DIR")), and cargo judges
+# this crate's artifacts by the mtimes of its files relative to the checkout: a cache last
+# built from another checkout, with newer files, would be reused as it is and point the
+# tests at that checkout. So this crate's own debug artifacts go when the checkout changes;
+# the dependencies' stay.
+checkout_mark=$CARGO_TARGET_DIR/.bootstrap-checkout
+if [ -d "$CARGO_TARGET_DIR" ] && [ "$(cat "$checkout_mark" 2>/dev/null)" != "$PWD" ]; then
+  echo "the build cache was last used by another checkout: rebuilding this crate"
+  cargo clean --quiet -p bootstrap
+fi
+mkdir -p "$CARGO_TARGET_DIR"
+echo "$PWD" >"$checkout_mark"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
