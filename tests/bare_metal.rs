@@ -187,7 +187,8 @@ fn admissions(log: &str) -> Vec<(String, &'static str)> {
     let mut out = Vec::new();
     for line in log.lines() {
         if let Some(rest) = line.split(" info: join material for ").nth(1) {
-            if rest.ends_with("as a controller") {
+            // "NAME (PEER) as a controller (N.N s)"
+            if rest.contains(") as a controller") {
                 out.push((rest.split(' ').next().unwrap().to_owned(), "granted"));
             }
         } else if line.ends_with("has joined the control plane; lease released") {

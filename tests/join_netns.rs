@@ -102,7 +102,8 @@ fn admission_events(logs: &[String]) -> Vec<Admit> {
     let mut events = Vec::new();
     for line in logs.iter().flat_map(|l| l.lines()) {
         if let Some(rest) = line.split(" info: join material for ").nth(1) {
-            if rest.ends_with("as a controller") {
+            // "NAME (PEER) as a controller (N.N s)"
+            if rest.contains(") as a controller") {
                 events.push(Admit::Granted(rest.split(' ').next().unwrap().to_owned()));
             }
         } else if line.ends_with(" holds the control-plane join lease") {

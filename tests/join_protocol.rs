@@ -309,6 +309,8 @@ struct Options {
     nodes: bool,
     /// `Some`: the service answers whether a cluster exists, with this.
     cluster: Option<Option<ClusterInfo>>,
+    /// What an authenticated request may take (`None`: the service's default).
+    work_time: Option<Duration>,
 }
 
 impl Default for Options {
@@ -320,6 +322,7 @@ impl Default for Options {
             credentials: Box::new(server::NoCredentials),
             nodes: true,
             cluster: None,
+            work_time: None,
         }
     }
 }
@@ -341,6 +344,9 @@ fn start(options: Options) -> Harness {
     }
     if let Some(cluster) = options.cluster {
         service = service.with_cluster(Box::new(FakeCluster(cluster)));
+    }
+    if let Some(work_time) = options.work_time {
+        service = service.with_work_time(work_time);
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -454,6 +460,8 @@ enum Reply {
     Unbound,
     /// `Ok` with material, tagged in the request direction (a reflected message).
     Reflected,
+    /// `NotReady`: a mint for the asker goes on there.
+    Minting,
 }
 
 struct FakeServer {
@@ -544,11 +552,15 @@ fn answer(
     lock(requests).push((request.clone(), authentic));
     let status = match reply {
         Reply::Answer(status) => status,
+        Reply::Minting => Status::NotReady,
         _ => Status::Ok,
     };
     let response = Response {
         status,
-        message: format!("scripted {status:?}"),
+        message: match reply {
+            Reply::Minting => format!("join material for a controller {}", proto::STILL_MINTING),
+            _ => format!("scripted {status:?}"),
+        },
         material: (status == Status::Ok).then(|| {
             material(
                 request.role,
@@ -977,20 +989,22 @@ fn a_failed_mint_is_remembered_for_a_few_seconds_then_tried_again() {
 }
 
 #[test]
-fn a_slow_mint_holds_up_no_one_but_its_waiters_and_they_give_up_at_their_deadline() {
+fn a_mint_slower_than_the_work_time_goes_on_and_its_controller_gets_it_on_the_next_ask() {
+    // A loaded control plane: the controller's mint outlasts what one request may take.
+    let work_time = Duration::from_secs(2);
     let service = start(Options {
         admission: true,
+        work_time: Some(work_time),
         ..Options::default()
     });
     ask_worker(&service, "node-cached").unwrap();
-    // A controller's mint that outlasts a connection.
-    let slow = server::CONNECTION_DEADLINE + Duration::from_secs(1);
+    let slow = work_time * 2;
     *lock(&service.minter.slow) = Some((JoinRole::Controller, slow));
-    let minting = {
+    let started = Instant::now();
+    let first = {
         let target = service.target();
         thread::spawn(move || client::ask(&target, right(), &request(JoinRole::Controller, "cp-1")))
     };
-    let started = Instant::now();
     while service.minter.in_flight.load(Ordering::SeqCst) == 0 && started.elapsed() < STEP {
         thread::sleep(Duration::from_millis(20));
     }
@@ -1001,22 +1015,55 @@ fn a_slow_mint_holds_up_no_one_but_its_waiters_and_they_give_up_at_their_deadlin
         1,
         "the worker was answered only after the controller's mint"
     );
-    // The same controller asking again waits for that mint, and gives up at its deadline.
-    let waiter = client::ask(
+    // Another controller waits: the lease is cp-1's while its mint goes on.
+    let other = client::ask(
+        &service.target(),
+        right(),
+        &request(JoinRole::Controller, "cp-2"),
+    );
+    assert!(matches!(&other, Err(Cause::Busy(_))), "{other:?}");
+    // cp-1 is told to ask again when its request's time is up, not when the mint ends.
+    let first = first.join().unwrap();
+    assert!(
+        matches!(&first, Err(Cause::NotReady(m)) if m.contains("still being minted")),
+        "{first:?}"
+    );
+    assert!(
+        started.elapsed() < slow,
+        "answered after {:?}: the caller waited for the whole mint",
+        started.elapsed()
+    );
+    while service.minter.in_flight.load(Ordering::SeqCst) == 1 && started.elapsed() < STEP * 2 {
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Asking again gets what that mint made, at once: no second mint.
+    let again = client::ask(
         &service.target(),
         right(),
         &request(JoinRole::Controller, "cp-1"),
+    )
+    .expect("the material minted for cp-1");
+    assert_eq!(
+        JoinMaterial::parse(again.material.as_deref().unwrap(), "answer")
+            .unwrap()
+            .token
+            .expose(),
+        service.minter.last().token.expose()
     );
-    assert!(
-        matches!(&waiter, Err(Cause::NotReady(m)) if m.contains("still being minted")),
-        "{waiter:?}"
-    );
-    let _ = minting.join().unwrap();
     assert_eq!(
         service.minter.calls(),
         2,
         "one worker mint, one controller mint"
     );
+    // It was cp-1's, handed out once: its next join (another lease) mints anew.
+    *lock(&service.minter.slow) = None;
+    client::ask(
+        &service.target(),
+        right(),
+        &request(JoinRole::Controller, "cp-1"),
+    )
+    .unwrap();
+    assert_eq!(service.minter.calls(), 3);
 }
 
 // =======================================================================================
@@ -1542,6 +1589,27 @@ fn the_client_asks_the_controllers_in_order_within_a_round() {
         )),
         "{}",
         warnings[1]
+    );
+}
+
+#[test]
+fn a_client_told_its_material_is_being_minted_asks_that_service_again_and_no_other() {
+    let not_ready = FakeServer::start(vec![Reply::Answer(Status::NotReady)]);
+    let minting = FakeServer::start(vec![Reply::Minting, Reply::Answer(Status::Ok)]);
+    let other = FakeServer::start(vec![Reply::Answer(Status::Ok)]);
+    let targets = vec![not_ready.target(), minting.target(), other.target()];
+    let mut fetch = quick_fetch(targets, "cp-sticky", STEP);
+    fetch.role = JoinRole::Controller;
+    client::fetch(right(), &fetch).unwrap();
+    // Round 1 ends at the minting service; round 2 begins there and gets its material.
+    // The third controller, which would have minted for it too, is never asked.
+    assert_eq!(
+        (
+            not_ready.connections(),
+            minting.connections(),
+            other.connections()
+        ),
+        (1, 2, 0)
     );
 }
 

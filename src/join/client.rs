@@ -12,7 +12,14 @@ use super::proto::{self, Request, RequestKind, Response, Status};
 use crate::distro::{JoinMaterial, JoinRole};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const IO_TIMEOUT: Duration = Duration::from_secs(15);
+/// One try of a request the join service carries out (a join, a release, a turn): what
+/// the work may take there ([`super::server::WORK_TIME`]), and the connection around it.
+/// A service that is down is found out by the connect timeout, not by this.
+const WORK_BUDGET: Duration = Duration::from_secs(
+    CONNECT_TIMEOUT.as_secs() + super::server::WORK_TIME.as_secs() + ANSWER_SLACK.as_secs(),
+);
+/// Beyond the service's own deadline: the handshake and the answer on the wire.
+const ANSWER_SLACK: Duration = Duration::from_secs(5);
 
 /// Why one try failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,9 +115,10 @@ impl fmt::Display for GaveUp {
     }
 }
 
-/// One request to one controller, within the default bound on one try.
+/// One request to one controller, within the bound on one try of a request the service
+/// carries out.
 pub fn ask(address: &str, keys: &JoinKeys, request: &Request) -> Result<Response, Cause> {
-    ask_within(address, keys, request, CONNECT_TIMEOUT + IO_TIMEOUT)
+    ask_within(address, keys, request, WORK_BUDGET)
 }
 
 /// One request to one controller; the whole try (connect, handshake, request, answer)
@@ -128,7 +136,7 @@ pub fn ask_within(
         .ok_or_else(|| Cause::Unreachable(format!("{address}: no address")))?;
     let sock = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT.min(budget))
         .map_err(|e| Cause::Unreachable(format!("{address}: {e}")))?;
-    let mut sock = super::server::DeadlineStream::new(sock, budget);
+    let mut sock = super::deadline::DeadlineStream::new(sock, budget);
     let config = super::tls::client_config(keys.pin()).map_err(Cause::Tls)?;
     let mut conn = rustls::ClientConnection::new(config, super::tls::server_name())
         .map_err(|e| Cause::Tls(e.to_string()))?;
@@ -167,8 +175,19 @@ pub fn read_response(
     binding: &[u8],
     address: &str,
 ) -> Result<Response, Cause> {
-    let (reply, reply_tag) = proto::read_frame(input)
-        .map_err(|e| Cause::Unreachable(format!("{address}: reading the answer: {e}")))?;
+    let (reply, reply_tag) = proto::read_frame(input).map_err(|e| {
+        Cause::Unreachable(match &e {
+            proto::FrameError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                format!("{address}: no answer in time (the join service is slow or stuck)")
+            }
+            _ => format!("{address}: reading the answer: {e}"),
+        })
+    })?;
     let response: Response =
         serde_json::from_slice(&reply).map_err(|e| Cause::Protocol(format!("{address}: {e}")))?;
     let authentic = proto::verify(
@@ -230,15 +249,22 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
     let mut attempts = 0;
     let mut round = 0;
     let mut last = Cause::Unreachable("no controller to ask".into());
+    // A service minting for this node: asked first in the next round, and the round
+    // ends there. Another controller asked meanwhile would mint too, and of two kubeadm
+    // mints only the later upload opens with its key.
+    let mut minting: Option<usize> = None;
     loop {
         // The most telling cause of this round: what the joiner reports if it gives up.
         let mut telling: Option<Cause> = None;
-        for target in &fetch.targets {
+        let first = minting.take().unwrap_or(0);
+        let order = (0..fetch.targets.len()).map(|i| (first + i) % fetch.targets.len());
+        for index in order {
+            let target = &fetch.targets[index];
             attempts += 1;
             let budget = fetch
                 .timeout
                 .saturating_sub(start.elapsed())
-                .clamp(Duration::from_secs(1), CONNECT_TIMEOUT + IO_TIMEOUT);
+                .clamp(Duration::from_secs(1), WORK_BUDGET);
             match ask_within(target, keys, &request, budget) {
                 Ok(response) => {
                     let text = response.material.unwrap_or_default();
@@ -257,6 +283,10 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
                 telling = Some(last.clone());
             }
             if start.elapsed() >= fetch.timeout {
+                break;
+            }
+            if matches!(&last, Cause::NotReady(m) if m.ends_with(proto::STILL_MINTING)) {
+                minting = Some(index);
                 break;
             }
         }
@@ -309,9 +339,12 @@ pub fn release(
     let mut last = Cause::Unreachable("no controller to tell".into());
     for round in 0.. {
         for target in targets {
-            match ask_within(target, keys, &request, Duration::from_secs(10)) {
+            match ask_within(target, keys, &request, WORK_BUDGET) {
                 Ok(_) => return Ok(()),
                 Err(cause) => last = cause,
+            }
+            if start.elapsed() >= PATIENCE {
+                break;
             }
         }
         let left = PATIENCE.saturating_sub(start.elapsed());
@@ -398,7 +431,7 @@ pub fn upgrade_turn(
 ) -> Result<String, Cause> {
     let mut telling: Option<Cause> = None;
     // A worker's turn begins with its drain, which the answer waits for.
-    let budget = CONNECT_TIMEOUT + IO_TIMEOUT + super::server::UPGRADE_DRAIN;
+    let budget = WORK_BUDGET + super::server::UPGRADE_DRAIN + super::server::LEAVE_SLACK;
     for target in targets {
         match ask_within(target, keys, request, budget) {
             Ok(response) => return Ok(response.message),

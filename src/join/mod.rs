@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod client;
 pub mod credentials;
+pub mod deadline;
 pub mod intake;
 pub mod keys;
 pub mod manual;

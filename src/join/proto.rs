@@ -76,6 +76,11 @@ pub enum Status {
     Failed,
 }
 
+/// The end of a `not-ready` answer's message while a mint for the asker goes on: asking
+/// the same service again gets what it makes (a client keeps to that service rather
+/// than have another controller mint too).
+pub const STILL_MINTING: &str = "is still being minted; ask again";
+
 /// A response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

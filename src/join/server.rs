@@ -5,16 +5,17 @@
 //! minted material is reused while more than half its life remains; controller joins are
 //! admitted one at a time.
 
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::admission::Admission;
+use super::deadline::DeadlineStream;
 use super::intake::{self, Arrived};
 use super::keys::JoinKeys;
-use super::mint::Materials;
+use super::mint::{Materials, NoMaterial};
 use super::proto::{self, ClusterInfo, Request, RequestKind, Response, Status};
 use super::throttle::{Throttled, WARN_EVERY};
 use crate::distro::JoinRole;
@@ -29,6 +30,13 @@ pub const BACKLOG: i32 = 1024;
 /// Everything about one connection (handshake, request, response) must fit in this,
 /// counted from accept; the handshake and request alone in [`intake::PRE_AUTH_DEADLINE`].
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What carrying out an authenticated request may take (a join, a release, a controller's
+/// upgrade turn): the lease, the node and the mint each ask the API server or run the
+/// distro's tool, which a loaded control plane answers in seconds, not milliseconds.
+/// Counted from when the request was authenticated; a mint still running then goes on,
+/// and its material waits for the node that asked (see [`Materials`]).
+pub const WORK_TIME: Duration = Duration::from_secs(60);
 
 pub use super::mint::{Minter, FAILURE_MEMORY};
 
@@ -146,6 +154,8 @@ pub struct Service {
     nodes: Option<Box<dyn Nodes>>,
     /// `None`: this service does not hand out upgrade turns.
     upgrades: Option<Box<dyn Upgrades>>,
+    /// What an authenticated request's work may take ([`WORK_TIME`]).
+    work_time: Duration,
 }
 
 impl Service {
@@ -166,7 +176,14 @@ impl Service {
             max_per_peer: MAX_PER_PEER,
             nodes: None,
             upgrades: None,
+            work_time: WORK_TIME,
         })
+    }
+
+    /// Gives authenticated requests `work_time` instead of [`WORK_TIME`] (tests).
+    pub fn with_work_time(mut self, work_time: Duration) -> Self {
+        self.work_time = work_time;
+        self
     }
 
     /// Lets workers ask this service to remove them from the cluster.
@@ -200,6 +217,7 @@ impl Service {
     }
 
     fn answer(&self, request: &Request, peer: SocketAddr, deadline: Instant) -> Response {
+        let started = Instant::now();
         let reply = |status, message: String| Response::plain(status, message);
         if request.version != 1 {
             return reply(
@@ -296,12 +314,14 @@ impl Service {
         }
         // A caller waiting on someone else's mint gives up in time to still be told so.
         let wait_until = deadline.checked_sub(ANSWER_TIME).unwrap_or(deadline);
-        match self.materials.get(request.role, wait_until) {
+        match self.materials.get(request.role, &request.node, wait_until) {
             Ok(mut material) => {
+                // How long it took tells an operator whether the control plane is slow.
                 log::info!(
-                    "join material for {} ({peer}) as a {}",
+                    "join material for {} ({peer}) as a {} ({:.1} s)",
                     request.node,
-                    request.role
+                    request.role,
+                    started.elapsed().as_secs_f64()
                 );
                 if request.role == JoinRole::Worker {
                     material.join.node_credential = self.keys.node_secret(&request.node);
@@ -314,7 +334,12 @@ impl Service {
                     ..Response::plain(Status::Ok, "ok")
                 }
             }
-            Err(why) => {
+            Err(NoMaterial::Minting(why)) => {
+                // The joiner keeps the lease: the mint goes on, for it.
+                log::info!("{} ({peer}): {why}", request.node);
+                reply(Status::NotReady, why)
+            }
+            Err(NoMaterial::Failed(why)) => {
                 if request.role == JoinRole::Controller {
                     if let Some(admission) = &self.admission {
                         admission.release(&request.node);
@@ -440,8 +465,8 @@ impl Service {
         let mut sock = DeadlineStream::until(sock, deadline);
         let mut tls = rustls::Stream::new(&mut conn, &mut sock);
         let binding = exporter(tls.conn)?;
-        let (body, tag) = self.respond(&body, &tag, &binding, peer, deadline, &mut |budget| {
-            tls.sock.extend(budget)
+        let (body, tag) = self.respond(&body, &tag, &binding, peer, &mut |later| {
+            tls.sock.extend_to(later)
         })?;
         proto::write_frame(&mut tls, &body, &tag).map_err(|e| e.to_string())?;
         tls.conn.send_close_notify();
@@ -452,16 +477,16 @@ impl Service {
     /// The answer (body, tag) to one request frame (`body`, `tag`) that arrived on the
     /// TLS session whose exported keying material is `binding`: parsed, authenticated,
     /// carried out. Whatever the bytes, the answer is a response, never a panic; only one
-    /// that proved its key is tagged. `extend` is given the time an authenticated leave
-    /// may take, before it drains, so the connection's deadline can be moved.
+    /// that proved its key is tagged. `extend` is given the later deadline of an
+    /// authenticated request (the time its work may take) before that work begins, so
+    /// the connection's deadline can be moved.
     pub fn respond(
         &self,
         body: &[u8],
         tag: &[u8],
         binding: &[u8],
         peer: SocketAddr,
-        deadline: Instant,
-        extend: &mut dyn FnMut(Duration),
+        extend: &mut dyn FnMut(Instant),
     ) -> Result<(Vec<u8>, Vec<u8>), String> {
         let request: Option<Request> = serde_json::from_slice(body).ok();
         let key = self.key_for(request.as_ref().and_then(|r| r.credential.as_deref()));
@@ -501,21 +526,26 @@ impl Service {
                     refuse("a node's own credential only lets that worker leave or upgrade")
                 }
                 _ => {
-                    if request.kind == RequestKind::Leave {
-                        // Draining takes as long as it takes (bounded by the request):
-                        // an authenticated leave gets that long to be answered.
+                    // A caller that proved its key gets the time its request takes: the
+                    // short deadline only guards against callers that prove nothing.
+                    let work = if request.kind == RequestKind::Leave {
+                        // Draining takes as long as it takes (bounded by the request).
                         let drain = request
                             .drain_timeout_secs
                             .map(Duration::from_secs)
                             .unwrap_or_default()
                             .min(MAX_DRAIN);
-                        extend(drain + LEAVE_SLACK);
+                        drain + LEAVE_SLACK
                     } else if request.kind == RequestKind::Upgrade
                         && request.role == JoinRole::Worker
                     {
                         // A worker's turn begins with its drain.
-                        extend(UPGRADE_DRAIN + LEAVE_SLACK);
-                    }
+                        UPGRADE_DRAIN + LEAVE_SLACK
+                    } else {
+                        self.work_time
+                    };
+                    let deadline = Instant::now() + work;
+                    extend(deadline);
                     let answer = self.answer(request, peer, deadline);
                     if let (Some(Scope::Manual(_)), Some(id)) =
                         (key.as_ref().map(|(_, scope)| scope), &request.credential)
@@ -575,60 +605,7 @@ fn exporter(conn: &rustls::ServerConnection) -> Result<Vec<u8>, String> {
 const ANSWER_TIME: Duration = Duration::from_secs(1);
 
 /// What a leave may take beyond its drain: cordon, delete and the answer.
-const LEAVE_SLACK: Duration = Duration::from_secs(90);
-
-/// A socket whose every read and write must finish before one deadline.
-pub struct DeadlineStream {
-    inner: TcpStream,
-    deadline: Instant,
-}
-
-impl DeadlineStream {
-    pub fn new(inner: TcpStream, budget: Duration) -> Self {
-        DeadlineStream::until(inner, Instant::now() + budget)
-    }
-
-    /// A stream whose reads and writes must finish before `deadline`.
-    pub fn until(inner: TcpStream, deadline: Instant) -> Self {
-        DeadlineStream { inner, deadline }
-    }
-
-    /// Moves the deadline to `budget` from now.
-    pub fn extend(&mut self, budget: Duration) {
-        self.deadline = Instant::now() + budget;
-    }
-
-    fn left(&self) -> io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection deadline passed",
-            ));
-        }
-        Ok(left)
-    }
-}
-
-impl Read for DeadlineStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        self.inner.set_read_timeout(Some(left))?;
-        self.inner.read(buf)
-    }
-}
-
-impl Write for DeadlineStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        self.inner.set_write_timeout(Some(left))?;
-        self.inner.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
+pub const LEAVE_SLACK: Duration = Duration::from_secs(90);
 
 /// Accepts connections until `stop` is set (checked at least every 50 ms), taking them
 /// through [`intake`] and answering them on [`WORKERS`] threads.
