@@ -60,6 +60,8 @@ pub struct Lab {
     /// Processes started (`ip netns exec` execs the program, so each is the bootstrap
     /// process itself), by name.
     children: Vec<(String, Child)>,
+    /// Each machine's root, as last started (its units' logs go in the dump).
+    roots: Vec<(String, PathBuf)>,
     pub work: tempfile::TempDir,
 }
 
@@ -74,6 +76,7 @@ impl Lab {
             switch: format!("{tag}-sw"),
             namespaces: Vec::new(),
             children: Vec::new(),
+            roots: Vec::new(),
             work: tempfile::tempdir().unwrap(),
         };
         let sw = lab.switch.clone();
@@ -173,6 +176,13 @@ impl Lab {
             .spawn()
             .unwrap_or_else(|e| panic!("start {process}: {e}"));
         self.children.push((process.to_owned(), child));
+        self.remember_root(name, node);
+    }
+
+    fn remember_root(&mut self, name: &str, node: &Node) {
+        self.roots.retain(|(n, _)| n != name);
+        self.roots
+            .push((name.to_owned(), node.root().to_path_buf()));
     }
 
     /// Keeps a process started elsewhere (its output already going where it should),
@@ -249,6 +259,7 @@ impl Lab {
             .spawn()
             .unwrap_or_else(|e| panic!("start {process}: {e}"));
         self.children.push((process.to_owned(), child));
+        self.remember_root(name, node);
         let code = self.wait(process, Duration::from_secs(90));
         (code, fs::read_to_string(out).unwrap_or_default())
     }
@@ -276,15 +287,41 @@ impl Lab {
         kill_in(&self.ns(node));
     }
 
-    /// Everything the processes wrote, for failure messages.
+    /// Everything the processes wrote, and the end of each machine's unit logs (its join
+    /// service's among them), for failure messages.
     pub fn dump(&self) -> String {
         let mut out = String::new();
         for (process, _) in &self.children {
             out.push_str(&format!("===== {process}\n{}\n", self.text(process)));
         }
+        for (name, root) in &self.roots {
+            let units = root.join(".standin-systemd");
+            let mut logs: Vec<PathBuf> = fs::read_dir(&units)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            logs.sort();
+            for log in logs {
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(UNIT_LOG_TAIL)..];
+                out.push_str(&format!(
+                    "===== {name}: {} (last {} lines)\n{}\n",
+                    log.file_name().unwrap_or_default().to_string_lossy(),
+                    tail.len(),
+                    tail.join("\n")
+                ));
+            }
+        }
         out
     }
 }
+
+/// Lines of each unit log a dump shows.
+const UNIT_LOG_TAIL: usize = 60;
 
 /// SIGKILL to every process inside namespace `ns`.
 fn kill_in(ns: &str) {
