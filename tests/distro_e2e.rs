@@ -7,8 +7,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::Node;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 struct Case {
     runtime: &'static str,
@@ -288,6 +292,7 @@ fn three_nodes_join_and_leave(case: &Case) {
         _ => "/etc/kubernetes/admin.conf",
     };
     w.write_mode("/root/admin.conf", &a.read(admin).unwrap(), 0o600);
+    leave_stopped_mid_drain(&w, cluster.path());
     let run = w.run(&["leave", "--kubeconfig", "/root/admin.conf"]);
     run.assert_code(0);
     assert!(
@@ -310,6 +315,46 @@ fn three_nodes_join_and_leave(case: &Case) {
     run.assert_code(1);
     assert!(run.stderr.contains("last controller"), "{}", run.all());
     assert!(members(cluster.path()).contains("node-a"));
+}
+
+/// SIGTERM while `leave` drains worker `w`: the drain stops with its process group, exit
+/// 143, and the node is neither deleted from the cluster nor reset (`leave` again
+/// finishes, as the caller goes on to check).
+fn leave_stopped_mid_drain(w: &Node, cluster: &Path) {
+    let mut slow = w.command(&["leave", "--kubeconfig", "/root/admin.conf"]);
+    slow.env(
+        "STANDIN_SLEEP",
+        "k3s:drain=60 k0s:drain=60 kubectl:drain=60",
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = slow.spawn().unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w.calls().iter().any(|c| c.contains("drain node-w")) {
+        assert!(Instant::now() < deadline, "the drain never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = Instant::now();
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let run = common::to_run(child.wait_with_output().unwrap());
+    run.assert_code(143);
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "took {:?} to stop",
+        stopped.elapsed()
+    );
+    assert!(run.stderr.contains("stopped by SIGTERM"), "{}", run.all());
+    let left = common::standin_processes(w, pid);
+    assert!(left.is_empty(), "the drain still runs: {left:?}");
+    assert!(
+        node_names(cluster).contains("node-w"),
+        "a stopped leave deleted the node"
+    );
+    assert!(
+        w.exists("/var/lib/bootstrap/journal.json"),
+        "a stopped leave reset the node"
+    );
 }
 
 #[test]

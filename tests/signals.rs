@@ -10,31 +10,9 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::Node;
+use common::{standin_processes, Node};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-/// Processes other than `except` with this node's stand-in environment: the stand-ins
-/// bootstrap ran and whatever they started.
-fn standin_processes(node: &Node, except: u32) -> Vec<i32> {
-    let needle = format!("STANDIN_ROOT={}\0", node.root().display());
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid as u32 == except {
-            continue;
-        }
-        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&env).contains(&needle) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
 
 /// Whether one of them is the `sleep` a stand-in started (STANDIN_SLEEP).
 fn sleeping(node: &Node, except: u32) -> bool {

@@ -25,12 +25,27 @@ pub(super) fn run(cli: &Cli, args: &LeaveArgs) -> Result<(), Error> {
             session.config.lock_wait,
             &format!("pid {} (bootstrap leave)", std::process::id()),
         )?;
+        // A stop (SIGTERM, SIGINT) ends a drain in flight with its process group and
+        // never goes on to the reset, --force or not: the node stays as it is, and
+        // `leave` again picks up where this one stopped.
+        super::stop::catch_stop_signals()?;
         let left = match &args.kubeconfig {
             None if !decision.role.is_controller() => {
                 leave_through_controller(&session, &decision, &node, drain_timeout)
             }
             _ => leave_with_kubeconfig(&session, &decision, args, &node, drain_timeout),
         };
+        if let Some(signal) = crate::interrupt::pending() {
+            return Err(Error::Stopped {
+                signal,
+                during: match &left {
+                    Ok(()) => format!(
+                        "leaving: {node} has left the cluster but this node was not reset; run `bootstrap reset`"
+                    ),
+                    Err(e) => format!("leaving the cluster ({e})"),
+                },
+            });
+        }
         match left {
             Ok(()) => log::info!("node {node} has left the cluster; resetting it"),
             Err(e) if args.force => log::warn!(

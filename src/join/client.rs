@@ -348,10 +348,10 @@ pub fn release(
             }
         }
         let left = PATIENCE.saturating_sub(start.elapsed());
-        if left.is_zero() {
+        // A stop signal ends the wait; the lease lapses by itself.
+        if left.is_zero() || crate::interrupt::sleep(backoff.delay(round).min(left)).is_some() {
             break;
         }
-        std::thread::sleep(backoff.delay(round).min(left));
     }
     Err(last)
 }
@@ -496,10 +496,10 @@ pub fn leave(
             }
         }
         let left = PATIENCE.saturating_sub(start.elapsed());
-        if left.is_zero() {
+        // A stop signal ends the wait; the caller tells why.
+        if left.is_zero() || crate::interrupt::sleep(backoff.delay(round).min(left)).is_some() {
             break;
         }
-        std::thread::sleep(backoff.delay(round).min(left));
     }
     Err(telling.unwrap_or_else(|| Cause::Unreachable("no join service to ask".into())))
 }

@@ -527,3 +527,25 @@ pub fn run_bounded(
     let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
     (status, stdout, stderr)
 }
+
+/// Processes other than `except` with this node's stand-in environment: the stand-ins
+/// bootstrap ran and whatever they started.
+pub fn standin_processes(node: &Node, except: u32) -> Vec<i32> {
+    let needle = format!("STANDIN_ROOT={}\0", node.root().display());
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid as u32 == except {
+            continue;
+        }
+        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&env).contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
