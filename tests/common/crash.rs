@@ -254,7 +254,8 @@ pub fn every_point(
         .and_then(|v| v.parse().ok())
         .filter(|n| *n >= 1)
         .unwrap_or(1);
-    let last = work.len().saturating_sub(1);
+    let all = work.len();
+    let last = all.saturating_sub(1);
     let work: Vec<(usize, usize, String)> = work
         .into_iter()
         .enumerate()
@@ -263,7 +264,7 @@ pub fn every_point(
         .collect();
     if every > 1 {
         println!(
-            "crash points: {}: {} of every {every} points (CRASH_EVERY)",
+            "crash points: {}: {} of its {all} points, every {every}th and the last (CRASH_EVERY)",
             scenario.name,
             work.len()
         );
