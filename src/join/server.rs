@@ -312,7 +312,8 @@ impl Service {
                 }
             }
         }
-        // A caller waiting on someone else's mint gives up in time to still be told so.
+        // A caller waiting on a mint (its own or another's, which goes on either way)
+        // gives up in time to still be told so.
         let wait_until = deadline.checked_sub(ANSWER_TIME).unwrap_or(deadline);
         match self.materials.get(request.role, &request.node, wait_until) {
             Ok(mut material) => {
