@@ -13,7 +13,6 @@
     Whatever it returns (None = 0) is the exit code.
   - STANDIN_STOP=1 (the stand-in systemctl stopping a unit) is not recorded as a call.
 """
-import inspect
 import os
 import sys
 
@@ -30,11 +29,10 @@ def personality(name, argv0):
 def _call(module, personality_name, args):
     fn = getattr(module, f"{personality_name}_main", None) or getattr(module, "main")
     kwargs = {}
-    try:
-        if "version" in inspect.signature(fn).parameters:
-            kwargs["version"] = state.VERSION
-    except (TypeError, ValueError):
-        pass
+    # The function's own parameter names (importing `inspect` costs a call 20 ms).
+    code = getattr(fn, "__code__", None)
+    if code is not None and "version" in code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]:
+        kwargs["version"] = state.VERSION
     return fn(args, **kwargs)
 
 
