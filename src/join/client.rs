@@ -317,7 +317,8 @@ pub fn fetch(keys: &JoinKeys, fetch: &Fetch) -> Result<JoinMaterial, GaveUp> {
 }
 
 /// Gives a controller's admission lease back: retried with backoff for up to 30 s, which
-/// outlasts a join service restarting (its unit restarts it after 5 s).
+/// outlasts a join service restarting (its unit restarts it after 5 s); no new try
+/// starts after that, though one under way may take its whole budget.
 pub fn release(
     keys: &JoinKeys,
     targets: &[String],
