@@ -101,16 +101,10 @@ fn run_ok(node: &Node, args: &[String], what: &str) {
 /// What the stand-in systemctl's units said (their daemons' output), to tell why one
 /// failed.
 fn unit_logs(node: &Node) -> String {
-    let dir = node.root().join(".standin-systemd");
-    let mut out = String::new();
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "log") {
-            let text = fs::read_to_string(&path).unwrap_or_default();
-            out.push_str(&format!("--- {}\n{text}", path.display()));
-        }
-    }
-    out
+    super::unit_logs(node.root())
+        .into_iter()
+        .map(|(path, text)| format!("--- {}\n{text}", path.display()))
+        .collect()
 }
 
 /// Names of the fault points one clean run of `args` reaches, in order.

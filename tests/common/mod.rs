@@ -549,3 +549,22 @@ pub fn standin_processes(node: &Node, except: u32) -> Vec<i32> {
     }
     pids
 }
+
+/// Each unit log the stand-in `systemctl` kept under `root` (`.standin-systemd/*.log`),
+/// in name order, with its text.
+pub fn unit_logs(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut logs: Vec<PathBuf> = fs::read_dir(root.join(".standin-systemd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.into_iter()
+        .map(|log| {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            (log, text)
+        })
+        .collect()
+}

@@ -295,17 +295,7 @@ impl Lab {
             out.push_str(&format!("===== {process}\n{}\n", self.text(process)));
         }
         for (name, root) in &self.roots {
-            let units = root.join(".standin-systemd");
-            let mut logs: Vec<PathBuf> = fs::read_dir(&units)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "log"))
-                .collect();
-            logs.sort();
-            for log in logs {
-                let text = fs::read_to_string(&log).unwrap_or_default();
+            for (log, text) in super::unit_logs(root) {
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(UNIT_LOG_TAIL)..];
                 out.push_str(&format!(
