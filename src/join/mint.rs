@@ -176,7 +176,10 @@ fn usable(slot: &mut Slot, node: &str, ttl: Duration) -> Option<JoinMaterial> {
 
 /// The slot's material if it is `node`'s: a worker's is anyone's (and stays for the
 /// next); a controller's only the controller's it was minted for, and taken (that
-/// controller's next join mints its own).
+/// controller's next join mints its own). With every controller minting, the
+/// control-plane certificates kubeadm keeps are the ones the *last* mint uploaded, with
+/// that mint's key, so material from an earlier mint may no longer open them (and
+/// controller joins are rare and one at a time).
 fn take_if_for(slot: &mut Slot, node: &str) -> Option<JoinMaterial> {
     match &slot.minted.as_ref()?.for_node {
         None => slot.minted.as_ref().map(|m| m.material.clone()),
@@ -185,11 +188,7 @@ fn take_if_for(slot: &mut Slot, node: &str) -> Option<JoinMaterial> {
     }
 }
 
-/// Whether material may be handed out: more than half its life left. A controller's is
-/// handed out once, to the controller it was minted for: with every controller minting,
-/// the control-plane certificates kubeadm keeps are the ones the *last* mint uploaded,
-/// with that mint's key, so material from an earlier mint may no longer open them (and
-/// controller joins are rare and one at a time).
+/// Whether material may be handed out: more than half its life left.
 fn still_fresh(material: &JoinMaterial, ttl: Duration) -> bool {
     let Some(expires) = &material.expires_at else {
         return true;
